@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Steward's set-up: installs every outside part the project needs into a cache
+# folder outside the repo, idempotently, each step timed. Versions come from
+# tools/versions.env only.
+#
+#   tools/setup.sh [all|kube|libtorch|prometheus|python]...
+#
+# Prints `export` lines for the environment on the last lines when called with
+# --print-env. The cache root is $STEWARD_CACHE, else $XDG_CACHE_HOME/steward,
+# else ~/.cache/steward. A second clone on the same machine reuses it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=versions.env
+source "$ROOT/tools/versions.env"
+CACHE="${STEWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/steward}"
+mkdir -p "$CACHE"
+
+KUBE_DIR="$CACHE/kube-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+LIBTORCH_DIR="$CACHE/libtorch-$TORCH_VERSION-cpu"
+PY_DIR="$CACHE/py-torch-$TORCH_VERSION-tf-$TRANSFORMERS_VERSION"
+DL_DIR="$CACHE/downloads"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] MISSING: %s\n' "$*" >&2; exit 2; }
+
+need() { # need CMD HOWTO
+  command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed; $2"
+}
+
+timed() { # timed NAME CMD... : runs a step and prints how long it took
+  local name=$1; shift
+  local t0; t0=$(date +%s)
+  "$@"
+  say "step $name took $(( $(date +%s) - t0 ))s"
+}
+
+# ---------------------------------------------------------------- kube ------
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and
+# helm, built with this machine's Go from their own Go modules.
+build_kube() {
+  if [[ -x "$KUBE_DIR/bin/kube-apiserver" && -x "$KUBE_DIR/bin/etcd" && -x "$KUBE_DIR/bin/helm" \
+     && -x "$KUBE_DIR/bin/kubectl" && -x "$KUBE_DIR/bin/kube-scheduler" \
+     && -x "$KUBE_DIR/bin/kube-controller-manager" ]]; then
+    say "kube: cached in $KUBE_DIR"; return
+  fi
+  need go "install Go 1.24 or newer (https://go.dev/doc/install or 'apt-get install golang')"
+  local mod="$KUBE_DIR/mod"
+  mkdir -p "$mod" "$KUBE_DIR/bin"
+  export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+  # k8s.io/kubernetes replaces every staging module with a local path; a tools
+  # module must point each one at the published module of the same release.
+  go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" >"$mod/dl.json"
+  local kmod
+  kmod=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["GoMod"])' "$mod/dl.json")
+  {
+    echo "module steward.dev/kubetools"
+    echo
+    echo "go 1.24"
+    echo
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo
+    echo "replace ("
+    sed -n '/^replace (/,/^)/p' "$kmod" | grep '=> ./staging/src/' \
+      | awk -v v="$KUBERNETES_STAGING" '{print "\t" $1 " => " $1 " " v}'
+    echo ")"
+  } >"$mod/go.mod"
+  cat >"$mod/tools.go" <<'EOF'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+EOF
+  say "kube: building Kubernetes $KUBERNETES_VERSION control plane and kubectl (takes a while the first time)"
+  (cd "$mod" && go mod tidy -e >/dev/null 2>&1 || true)
+  (cd "$mod" && go build -trimpath -ldflags "-s -w \
+      -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
+      -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION" \
+      -o "$KUBE_DIR/bin/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  say "kube: building etcd $ETCD_VERSION"
+  GOBIN="$KUBE_DIR/gobin" go install -trimpath -ldflags "-s -w" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  mv "$KUBE_DIR/gobin/server" "$KUBE_DIR/bin/etcd" 2>/dev/null || mv "$KUBE_DIR/gobin/v3" "$KUBE_DIR/bin/etcd"
+  say "kube: building helm $HELM_VERSION"
+  GOBIN="$KUBE_DIR/bin" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  rm -rf "$KUBE_DIR/gobin"
+}
+
+# ------------------------------------------------------------ libtorch ------
+# A CPU libtorch cut from the torch wheel: headers plus the CPU libraries.
+# libtorch_cpu.so also links libcudart/libcupti at load time, which come from
+# two small NVIDIA wheels. torch-sys asks for -ltorch too; an empty stub does.
+build_libtorch() {
+  if [[ -f "$LIBTORCH_DIR/lib/libtorch_cpu.so" && -f "$LIBTORCH_DIR/.complete" ]]; then
+    say "libtorch: cached in $LIBTORCH_DIR"; return
+  fi
+  need python3 "install Python 3.10+ with pip ('apt-get install python3 python3-pip')"
+  need cc "install a C compiler ('apt-get install gcc')"
+  python3 -m pip --version >/dev/null 2>&1 || die "python3 has no pip; 'apt-get install python3-pip'"
+  mkdir -p "$DL_DIR"
+  local whl
+  whl=$(ls "$DL_DIR"/torch-"$TORCH_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+  if [[ -z "$whl" ]]; then
+    say "libtorch: downloading torch==$TORCH_VERSION wheel (about 530 MB)"
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$DL_DIR" "torch==$TORCH_VERSION"
+    whl=$(ls "$DL_DIR"/torch-"$TORCH_VERSION"-*.whl | head -n1)
+  fi
+  if ! ls "$DL_DIR"/nvidia_cuda_runtime*.whl >/dev/null 2>&1 || ! ls "$DL_DIR"/nvidia_cuda_cupti*.whl >/dev/null 2>&1; then
+    say "libtorch: downloading cuda-toolkit[cudart,cupti]==$CUDA_RT_VERSION runtime wheels"
+    python3 -m pip download -q --only-binary=:all: -d "$DL_DIR" "cuda-toolkit[cudart,cupti]==$CUDA_RT_VERSION"
+  fi
+  local tmp="$LIBTORCH_DIR.tmp"
+  rm -rf "$tmp"; mkdir -p "$tmp/lib"
+  python3 - "$whl" "$tmp" <<'EOF'
+import sys, zipfile, os, shutil
+whl, out = sys.argv[1], sys.argv[2]
+keep_libs = {"libtorch_cpu.so", "libc10.so", "libgomp.so.1"}
+with zipfile.ZipFile(whl) as z:
+    for info in z.infolist():
+        n = info.filename
+        if n.startswith("torch/include/"):
+            dest = os.path.join(out, "include", n[len("torch/include/"):])
+        elif n.startswith("torch/lib/") and os.path.basename(n) in keep_libs:
+            dest = os.path.join(out, "lib", os.path.basename(n))
+        elif n == "torch/version.py":
+            dest = os.path.join(out, "version.py")
+        else:
+            continue
+        if n.endswith("/"):
+            continue
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with z.open(info) as src, open(dest, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+EOF
+  for w in "$DL_DIR"/nvidia_cuda_runtime*.whl "$DL_DIR"/nvidia_cuda_cupti*.whl; do
+    python3 - "$w" "$tmp/lib" <<'EOF'
+import sys, zipfile, os, re, shutil
+whl, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        b = os.path.basename(n)
+        if re.fullmatch(r"lib(cudart|cupti)\.so\.\d+", b):
+            with z.open(n) as src, open(os.path.join(out, b), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+EOF
+  done
+  ls "$tmp"/lib/libcudart.so.* >/dev/null 2>&1 || die "libcudart.so was not found in the cuda runtime wheel"
+  echo "" | cc -shared -x c - -o "$tmp/lib/libtorch.so"
+  echo "$TORCH_VERSION" >"$tmp/build-version"
+  rm -rf "$LIBTORCH_DIR"; mv "$tmp" "$LIBTORCH_DIR"
+  touch "$LIBTORCH_DIR/.complete"
+  say "libtorch: $(du -sh "$LIBTORCH_DIR" | cut -f1) in $LIBTORCH_DIR"
+}
+
+# ---------------------------------------------------------- prometheus ------
+install_prometheus() {
+  if command -v prometheus >/dev/null 2>&1; then
+    say "prometheus: $(command -v prometheus)"; return
+  fi
+  if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null; then
+    die "prometheus is not installed; run 'apt-get install prometheus' as root"
+  fi
+  local SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  say "prometheus: installing Debian's $PROMETHEUS_DEBIAN package"
+  $SUDO apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$PROMETHEUS_DEBIAN" >/dev/null \
+    || die "could not 'apt-get install $PROMETHEUS_DEBIAN'; install Prometheus 2.x and put it on PATH"
+  # The package may start a service on :9090 where an init system exists; we run our own.
+  ($SUDO service prometheus stop >/dev/null 2>&1 || true)
+}
+
+# -------------------------------------------------------------- python ------
+# Hugging Face transformers on the same torch, for the engine's correctness
+# test and the benchmark baseline. The venv reuses the downloaded torch wheel.
+build_python() {
+  if [[ -x "$PY_DIR/bin/python" && -f "$PY_DIR/.complete" ]]; then
+    say "python: cached in $PY_DIR"; return
+  fi
+  build_libtorch
+  local whl; whl=$(ls "$DL_DIR"/torch-"$TORCH_VERSION"-*.whl | head -n1)
+  rm -rf "$PY_DIR"
+  python3 -m venv "$PY_DIR" || die "python3 cannot make a venv; 'apt-get install python3-venv'"
+  "$PY_DIR/bin/pip" install -q --no-deps "$whl"
+  "$PY_DIR/bin/pip" install -q "transformers==$TRANSFORMERS_VERSION" safetensors numpy \
+    filelock sympy networkx jinja2 fsspec typing-extensions "$DL_DIR"/nvidia_cuda_runtime*.whl "$DL_DIR"/nvidia_cuda_cupti*.whl
+  touch "$PY_DIR/.complete"
+}
+
+print_env() {
+  echo "export STEWARD_CACHE='$CACHE'"
+  echo "export PATH='$KUBE_DIR/bin':\"\$PATH\""
+  echo "export LIBTORCH='$LIBTORCH_DIR'"
+  echo "export LIBTORCH_BYPASS_VERSION_CHECK=1"
+  echo "export LD_LIBRARY_PATH='$LIBTORCH_DIR/lib':\"\${LD_LIBRARY_PATH:-}\""
+  echo "export STEWARD_PYTHON='$PY_DIR/bin/python'"
+}
+
+main() {
+  local steps=("$@")
+  [[ ${#steps[@]} -eq 0 ]] && steps=(all)
+  for s in "${steps[@]}"; do
+    case "$s" in
+      all) timed kube build_kube; timed libtorch build_libtorch; timed prometheus install_prometheus ;;
+      kube) timed kube build_kube ;;
+      libtorch) timed libtorch build_libtorch ;;
+      prometheus) timed prometheus install_prometheus ;;
+      python) timed python build_python ;;
+      --print-env) print_env ;;
+      *) die "unknown set-up step '$s' (all|kube|libtorch|prometheus|python|--print-env)" ;;
+    esac
+  done
+}
+
+main "$@"
