@@ -190,6 +190,64 @@ build_python() {
   "$PY_DIR/bin/pip" install -q --no-deps "$whl"
   "$PY_DIR/bin/pip" install -q "transformers==$TRANSFORMERS_VERSION" safetensors numpy \
     filelock sympy networkx jinja2 fsspec typing-extensions "$DL_DIR"/nvidia_cuda_runtime*.whl "$DL_DIR"/nvidia_cuda_cupti*.whl
+  # PyPI's Linux torch wheel is the CUDA build: its libraries link cuDNN,
+  # cuBLAS, NCCL, ... (about 3 GB of wheels) that a CPU machine never calls.
+  # Instead of downloading them, put small stub libraries with the same
+  # sonames, symbol versions and symbol names next to torch's libraries
+  # ($ORIGIN is on their RPATH); torch then imports and runs on CPU, and
+  # torch.cuda.is_available() is False.
+  local tlib; tlib=$("$PY_DIR/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')/torch/lib
+  if ! "$PY_DIR/bin/python" -c 'import torch' >/dev/null 2>&1; then
+    say "python: torch needs CUDA libraries this CPU machine lacks; writing stubs into $tlib"
+    need cc "install a C compiler ('apt-get install gcc')"
+    python3 - "$tlib" <<'EOF'
+import collections, glob, os, re, subprocess, sys
+tl = sys.argv[1]
+libs = glob.glob(os.path.join(tl, "*.so*"))
+missing = {}
+for f in libs:
+    ldd = subprocess.run(["ldd", f], capture_output=True, text=True).stdout
+    for m in re.finditer(r"^\s*(\S+) => not found", ldd, re.M):
+        missing.setdefault(m.group(1), set())
+undef = collections.defaultdict(set)  # version node -> undefined symbols
+for f in libs:
+    cur = None
+    for line in subprocess.run(["readelf", "-V", f], capture_output=True, text=True).stdout.splitlines():
+        m = re.search(r"File: (\S+)", line)
+        if m:
+            cur = m.group(1)
+            continue
+        m = re.search(r"Name: (\S+)", line)
+        if m and cur in missing:
+            missing[cur].add(m.group(1))
+    for line in subprocess.run(["objdump", "-T", f], capture_output=True, text=True).stdout.splitlines():
+        if "*UND*" in line:
+            parts = line.split()
+            undef[parts[-2].strip("()")].add(parts[-1])
+# Libraries without symbol versions: assign undefined symbols by name.
+prefix = [(r"^nccl", "libnccl.so.2"), (r"^cuFile", "libcufile.so.0"), (r"^cusparseLt", "libcusparseLt.so.0"),
+          (r"^curand", "libcurand.so.10"), (r"^cu[A-Z]", "libcuda.so.1")]
+for lib, vers in missing.items():
+    nodes = {v: sorted(undef.get(v, ())) for v in vers}
+    if not vers:
+        nodes[""] = sorted({s for ss in undef.values() for s in ss
+                            if any(re.match(p, s) and l == lib for p, l in prefix)})
+    src, vmap, so = (os.path.join(tl, lib + ext) for ext in (".c", ".map", ""))
+    with open(src, "w") as c, open(vmap, "w") as mp:
+        for s in sorted({s for ss in nodes.values() for s in ss}):
+            c.write("void %s(void) {}\n" % s)
+        c.write("int steward_cpu_stub(void) { return 0; }\n")
+        for v, ss in nodes.items():
+            body = " ".join(s + ";" for s in ss)
+            mp.write("%s { global: %s steward_cpu_stub; };\n" % (v, body) if v else "{ global: %s steward_cpu_stub; local: *; };\n" % body)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", so, src, "-Wl,-soname," + lib, "-Wl,--version-script=" + vmap], check=True)
+    os.remove(src)
+    os.remove(vmap)
+    print("[setup] python: stub", lib, file=sys.stderr)
+EOF
+  fi
+  "$PY_DIR/bin/python" -c 'import torch, transformers; assert not torch.cuda.is_available(); torch.ones(2, 2) @ torch.ones(2, 2)' \
+    || die "torch does not import in $PY_DIR"
   touch "$PY_DIR/.complete"
 }
 
