@@ -1,0 +1,36 @@
+//! steward-crdgen: writes the InferenceService CRD generated from the Rust
+//! types to `crds/inferenceservice.yaml` (or stdout with `--stdout`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Generate the CRD YAML from the Rust types.
+#[derive(Parser, Debug)]
+#[command(name = "steward-crdgen", version)]
+struct Args {
+    /// Where to write the CRD.
+    #[arg(
+        long,
+        env = "STEWARD_CRD_OUT",
+        default_value = "crds/inferenceservice.yaml"
+    )]
+    out: PathBuf,
+    /// Print to stdout instead of writing the file.
+    #[arg(long, env = "STEWARD_CRD_STDOUT")]
+    stdout: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let yaml = steward_operator::crd::crd_yaml().context("serialising the CRD")?;
+    if args.stdout {
+        print!("{yaml}");
+    } else {
+        std::fs::write(&args.out, yaml)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        eprintln!("wrote {}", args.out.display());
+    }
+    Ok(())
+}

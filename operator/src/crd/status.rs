@@ -1,0 +1,165 @@
+//! The `InferenceService` status: what the operator observed and decided.
+//!
+//! The router reads `traffic` (which revision gets what share); people read
+//! the printer columns (`ready`, `servingWarm`, `stableRevision`,
+//! `canaryRevision`, `canaryWeight`, `phase`, `ttftP99`) and the conditions.
+//! Everything here is computed as a value by `status::compute` and written
+//! only when it differs from what is stored.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a service stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Nothing ready yet.
+    #[default]
+    Pending,
+    /// The desired revision serves all traffic and nothing else is left.
+    Ready,
+    /// A revision change is under way.
+    Progressing,
+    /// A canary is being rolled back.
+    RollingBack,
+    /// The desired revision cannot become ready (see the Degraded condition).
+    Degraded,
+    /// The spec cannot be acted on at all.
+    Failed,
+}
+
+impl Phase {
+    /// The name as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Ready => "Ready",
+            Phase::Progressing => "Progressing",
+            Phase::RollingBack => "RollingBack",
+            Phase::Degraded => "Degraded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// One revision's share of traffic. Weights in `status.traffic` sum to 100.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TrafficTarget {
+    /// The revision hash (the `serving.steward.dev/revision` pod label).
+    pub revision: String,
+    /// Percent of requests, 0 to 100.
+    pub weight: i32,
+}
+
+/// Pod counts over all revisions.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ReplicaStatus {
+    /// Ready pods labelled `role=serving`.
+    pub serving: i32,
+    /// Ready pods labelled `role=warm`.
+    pub warm: i32,
+    /// Ready pods of every revision.
+    pub ready: i32,
+    /// Pods the desired state asks for.
+    pub desired: i32,
+}
+
+/// The state of one alarm during analysis.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmState {
+    /// Within bounds.
+    Ok,
+    /// Firing.
+    Firing,
+    /// No data.
+    Unknown,
+}
+
+/// One alarm's last evaluation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AlarmStatus {
+    /// The alarm (an SLO name, a built-in alarm name or `query-N`).
+    pub name: String,
+    /// Its state.
+    pub state: AlarmState,
+    /// The last value, formatted for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// What the operator does with one revision.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevisionRole {
+    /// Serves the traffic.
+    Stable,
+    /// Being brought up to take over.
+    Canary,
+    /// Out of traffic; its pods drain and it scales to zero.
+    Retiring,
+    /// At zero, kept for a quick rollback.
+    Retired,
+}
+
+/// One revision as the operator sees it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    /// The revision hash.
+    pub name: String,
+    /// Its role.
+    pub role: RevisionRole,
+    /// Pods the operator asks for.
+    pub desired: i32,
+    /// Ready, not terminating pods.
+    pub ready: i32,
+    /// Pods that still exist (terminating ones included).
+    pub pods: i32,
+}
+
+/// Observed state of an `InferenceService`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceStatus {
+    /// Where the service stands.
+    #[serde(default)]
+    pub phase: Phase,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The revision that has been rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// The revision being rolled out, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    /// The canary's share of traffic, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<i32>,
+    /// Which revision gets what share; the router routes by this.
+    #[serde(default)]
+    pub traffic: Vec<TrafficTarget>,
+    /// The canary step in progress (1-based), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// Pod counts.
+    #[serde(default)]
+    pub replicas: ReplicaStatus,
+    /// `ready/desired`, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// `serving/warm`, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_warm: Option<String>,
+    /// The observed TTFT p99, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p99: Option<String>,
+    /// Each revision that still has a Deployment.
+    #[serde(default)]
+    pub revisions: Vec<RevisionStatus>,
+    /// Alarm states during analysis.
+    #[serde(default)]
+    pub alarms: Vec<AlarmStatus>,
+    /// Ready, Progressing, Degraded (and RolledBack once rollback exists).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
