@@ -1,1 +1,15 @@
-//! placeholder
+//! steward-engine: a Llama-family inference server on libtorch with a paged
+//! KV cache, continuous batching and an OpenAI-compatible HTTP API.
+//!
+//! Flow: `api` parses and validates HTTP requests, `admission` decides
+//! whether to take them, `engine` (an actor on its own thread) schedules
+//! them with `sched` and runs `model` steps, streaming tokens back.
+
+pub mod config;
+pub mod engine;
+pub mod make_model;
+pub mod model;
+pub mod sampling;
+pub mod sched;
+pub mod stop;
+pub mod tokenizer;

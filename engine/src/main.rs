@@ -1,1 +1,2 @@
+//! The `steward-engine` binary.
 fn main() {}

@@ -1,0 +1,152 @@
+//! The synchronous heart of the engine: the scheduler, the model and the KV
+//! tensors together. `step` asks the scheduler for a plan, turns it into one
+//! batched forward pass and returns next-token logits per sequence. Sampling,
+//! streaming and timing live in the actor (`super::actor`); tests drive this
+//! struct directly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{DecodeGroup, KvCache, Llama, PrefillSeq, StepBatch};
+use crate::sched::{Scheduler, SchedulerConfig, SeqId, StepPlan};
+
+pub struct EngineCore {
+    model: Arc<Llama>,
+    kv: KvCache,
+    pub sched: Scheduler,
+}
+
+/// What one step did.
+pub struct StepOutput {
+    pub plan: StepPlan,
+    /// Next-token logits of each sequence whose chunk reached its end.
+    pub logits: Vec<(SeqId, Vec<f32>)>,
+    /// Time spent in the forward pass (the "busy" time of utilisation).
+    pub busy: Duration,
+    pub tokens: usize,
+}
+
+impl EngineCore {
+    pub fn new(model: Arc<Llama>, cfg: SchedulerConfig) -> Self {
+        let kv = KvCache::new(
+            &model.cfg,
+            cfg.num_blocks,
+            cfg.block_size,
+            model.device,
+            model.kind,
+        );
+        Self {
+            model,
+            kv,
+            sched: Scheduler::new(cfg),
+        }
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    /// Plans and runs one step. Returns an empty output when nothing ran.
+    pub fn step(&mut self) -> Result<StepOutput, tch::TchError> {
+        let plan = self.sched.schedule();
+        if plan.items.is_empty() {
+            return Ok(StepOutput {
+                plan,
+                logits: Vec::new(),
+                busy: Duration::ZERO,
+                tokens: 0,
+            });
+        }
+        let t0 = Instant::now();
+        let dev = self.model.device;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut slots = Vec::new();
+        let mut prefills = Vec::new();
+        let mut dec_rows = Vec::new();
+        let mut dec_slots: Vec<Vec<i64>> = Vec::new();
+        let mut logit_rows = Vec::new();
+        let mut logit_seqs = Vec::new();
+        for it in &plan.items {
+            let row = tokens.len() as i64;
+            let seq_tokens = self.sched.tokens(it.seq);
+            tokens.extend(
+                seq_tokens[it.start..it.start + it.len]
+                    .iter()
+                    .map(|&t| t as i64),
+            );
+            positions.extend((it.start..it.start + it.len).map(|p| p as i64));
+            slots.extend(self.sched.slots(it.seq, it.start..it.start + it.len));
+            let ctx = self.sched.slots(it.seq, 0..it.start + it.len);
+            if it.len == 1 {
+                dec_rows.push(row);
+                dec_slots.push(ctx);
+            } else {
+                prefills.push(PrefillSeq {
+                    start: row,
+                    len: it.len as i64,
+                    ctx_slots: Tensor::from_slice(&ctx).to_device(dev),
+                });
+            }
+            if it.wants_logits {
+                logit_rows.push(row + it.len as i64 - 1);
+                logit_seqs.push(it.seq);
+            }
+        }
+        let decode = if dec_rows.is_empty() {
+            None
+        } else {
+            let lmax = dec_slots.iter().map(Vec::len).max().unwrap_or(1);
+            let b = dec_slots.len();
+            let mut flat = Vec::with_capacity(b * lmax);
+            let mut mask = Vec::with_capacity(b * lmax);
+            for s in &dec_slots {
+                flat.extend_from_slice(s);
+                mask.extend(std::iter::repeat_n(true, s.len()));
+                flat.extend(std::iter::repeat_n(0i64, lmax - s.len()));
+                mask.extend(std::iter::repeat_n(false, lmax - s.len()));
+            }
+            Some(DecodeGroup {
+                rows: Tensor::from_slice(&dec_rows).to_device(dev),
+                slots: Tensor::from_slice(&flat)
+                    .view([b as i64, lmax as i64])
+                    .to_device(dev),
+                mask: Tensor::from_slice(&mask)
+                    .view([b as i64, 1, 1, lmax as i64])
+                    .to_device(dev),
+            })
+        };
+        let n_tokens = tokens.len();
+        let batch = StepBatch {
+            tokens: Tensor::from_slice(&tokens).to_device(dev),
+            positions: Tensor::from_slice(&positions).to_device(dev),
+            slots: Tensor::from_slice(&slots).to_device(dev),
+            prefills,
+            decode,
+            logit_rows: Tensor::from_slice(&logit_rows).to_device(dev),
+        };
+        let logits = self.model.forward(&mut self.kv, &batch);
+        let vocab = self.model.cfg.vocab_size;
+        let flat = Vec::<f32>::try_from(
+            logits
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous()
+                .view([-1]),
+        )?;
+        let busy = t0.elapsed();
+        self.sched.complete(&plan);
+        let logits = logit_seqs
+            .into_iter()
+            .zip(flat.chunks(vocab).map(<[f32]>::to_vec))
+            .collect();
+        Ok(StepOutput {
+            plan,
+            logits,
+            busy,
+            tokens: n_tokens,
+        })
+    }
+}

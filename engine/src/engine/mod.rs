@@ -1,0 +1,7 @@
+//! The engine: `core` runs scheduled steps on the model; `actor` owns the
+//! core on a dedicated thread and talks to the HTTP side through a bounded
+//! command channel (handle + command enum + task).
+
+pub mod core;
+
+pub use self::core::{EngineCore, StepOutput};

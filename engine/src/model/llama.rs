@@ -1,0 +1,289 @@
+//! The Llama decoder: RMSNorm, rotary position embeddings (rotate-half form,
+//! `rope_theta` from the config), grouped-query attention over paged K/V, and
+//! a SwiGLU MLP. One `forward` runs a whole engine step: every scheduled
+//! sequence's new tokens are flattened into one `[T, hidden]` matrix so the
+//! projections and MLP are single matmuls; attention is per prefill chunk,
+//! and all single-token decodes run as one padded, masked batch.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::kv::KvCache;
+use super::weights::{load_tensors, take};
+use super::{ModelError, Result};
+use crate::config::ModelConfig;
+
+struct Layer {
+    input_norm: Tensor,
+    /// q, k and v projections stacked along the output dim.
+    wqkv: Tensor,
+    wo: Tensor,
+    post_norm: Tensor,
+    /// gate and up projections stacked along the output dim.
+    w_gate_up: Tensor,
+    w_down: Tensor,
+}
+
+/// The model weights. Immutable after load.
+pub struct Llama {
+    pub cfg: ModelConfig,
+    pub device: Device,
+    pub kind: Kind,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// One sequence's prefill chunk inside a step.
+pub struct PrefillSeq {
+    /// Row of its first new token in the flattened batch.
+    pub start: i64,
+    /// Number of new tokens.
+    pub len: i64,
+    /// Slots of all its tokens, old and new (`[ctx_len]`).
+    pub ctx_slots: Tensor,
+}
+
+/// All single-token decodes of a step, attended as one padded batch.
+pub struct DecodeGroup {
+    /// Rows of these tokens in the flattened batch (`[B]`).
+    pub rows: Tensor,
+    /// Slots of each sequence's context, padded (`[B, Lmax]`).
+    pub slots: Tensor,
+    /// True where a slot is real (`[B, 1, 1, Lmax]`).
+    pub mask: Tensor,
+}
+
+/// The input of one engine step.
+pub struct StepBatch {
+    pub tokens: Tensor,
+    pub positions: Tensor,
+    /// Where each new token's K/V is written.
+    pub slots: Tensor,
+    pub prefills: Vec<PrefillSeq>,
+    pub decode: Option<DecodeGroup>,
+    /// Rows whose logits are wanted (`[n]`).
+    pub logit_rows: Tensor,
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    x * (var + eps).rsqrt() * w
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[x2.neg(), x1], -1)
+}
+
+impl Llama {
+    /// Loads `config.json` and the safetensors of `dir`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: ModelConfig = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if !cfg.model_type.is_empty() && cfg.model_type != "llama" && cfg.model_type != "mistral" {
+            return Err(ModelError::Unsupported(format!(
+                "model_type {} (only llama-family decoders)",
+                cfg.model_type
+            )));
+        }
+        if cfg.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+            return Err(ModelError::Unsupported("hidden_act other than silu".into()));
+        }
+        let kind = Kind::Float;
+        let _guard = tch::no_grad_guard();
+        let mut w = load_tensors(dir, device, kind)?;
+        let embed = take(&mut w, "model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let q = take(&mut w, &format!("{p}.self_attn.q_proj.weight"))?;
+            let k = take(&mut w, &format!("{p}.self_attn.k_proj.weight"))?;
+            let v = take(&mut w, &format!("{p}.self_attn.v_proj.weight"))?;
+            let gate = take(&mut w, &format!("{p}.mlp.gate_proj.weight"))?;
+            let up = take(&mut w, &format!("{p}.mlp.up_proj.weight"))?;
+            layers.push(Layer {
+                input_norm: take(&mut w, &format!("{p}.input_layernorm.weight"))?,
+                wqkv: Tensor::cat(&[q, k, v], 0).contiguous(),
+                wo: take(&mut w, &format!("{p}.self_attn.o_proj.weight"))?,
+                post_norm: take(&mut w, &format!("{p}.post_attention_layernorm.weight"))?,
+                w_gate_up: Tensor::cat(&[gate, up], 0).contiguous(),
+                w_down: take(&mut w, &format!("{p}.mlp.down_proj.weight"))?,
+            });
+        }
+        let norm = take(&mut w, "model.norm.weight")?;
+        let lm_head = match w.remove("lm_head.weight") {
+            Some(t) => t,
+            None if cfg.tie_word_embeddings => embed.shallow_clone(),
+            None => return Err(ModelError::MissingWeight("lm_head.weight".into())),
+        };
+        let (cos, sin) = rope_tables(&cfg, device);
+        Ok(Self {
+            cfg,
+            device,
+            kind,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+        })
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> i64 {
+        let mut n = self.embed.numel() + self.norm.numel() + self.lm_head.numel();
+        for l in &self.layers {
+            n += l.input_norm.numel()
+                + l.wqkv.numel()
+                + l.wo.numel()
+                + l.post_norm.numel()
+                + l.w_gate_up.numel()
+                + l.w_down.numel();
+        }
+        n as i64
+    }
+
+    /// Runs one step: writes the new tokens' K/V into `kv` and returns the
+    /// logits of `batch.logit_rows` as `[n, vocab]` (f32).
+    pub fn forward(&self, kv: &mut KvCache, batch: &StepBatch) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let cfg = &self.cfg;
+        let n_heads = cfg.num_attention_heads as i64;
+        let n_kv = cfg.kv_heads() as i64;
+        let hd = cfg.head_dim() as i64;
+        let groups = n_heads / n_kv;
+        let t = batch.tokens.size()[0];
+        let eps = cfg.rms_norm_eps;
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        let cos = self.cos.index_select(0, &batch.positions).unsqueeze(1);
+        let sin = self.sin.index_select(0, &batch.positions).unsqueeze(1);
+        let mut h = self.embed.index_select(0, &batch.tokens);
+        for (li, layer) in self.layers.iter().enumerate() {
+            let xn = rms_norm(&h, &layer.input_norm, eps);
+            let qkv = xn.linear::<Tensor>(&layer.wqkv, None);
+            let q = qkv.narrow(1, 0, n_heads * hd).view([t, n_heads, hd]);
+            let k = qkv.narrow(1, n_heads * hd, n_kv * hd).view([t, n_kv, hd]);
+            let v = qkv
+                .narrow(1, (n_heads + n_kv) * hd, n_kv * hd)
+                .view([t, n_kv, hd]);
+            let q = &q * &cos + rotate_half(&q) * &sin;
+            let k = &k * &cos + rotate_half(&k) * &sin;
+            let (kc, vc) = &mut kv.layers[li];
+            let _ = kc.index_copy_(0, &batch.slots, &k);
+            let _ = vc.index_copy_(0, &batch.slots, &v);
+
+            let mut out = Tensor::zeros([t, n_heads, hd], (self.kind, self.device));
+            for p in &batch.prefills {
+                let qs = q.narrow(0, p.start, p.len).permute([1, 0, 2]).unsqueeze(0);
+                let ctx = p.ctx_slots.size()[0];
+                let ks = kc
+                    .index_select(0, &p.ctx_slots)
+                    .permute([1, 0, 2])
+                    .repeat_interleave_self_int(groups, 0, None::<i64>)
+                    .unsqueeze(0);
+                let vs = vc
+                    .index_select(0, &p.ctx_slots)
+                    .permute([1, 0, 2])
+                    .repeat_interleave_self_int(groups, 0, None::<i64>)
+                    .unsqueeze(0);
+                let o = if ctx == p.len {
+                    Tensor::scaled_dot_product_attention::<Tensor>(
+                        &qs, &ks, &vs, None, 0.0, true, scale, false,
+                    )
+                } else {
+                    // Query i sits at position ctx - len + i and sees keys up to it.
+                    let qpos = Tensor::arange_start(ctx - p.len, ctx, (Kind::Int64, self.device))
+                        .unsqueeze(1);
+                    let kpos = Tensor::arange(ctx, (Kind::Int64, self.device)).unsqueeze(0);
+                    let mask = kpos.le_tensor(&qpos);
+                    Tensor::scaled_dot_product_attention(
+                        &qs,
+                        &ks,
+                        &vs,
+                        Some(mask),
+                        0.0,
+                        false,
+                        scale,
+                        false,
+                    )
+                };
+                out.narrow(0, p.start, p.len)
+                    .copy_(&o.squeeze_dim(0).permute([1, 0, 2]));
+            }
+            if let Some(d) = &batch.decode {
+                let sz = d.slots.size();
+                let (b, lmax) = (sz[0], sz[1]);
+                let qd = q.index_select(0, &d.rows).unsqueeze(2);
+                let flat = d.slots.view([-1]);
+                let kd = kc
+                    .index_select(0, &flat)
+                    .view([b, lmax, n_kv, hd])
+                    .permute([0, 2, 1, 3])
+                    .repeat_interleave_self_int(groups, 1, None::<i64>);
+                let vd = vc
+                    .index_select(0, &flat)
+                    .view([b, lmax, n_kv, hd])
+                    .permute([0, 2, 1, 3])
+                    .repeat_interleave_self_int(groups, 1, None::<i64>);
+                let o = Tensor::scaled_dot_product_attention(
+                    &qd,
+                    &kd,
+                    &vd,
+                    Some(&d.mask),
+                    0.0,
+                    false,
+                    scale,
+                    false,
+                );
+                let _ = out.index_copy_(0, &d.rows, &o.squeeze_dim(2));
+            }
+            let attn = out
+                .view([t, n_heads * hd])
+                .linear::<Tensor>(&layer.wo, None);
+            h = h + attn;
+            let xn = rms_norm(&h, &layer.post_norm, eps);
+            let gu = xn.linear::<Tensor>(&layer.w_gate_up, None);
+            let inter = cfg.intermediate_size as i64;
+            let g = gu.narrow(1, 0, inter);
+            let u = gu.narrow(1, inter, inter);
+            let m = (g.silu() * u).linear::<Tensor>(&layer.w_down, None);
+            h = h + m;
+        }
+        let last = h.index_select(0, &batch.logit_rows);
+        let last = rms_norm(&last, &self.norm, eps);
+        last.linear::<Tensor>(&self.lm_head, None)
+            .to_kind(Kind::Float)
+    }
+}
+
+/// cos/sin tables `[max_pos, head_dim]`, computed as Hugging Face does (f32
+/// inverse frequencies, `cat(freqs, freqs)`).
+fn rope_tables(cfg: &ModelConfig, device: Device) -> (Tensor, Tensor) {
+    let hd = cfg.head_dim() as i64;
+    let inv = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, Device::Cpu)).to_kind(Kind::Float)
+        / (hd as f64);
+    let inv = Tensor::from(cfg.rope_theta as f32).pow(&inv).reciprocal();
+    let pos = Tensor::arange(
+        cfg.max_position_embeddings as i64,
+        (Kind::Float, Device::Cpu),
+    );
+    let freqs = pos.unsqueeze(1).matmul(&inv.unsqueeze(0));
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    (emb.cos().to_device(device), emb.sin().to_device(device))
+}

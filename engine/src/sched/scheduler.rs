@@ -1,0 +1,505 @@
+//! The continuous-batching scheduler: decides, every step, which sequences
+//! run and how many of their tokens, under a per-step token budget.
+//!
+//! Rules, in order:
+//! 1. Running sequences go first, oldest first: a decoding sequence takes one
+//!    token, a sequence still prefilling takes the next chunk of its prompt
+//!    (as much as the budget leaves), so long prompts never stall streams.
+//! 2. When a running sequence needs a block and none is free, the youngest
+//!    running sequence is preempted: its blocks are released and it goes
+//!    back to the front of the waiting queue, to be recomputed later.
+//! 3. Only if nothing was preempted, waiting sequences join (FIFO) while
+//!    budget, blocks and `max_running` allow, first reusing any cached full
+//!    blocks of their prefix.
+//!
+//! The scheduler owns token ids and block tables only; the engine loop runs
+//! the plan on the model and reports back with `complete`/`append_token`.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::blocks::{chain_hash, BlockAllocator, BlockId};
+
+pub type SeqId = u64;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub max_batch_tokens: usize,
+    pub max_running: usize,
+    pub prefix_caching: bool,
+}
+
+#[derive(Debug)]
+struct Seq {
+    tokens: Vec<u32>,
+    computed: usize,
+    blocks: Vec<BlockId>,
+    /// Prefix hashes of the leading full blocks already registered/looked up.
+    hashes: Vec<u64>,
+}
+
+/// One sequence's share of a step: tokens `[start, start + len)` of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanItem {
+    pub seq: SeqId,
+    pub start: usize,
+    pub len: usize,
+    /// True when this chunk reaches the sequence's last token, so the step
+    /// yields its next-token logits.
+    pub wants_logits: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepPlan {
+    pub items: Vec<PlanItem>,
+    pub preempted: Vec<SeqId>,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    alloc: BlockAllocator,
+    seqs: HashMap<SeqId, Seq>,
+    waiting: VecDeque<SeqId>,
+    /// Oldest first.
+    running: Vec<SeqId>,
+    pub preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        Self {
+            alloc: BlockAllocator::new(cfg.num_blocks),
+            cfg,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            preemptions: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// Queues a new sequence with its prompt.
+    pub fn add(&mut self, id: SeqId, prompt: Vec<u32>) {
+        self.seqs.insert(
+            id,
+            Seq {
+                tokens: prompt,
+                computed: 0,
+                blocks: Vec::new(),
+                hashes: Vec::new(),
+            },
+        );
+        self.waiting.push_back(id);
+    }
+
+    /// Removes a sequence (finished or cancelled) and frees its blocks.
+    pub fn remove(&mut self, id: SeqId) {
+        if let Some(s) = self.seqs.remove(&id) {
+            for b in s.blocks {
+                self.alloc.release(b);
+            }
+        }
+        self.waiting.retain(|&w| w != id);
+        self.running.retain(|&r| r != id);
+    }
+
+    pub fn append_token(&mut self, id: SeqId, token: u32) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.tokens.push(token);
+        }
+    }
+
+    pub fn tokens(&self, id: SeqId) -> &[u32] {
+        self.seqs
+            .get(&id)
+            .map(|s| s.tokens.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+    pub fn is_idle(&self) -> bool {
+        self.seqs.is_empty()
+    }
+    pub fn kv_usage(&self) -> f64 {
+        self.alloc.usage()
+    }
+    pub fn blocks_used(&self) -> usize {
+        self.alloc.used()
+    }
+    pub fn prefix_stats(&self) -> super::blocks::PrefixStats {
+        self.alloc.stats
+    }
+
+    /// Slot (`block * block_size + offset`) of each position in `range`.
+    pub fn slots(&self, id: SeqId, range: std::ops::Range<usize>) -> Vec<i64> {
+        let bs = self.cfg.block_size;
+        let Some(s) = self.seqs.get(&id) else {
+            return Vec::new();
+        };
+        range
+            .map(|p| s.blocks[p / bs] as i64 * bs as i64 + (p % bs) as i64)
+            .collect()
+    }
+
+    fn blocks_needed(&self, s: &Seq, upto: usize) -> usize {
+        upto.div_ceil(self.cfg.block_size)
+            .saturating_sub(s.blocks.len())
+    }
+
+    fn grow(&mut self, id: SeqId, upto: usize) -> bool {
+        let Some(s) = self.seqs.get(&id) else {
+            return false;
+        };
+        let need = self.blocks_needed(s, upto);
+        if need > self.alloc.available() {
+            return false;
+        }
+        let mut got = Vec::with_capacity(need);
+        for _ in 0..need {
+            match self.alloc.allocate() {
+                Some(b) => got.push(b),
+                None => break,
+            }
+        }
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.blocks.extend(got);
+        }
+        true
+    }
+
+    fn preempt(&mut self, id: SeqId) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            for b in s.blocks.drain(..) {
+                self.alloc.release(b);
+            }
+            s.computed = 0;
+            s.hashes.clear();
+        }
+        self.running.retain(|&r| r != id);
+        self.waiting.push_front(id);
+        self.preemptions += 1;
+    }
+
+    /// Takes references on cached full blocks of the sequence's prefix. The
+    /// last token is never taken from cache: its logits are needed.
+    fn reuse_prefix(&mut self, id: SeqId) {
+        if !self.cfg.prefix_caching {
+            return;
+        }
+        let bs = self.cfg.block_size;
+        let Some(s) = self.seqs.get(&id) else { return };
+        if !s.blocks.is_empty() {
+            return;
+        }
+        let max_blocks = s.tokens.len().saturating_sub(1) / bs;
+        let mut parent = 0u64;
+        let mut found = Vec::new();
+        for b in 0..max_blocks {
+            let h = chain_hash(parent, &s.tokens[b * bs..(b + 1) * bs]);
+            match self.alloc.lookup(h) {
+                Some(blk) => {
+                    found.push((blk, h));
+                    parent = h;
+                }
+                None => break,
+            }
+        }
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.computed = found.len() * bs;
+            for (blk, h) in found {
+                s.blocks.push(blk);
+                s.hashes.push(h);
+            }
+        }
+    }
+
+    fn release_all(&mut self, id: SeqId) {
+        if let Some(s) = self.seqs.get_mut(&id) {
+            for b in s.blocks.drain(..) {
+                self.alloc.release(b);
+            }
+            s.computed = 0;
+            s.hashes.clear();
+        }
+    }
+
+    /// Plans the next step.
+    pub fn schedule(&mut self) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let mut budget = self.cfg.max_batch_tokens;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let (computed, total) = match self.seqs.get(&id) {
+                Some(s) => (s.computed, s.tokens.len()),
+                None => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let len = (total - computed).min(budget);
+            let mut scheduled = true;
+            while !self.grow(id, computed + len) {
+                let Some(&victim) = self.running.last() else {
+                    break;
+                };
+                self.preempt(victim);
+                plan.preempted.push(victim);
+                if victim == id {
+                    scheduled = false;
+                    break;
+                }
+            }
+            if !scheduled {
+                break;
+            }
+            plan.items.push(PlanItem {
+                seq: id,
+                start: computed,
+                len,
+                wants_logits: computed + len == total,
+            });
+            budget -= len;
+            i += 1;
+        }
+        if plan.preempted.is_empty() {
+            while budget > 0 && self.running.len() < self.cfg.max_running {
+                let Some(&id) = self.waiting.front() else {
+                    break;
+                };
+                self.reuse_prefix(id);
+                let (computed, total) = match self.seqs.get(&id) {
+                    Some(s) => (s.computed, s.tokens.len()),
+                    None => {
+                        self.waiting.pop_front();
+                        continue;
+                    }
+                };
+                let len = (total - computed).min(budget);
+                if !self.grow(id, computed + len) {
+                    self.release_all(id);
+                    break;
+                }
+                self.waiting.pop_front();
+                self.running.push(id);
+                plan.items.push(PlanItem {
+                    seq: id,
+                    start: computed,
+                    len,
+                    wants_logits: computed + len == total,
+                });
+                budget -= len;
+            }
+        }
+        plan
+    }
+
+    /// Records that the plan's tokens now have K/V in the cache, and
+    /// registers newly filled blocks in the prefix cache.
+    pub fn complete(&mut self, plan: &StepPlan) {
+        let bs = self.cfg.block_size;
+        for item in &plan.items {
+            let Some(s) = self.seqs.get_mut(&item.seq) else {
+                continue;
+            };
+            s.computed = s.computed.max(item.start + item.len);
+            if !self.cfg.prefix_caching {
+                continue;
+            }
+            let full = s.computed / bs;
+            while s.hashes.len() < full {
+                let b = s.hashes.len();
+                let parent = s.hashes.last().copied().unwrap_or(0);
+                let h = chain_hash(parent, &s.tokens[b * bs..(b + 1) * bs]);
+                self.alloc.register(s.blocks[b], h);
+                s.hashes.push(h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(blocks: usize, budget: usize) -> SchedulerConfig {
+        SchedulerConfig {
+            num_blocks: blocks,
+            block_size: 4,
+            max_batch_tokens: budget,
+            max_running: 16,
+            prefix_caching: true,
+        }
+    }
+
+    /// Runs a plan as the engine would: complete it and append a token to
+    /// each sequence that produced logits.
+    fn step(s: &mut Scheduler) -> StepPlan {
+        let plan = s.schedule();
+        s.complete(&plan);
+        for it in &plan.items {
+            if it.wants_logits {
+                s.append_token(it.seq, 7);
+            }
+        }
+        plan
+    }
+
+    #[test]
+    fn new_request_joins_running_batch_at_next_step() {
+        let mut s = Scheduler::new(cfg(64, 64));
+        s.add(1, vec![1, 2, 3]);
+        let p = step(&mut s);
+        assert_eq!(p.items.len(), 1);
+        s.add(2, vec![4, 5]);
+        let p = step(&mut s);
+        assert_eq!(
+            p.items,
+            vec![
+                PlanItem {
+                    seq: 1,
+                    start: 3,
+                    len: 1,
+                    wants_logits: true
+                },
+                PlanItem {
+                    seq: 2,
+                    start: 0,
+                    len: 2,
+                    wants_logits: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn finished_sequence_leaves_and_frees_its_blocks() {
+        let mut s = Scheduler::new(cfg(64, 64));
+        s.add(1, vec![1; 10]);
+        s.add(2, vec![2; 3]);
+        step(&mut s);
+        assert!(s.blocks_used() > 0);
+        s.remove(1);
+        let p = step(&mut s);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].seq, 2);
+        s.remove(2);
+        assert_eq!(s.blocks_used(), 0);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn long_prompt_is_prefilled_in_chunks_while_running_stream_keeps_decoding() {
+        let mut s = Scheduler::new(cfg(64, 8));
+        s.add(1, vec![1, 2]);
+        step(&mut s);
+        s.add(2, vec![9; 20]);
+        let mut chunks = Vec::new();
+        for _ in 0..4 {
+            let p = step(&mut s);
+            assert!(
+                p.items.iter().any(|i| i.seq == 1 && i.len == 1),
+                "stream 1 decodes every step"
+            );
+            let c = p
+                .items
+                .iter()
+                .find(|i| i.seq == 2)
+                .map(|i| (i.start, i.len, i.wants_logits));
+            chunks.push(c);
+            assert!(p.items.iter().map(|i| i.len).sum::<usize>() <= 8);
+        }
+        assert_eq!(
+            chunks,
+            vec![
+                Some((0, 7, false)),
+                Some((7, 7, false)),
+                Some((14, 6, true)),
+                Some((20, 1, true))
+            ]
+        );
+    }
+
+    #[test]
+    fn youngest_running_sequence_is_preempted_when_blocks_run_out_and_recomputed_later() {
+        // 4 blocks of 4 tokens: two sequences of 7 tokens fill 4 blocks.
+        let mut s = Scheduler::new(cfg(4, 64));
+        s.add(1, vec![1; 7]);
+        s.add(2, vec![2; 7]);
+        step(&mut s); // both prefilled, each now holds 8 tokens = 2 blocks
+        let p = step(&mut s); // both need a third block
+        assert_eq!(p.preempted, vec![2]);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].seq, 1);
+        assert_eq!(s.num_waiting(), 1);
+        assert_eq!(s.preemptions, 1);
+        s.remove(1);
+        let p = step(&mut s);
+        // recompute: the whole sequence (prompt + generated) again
+        assert_eq!(p.items[0].seq, 2);
+        assert_eq!(p.items[0].len, 9);
+        assert!(p.items[0].wants_logits);
+        s.remove(2);
+        assert_eq!(s.blocks_used(), 0);
+    }
+
+    #[test]
+    fn cancelled_sequences_release_blocks_whether_waiting_or_running() {
+        let mut s = Scheduler::new(cfg(3, 64));
+        s.add(1, vec![1; 8]);
+        s.add(2, vec![2; 8]);
+        step(&mut s);
+        assert_eq!(s.num_running(), 1);
+        assert_eq!(s.num_waiting(), 1);
+        s.remove(2);
+        s.remove(1);
+        assert_eq!(s.blocks_used(), 0);
+        assert!(s.schedule().items.is_empty());
+    }
+
+    #[test]
+    fn shared_prefix_reuses_cached_blocks_and_counts_hits() {
+        let mut s = Scheduler::new(cfg(64, 64));
+        let prompt: Vec<u32> = (0..10).collect();
+        s.add(1, prompt.clone());
+        step(&mut s);
+        s.remove(1);
+        s.add(2, prompt);
+        let p = step(&mut s);
+        // two full blocks (8 tokens) come from cache; only 2 are computed
+        assert_eq!(
+            p.items[0],
+            PlanItem {
+                seq: 2,
+                start: 8,
+                len: 2,
+                wants_logits: true
+            }
+        );
+        assert_eq!(s.prefix_stats().hits, 2);
+        s.remove(2);
+        assert_eq!(s.blocks_used(), 0);
+    }
+
+    #[test]
+    fn waiting_request_does_not_join_when_running_batch_is_full() {
+        let mut c = cfg(64, 64);
+        c.max_running = 1;
+        let mut s = Scheduler::new(c);
+        s.add(1, vec![1]);
+        s.add(2, vec![2]);
+        let p = step(&mut s);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(s.num_waiting(), 1);
+    }
+}
