@@ -86,8 +86,26 @@ EOF
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
   say "kube: building etcd $ETCD_VERSION"
-  GOBIN="$KUBE_DIR/gobin" go install -trimpath -ldflags "-s -w" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-  mv "$KUBE_DIR/gobin/server" "$KUBE_DIR/bin/etcd" 2>/dev/null || mv "$KUBE_DIR/gobin/v3" "$KUBE_DIR/bin/etcd"
+  # etcd's server module replaces its sibling modules with local paths too.
+  local emod="$KUBE_DIR/etcd-mod"
+  mkdir -p "$emod"
+  cat >"$emod/go.mod" <<GOMOD
+module steward.dev/etcdtools
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+
+replace (
+	go.etcd.io/etcd/api/v3 => go.etcd.io/etcd/api/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/pkg/v3 => go.etcd.io/etcd/client/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/v3 => go.etcd.io/etcd/client/v3 $ETCD_VERSION
+	go.etcd.io/etcd/pkg/v3 => go.etcd.io/etcd/pkg/v3 $ETCD_VERSION
+)
+GOMOD
+  printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' >"$emod/tools.go"
+  (cd "$emod" && go mod tidy -e >/dev/null 2>&1 || true)
+  (cd "$emod" && go build -trimpath -ldflags "-s -w" -o "$KUBE_DIR/bin/etcd" go.etcd.io/etcd/server/v3)
   say "kube: building helm $HELM_VERSION"
   GOBIN="$KUBE_DIR/bin" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   rm -rf "$KUBE_DIR/gobin"
