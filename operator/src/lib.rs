@@ -1,6 +1,14 @@
 //! steward-operator: turns `InferenceService` objects into revisions of
 //! steward-engine pods, shifts traffic between them and reports status.
 //!
-//! `crd` holds the resource types (shared with the router).
+//! Flow of one reconcile: `observe` (children → plain views) → `rollout`
+//! (which revisions at what size, who gets traffic) → `status` (the status
+//! value) → `children` (the objects to apply) → `controller` (applies only
+//! what differs). Everything before `controller` is pure and unit tested.
 
+pub mod children;
 pub mod crd;
+pub mod observe;
+pub mod revision;
+pub mod rollout;
+pub mod status;

@@ -1,0 +1,110 @@
+//! Revisions: a revision is the hash of everything in the spec that shapes
+//! the engine pods.
+//!
+//! Two specs with the same [`PodShape`] run the same pods, so they are the
+//! same revision; a change outside it (SLO numbers, replica bounds, rollout
+//! policy, per-tenant limits) never restarts a pod. The hash is the first 10
+//! hex characters of SHA-256 over the shape's JSON (field order is fixed by
+//! the struct, maps are `BTreeMap`s), so it is stable across processes and
+//! operator restarts.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{DrainingSpec, EngineSpec, InferenceServiceSpec, ModelSpec};
+
+/// Length of a revision name in hex characters (docs/architecture.md).
+pub const REVISION_LEN: usize = 10;
+
+/// The part of the spec that shapes pods.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodShape<'a> {
+    model: &'a ModelSpec,
+    engine: &'a EngineSpec,
+    draining: &'a DrainingSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens_per_request: Option<i32>,
+}
+
+impl<'a> PodShape<'a> {
+    /// Picks the pod-shaping fields out of a spec.
+    pub fn of(spec: &'a InferenceServiceSpec) -> Self {
+        Self {
+            model: &spec.model,
+            engine: &spec.engine,
+            draining: &spec.draining,
+            max_tokens_per_request: spec.limits.max_tokens_per_request,
+        }
+    }
+}
+
+/// The revision name of a spec.
+pub fn revision_of(spec: &InferenceServiceSpec) -> String {
+    short_hash(&PodShape::of(spec))
+}
+
+/// First [`REVISION_LEN`] hex chars of SHA-256 over `value`'s JSON. Also used
+/// to fingerprint the objects the operator applies.
+pub fn short_hash<T: Serialize>(value: &T) -> String {
+    // Serialising plain structs of strings, numbers and BTreeMaps cannot
+    // fail; an empty input still hashes to a stable value.
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let mut out = hex::encode(digest);
+    out.truncate(REVISION_LEN);
+    out
+}
+
+/// The Deployment name of a revision.
+pub fn deployment_name(service: &str, revision: &str) -> String {
+    format!("{service}-{revision}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::GoDuration;
+
+    fn spec() -> InferenceServiceSpec {
+        serde_yaml::from_str("model: { name: m, uri: 'file:///models/m' }").unwrap()
+    }
+
+    #[test]
+    fn revision_is_ten_hex_chars_and_stable() {
+        let r = revision_of(&spec());
+        assert_eq!(r.len(), REVISION_LEN);
+        assert!(r.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(r, revision_of(&spec()));
+    }
+
+    #[test]
+    fn pod_shaping_changes_make_a_new_revision() {
+        let base = revision_of(&spec());
+        let mut s = spec();
+        s.engine.image = "steward-engine:0.2".into();
+        assert_ne!(revision_of(&s), base);
+        let mut s = spec();
+        s.model.uri = "file:///models/other".into();
+        assert_ne!(revision_of(&s), base);
+        let mut s = spec();
+        s.draining.window = GoDuration::from_secs(90);
+        assert_ne!(revision_of(&s), base);
+        let mut s = spec();
+        s.limits.max_tokens_per_request = Some(100);
+        assert_ne!(revision_of(&s), base);
+    }
+
+    #[test]
+    fn slo_replica_and_rollout_changes_keep_the_revision() {
+        let base = revision_of(&spec());
+        let mut s = spec();
+        s.slo.ttft_p99 = GoDuration::from_millis(300);
+        s.slo.availability = "99.99".into();
+        s.replicas.min = 5;
+        s.replicas.warm = 2;
+        s.autoscaling.target_utilization = 50;
+        s.rollout.steps.clear();
+        assert_eq!(revision_of(&s), base);
+    }
+}
