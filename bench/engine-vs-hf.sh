@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# steward-engine against the Hugging Face transformers baseline and against
+# this machine's limits, on the bench model (about 100M parameters, fp32).
+#
+#   bench/engine-vs-hf.sh            # builds, makes the model, runs both, prints the comparison
+#
+# Environment (all optional):
+#   BENCH_OUT=DIR          results folder (default target/bench/<UTC time>); JSON per run
+#   BENCH_MODEL=DIR        model directory (default target/bench/model-bench, made once)
+#   BENCH_SKIP_BUILD=1     use the binaries already in target/release
+#   BENCH_ONLY=engine|hf   run one side only
+#   BENCH_MIX_REQUESTS=N   requests in the concurrency-16 mix run (default 64)
+#   BENCH_THREADS=N        torch threads for both servers and the probe (default 2)
+#   LOADGEN_EXTRA="..."    extra steward-loadgen flags for every run
+#
+# Each server runs alone (one at a time) and gets the same requests (same
+# seed). Runs per server: a warm-up, "mix" (concurrency 16, prompts of
+# 32-128 words, outputs lognormal median 64 clipped at 256, ignore_eos),
+# "b1" (one stream, 64 tokens: its ITL is the batch-1 decode step) and
+# "b16" (16 streams of 64 tokens started together: the batch-16 step).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+# shellcheck disable=SC1090
+source <(tools/setup.sh --print-env)
+[[ -x "${STEWARD_PYTHON:-}" ]] || tools/setup.sh python
+OUT="${BENCH_OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
+MODEL="${BENCH_MODEL:-$ROOT/target/bench/model-bench}"
+THREADS="${BENCH_THREADS:-2}"
+MIX_REQUESTS="${BENCH_MIX_REQUESTS:-64}"
+ENGINE_PORT=18200
+HF_PORT=18100
+BIN="$ROOT/target/release"
+mkdir -p "$OUT"
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  say "building steward-engine and steward-loadgen (release)"
+  cargo build --release -p steward-engine -p steward-loadgen >&2
+fi
+
+if [[ ! -f "$MODEL/config.json" ]]; then
+  say "making the bench model in $MODEL"
+  "$BIN/steward-engine" make-model --size bench "$MODEL" >&2
+fi
+
+say "probing the hardware ($THREADS threads)"
+"$STEWARD_PYTHON" bench/hw_probe.py --model "$MODEL" --threads "$THREADS" --json "$OUT/hw.json"
+
+SERVER_PID=""
+stop_server() {
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  SERVER_PID=""
+}
+trap stop_server EXIT
+
+wait_ready() { # wait_ready URL NAME
+  for _ in $(seq 600); do
+    if curl -sf "$1" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then say "$2 exited before it was ready (log: $OUT/$2.log)"; return 1; fi
+    sleep 0.5
+  done
+  say "$2 was not ready after 300s"; return 1
+}
+
+loadgen() { # loadgen NAME PORT RUN FLAGS...
+  local name=$1 port=$2 run=$3; shift 3
+  # shellcheck disable=SC2086
+  "$BIN/steward-loadgen" --url "http://127.0.0.1:$port" --model bench --seed 7 \
+    --label "$name-$run" --json "$OUT/$name-$run.json" --request-timeout 600s "$@" ${LOADGEN_EXTRA:-}
+}
+
+bench_target() { # bench_target NAME PORT
+  local name=$1 port=$2
+  say "$name: warm-up"
+  loadgen "$name" "$port" warmup --concurrency 4 --requests 4 --output-len fixed:8 >/dev/null
+  say "$name: mix (concurrency 16, $MIX_REQUESTS requests)"
+  loadgen "$name" "$port" mix --concurrency 16 --requests "$MIX_REQUESTS" \
+    --prompt-len uniform:32-128 --output-len lognormal:64,0.8@256
+  say "$name: batch-1 decode"
+  loadgen "$name" "$port" b1 --concurrency 1 --requests 3 --prompt-len fixed:32 --output-len fixed:64
+  say "$name: batch-16 decode"
+  loadgen "$name" "$port" b16 --concurrency 16 --requests 16 --prompt-len fixed:32 --output-len fixed:64
+}
+
+if [[ "${BENCH_ONLY:-engine}" != hf ]]; then
+  say "starting steward-engine on :$ENGINE_PORT"
+  "$BIN/steward-engine" serve --model "$MODEL" --served-model-name bench \
+    --host 127.0.0.1 --port "$ENGINE_PORT" >"$OUT/engine.log" 2>&1 &
+  SERVER_PID=$!
+  if wait_ready "http://127.0.0.1:$ENGINE_PORT/ready" engine; then
+    bench_target engine "$ENGINE_PORT"
+    curl -sf "http://127.0.0.1:$ENGINE_PORT/metrics" >"$OUT/engine-metrics.txt" || true
+  fi
+  stop_server
+fi
+
+if [[ "${BENCH_ONLY:-hf}" != engine ]]; then
+  say "starting the transformers baseline on :$HF_PORT"
+  "$STEWARD_PYTHON" bench/hf_server.py --model "$MODEL" --served-model-name bench \
+    --port "$HF_PORT" --threads "$THREADS" --max-batch 16 >"$OUT/hf.log" 2>&1 &
+  SERVER_PID=$!
+  if wait_ready "http://127.0.0.1:$HF_PORT/health" hf; then
+    bench_target hf "$HF_PORT"
+  fi
+  stop_server
+fi
+
+python3 bench/compare.py "$OUT" | tee "$OUT/summary.txt"
+say "results in $OUT"
