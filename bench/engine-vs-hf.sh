@@ -11,6 +11,8 @@
 #   BENCH_ONLY=engine|hf   run one side only
 #   BENCH_MIX_REQUESTS=N   requests in the concurrency-16 mix run (default 64)
 #   BENCH_THREADS=N        torch threads for both servers and the probe (default 2)
+#   BENCH_PROFILE=1        record the server with perf during b1 and b16 and write the
+#                          top symbols to <name>-profile-<run>.txt ("where the time goes")
 #   LOADGEN_EXTRA="..."    extra steward-loadgen flags for every run
 #
 # Each server runs alone (one at a time) and gets the same requests (same
@@ -76,6 +78,26 @@ loadgen() { # loadgen NAME PORT RUN FLAGS...
     --label "$name-$run" --json "$OUT/$name-$run.json" --request-timeout 600s "$@" ${LOADGEN_EXTRA:-}
 }
 
+profiled() { # profiled NAME RUN CMD... : runs CMD, under perf on the server when BENCH_PROFILE=1
+  local name=$1 run=$2; shift 2
+  if [[ "${BENCH_PROFILE:-0}" != 1 ]] || ! command -v perf >/dev/null; then "$@"; return; fi
+  perf record -q -F 499 -g -p "$SERVER_PID" -o "$OUT/$name-$run.perf" >/dev/null 2>&1 &
+  local perf_pid=$!
+  sleep 0.5
+  "$@"
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  {
+    echo "# by library"
+    perf report -i "$OUT/$name-$run.perf" --stdio --no-children -g none --sort dso --percent-limit 1 2>/dev/null \
+      | grep -E '^ +[0-9]' | sed -E 's/ +- +-? *$//; s/ {2,}/  /g'
+    echo "# by symbol"
+    perf report -i "$OUT/$name-$run.perf" --stdio --no-children -g none --sort dso,symbol --percent-limit 0.7 \
+      2>/dev/null | grep -E '^ +[0-9]' | sed -E 's/ +- +-? *$//; s/ {2,}/  /g' | head -40
+  } >"$OUT/$name-profile-$run.txt" || true
+  say "$name: profile of $run in $OUT/$name-profile-$run.txt"
+}
+
 bench_target() { # bench_target NAME PORT
   local name=$1 port=$2
   say "$name: warm-up"
@@ -84,9 +106,9 @@ bench_target() { # bench_target NAME PORT
   loadgen "$name" "$port" mix --concurrency 16 --requests "$MIX_REQUESTS" \
     --prompt-len uniform:32-128 --output-len lognormal:64,0.8@256
   say "$name: batch-1 decode"
-  loadgen "$name" "$port" b1 --concurrency 1 --requests 3 --prompt-len fixed:32 --output-len fixed:64
+  profiled "$name" b1 loadgen "$name" "$port" b1 --concurrency 1 --requests 3 --prompt-len fixed:32 --output-len fixed:64
   say "$name: batch-16 decode"
-  loadgen "$name" "$port" b16 --concurrency 16 --requests 16 --prompt-len fixed:32 --output-len fixed:64
+  profiled "$name" b16 loadgen "$name" "$port" b16 --concurrency 16 --requests 16 --prompt-len fixed:32 --output-len fixed:64
 }
 
 if [[ "${BENCH_ONLY:-engine}" != hf ]]; then
