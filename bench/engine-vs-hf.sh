@@ -75,7 +75,8 @@ loadgen() { # loadgen NAME PORT RUN FLAGS...
   local name=$1 port=$2 run=$3; shift 3
   # shellcheck disable=SC2086
   "$BIN/steward-loadgen" --url "http://127.0.0.1:$port" --model bench --seed 7 \
-    --label "$name-$run" --json "$OUT/$name-$run.json" --request-timeout 600s "$@" ${LOADGEN_EXTRA:-}
+    --label "$name-$run" --json "$OUT/$name-$run.json" --request-timeout 600s --threads 1 \
+    "$@" ${LOADGEN_EXTRA:-}
 }
 
 profiled() { # profiled NAME RUN CMD... : runs CMD, under perf on the server when BENCH_PROFILE=1
