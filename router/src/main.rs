@@ -1,1 +1,67 @@
-fn main() {}
+//! steward-router binary: flags → discovery + load poller + HTTP server.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use steward_router::config::{Cli, LogFormat};
+use steward_router::discovery::{self, DiscoveryConfig};
+use steward_router::index::SharedIndex;
+use steward_router::server::{app, RouterState};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let index = SharedIndex::new();
+    let (state, poller) = RouterState::new(cli.proxy_config(), cli.poll_config(), index.clone());
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client")?;
+    tokio::spawn(discovery::run(
+        client,
+        DiscoveryConfig {
+            namespace: cli.discovery.namespace.clone(),
+            resync_interval: cli.discovery.resync_interval,
+        },
+        index,
+        state.proxy.metrics.clone(),
+        state.ready.clone(),
+    ));
+    tokio::spawn(poller.run());
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    tracing::info!(listen = %cli.listen, namespace = ?cli.discovery.namespace, "steward-router serving");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    // Give open streams a moment; the Deployment's grace period bounds the rest.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,224 @@
+//! The router's metrics, all under `steward_router_` (docs/metrics-router.md).
+//!
+//! Request metrics carry `namespace`, `service` and `revision` (the
+//! InferenceService and revision that served the request, empty when the
+//! request never reached one), so canary analysis can compare revisions.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Which service and revision a request went to.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    /// `2xx`, `4xx`, `5xx`, ...
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    pub namespace: String,
+    pub service: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscoveryLabels {
+    pub kind: String,
+    pub event: String,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
+/// All router metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<StatusLabels, Counter>,
+    pub ttft: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub streamed_tokens: Family<RouteLabels, Counter>,
+    pub retries: Family<ReasonLabels, Counter>,
+    pub upstream_failures: Family<ReasonLabels, Counter>,
+    pub stream_errors: Family<ReasonLabels, Counter>,
+    pub client_disconnects: Family<RouteLabels, Counter>,
+    pub throttled: Family<ThrottleLabels, Counter>,
+    pub in_flight: Family<RouteLabels, Gauge>,
+    pub retry_budget_exhausted: Counter,
+    pub endpoint_ejections: Counter,
+    pub endpoints: Gauge,
+    pub services: Gauge,
+    pub load_poll_failures: Counter,
+    pub discovery_events: Family<DiscoveryLabels, Counter>,
+    pub discovery_malformed: Family<DiscoveryLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry` under `steward_router_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            ttft: Family::new_with_constructor(latency),
+            request_duration: Family::new_with_constructor(latency),
+            streamed_tokens: Family::default(),
+            retries: Family::default(),
+            upstream_failures: Family::default(),
+            stream_errors: Family::default(),
+            client_disconnects: Family::default(),
+            throttled: Family::default(),
+            in_flight: Family::default(),
+            retry_budget_exhausted: Counter::default(),
+            endpoint_ejections: Counter::default(),
+            endpoints: Gauge::default(),
+            services: Gauge::default(),
+            load_poll_failures: Counter::default(),
+            discovery_events: Family::default(),
+            discovery_malformed: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("steward_router");
+        r.register(
+            "requests",
+            "Requests answered, by status class",
+            m.requests.clone(),
+        );
+        r.register_with_unit(
+            "ttft",
+            "Time from request arrival to the first response body byte",
+            Unit::Seconds,
+            m.ttft.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from request arrival to the end of the response body",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        r.register(
+            "streamed_tokens",
+            "SSE data events streamed to clients",
+            m.streamed_tokens.clone(),
+        );
+        r.register(
+            "retries",
+            "Requests retried on another endpoint, by first failure",
+            m.retries.clone(),
+        );
+        r.register(
+            "upstream_failures",
+            "Failures talking to an engine before its first byte, by reason",
+            m.upstream_failures.clone(),
+        );
+        r.register(
+            "stream_errors",
+            "Responses cut off after the first byte",
+            m.stream_errors.clone(),
+        );
+        r.register(
+            "client_disconnects",
+            "Responses abandoned by the client before the end",
+            m.client_disconnects.clone(),
+        );
+        r.register(
+            "throttled",
+            "Requests refused by edge limits, by reason",
+            m.throttled.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Requests being proxied now",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "retry_budget_exhausted",
+            "Retryable failures not retried because the retry budget was spent",
+            m.retry_budget_exhausted.clone(),
+        );
+        r.register(
+            "endpoint_ejections",
+            "Endpoints ejected after a connect failure",
+            m.endpoint_ejections.clone(),
+        );
+        r.register(
+            "endpoints",
+            "Routable endpoints in the routing table",
+            m.endpoints.clone(),
+        );
+        r.register(
+            "services",
+            "InferenceServices in the routing table",
+            m.services.clone(),
+        );
+        r.register(
+            "load_poll_failures",
+            "Failed GET /load polls",
+            m.load_poll_failures.clone(),
+        );
+        r.register(
+            "discovery_events",
+            "Watch events applied to the index",
+            m.discovery_events.clone(),
+        );
+        r.register(
+            "discovery_malformed",
+            "Watched objects skipped because they could not be read",
+            m.discovery_malformed.clone(),
+        );
+        m
+    }
+}
+
+/// `2xx`-style class of a status code.
+pub fn status_class(status: u16) -> String {
+    format!("{}xx", status / 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_encode_under_the_router_prefix() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        let l = RouteLabels {
+            namespace: "ns".into(),
+            service: "chat".into(),
+            revision: "r1".into(),
+        };
+        m.ttft.get_or_create(&l).observe(0.01);
+        m.requests
+            .get_or_create(&StatusLabels {
+                namespace: "ns".into(),
+                service: "chat".into(),
+                revision: "r1".into(),
+                class: status_class(200),
+            })
+            .inc();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+        assert!(out.contains("steward_router_ttft_seconds_bucket{"), "{out}");
+        assert!(out.contains(r#"steward_router_requests_total{namespace="ns",service="chat",revision="r1",class="2xx"} 1"#), "{out}");
+    }
+}
