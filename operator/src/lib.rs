@@ -4,11 +4,18 @@
 //! Flow of one reconcile: `observe` (children → plain views) → `rollout`
 //! (which revisions at what size, who gets traffic) → `status` (the status
 //! value) → `children` (the objects to apply) → `controller` (applies only
-//! what differs). Everything before `controller` is pure and unit tested.
+//! what differs). Everything before `controller` is pure and unit tested;
+//! `leader`, `http`, `metrics` and `run` wrap the process around it.
 
 pub mod children;
+pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod observe;
 pub mod revision;
 pub mod rollout;
+pub mod run;
 pub mod status;

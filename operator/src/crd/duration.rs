@@ -88,9 +88,9 @@ impl fmt::Display for GoDuration {
         let nanos = d.subsec_nanos();
         if d.as_secs() == 0 || nanos != 0 {
             let total = d.as_nanos();
-            return if total % 1_000_000 == 0 {
+            return if total.is_multiple_of(1_000_000) {
                 write!(f, "{}ms", total / 1_000_000)
-            } else if total % 1_000 == 0 {
+            } else if total.is_multiple_of(1_000) {
                 write!(f, "{}us", total / 1_000)
             } else {
                 write!(f, "{total}ns")

@@ -20,6 +20,9 @@ use super::duration::GoDuration;
 use super::status::InferenceServiceStatus;
 
 /// Desired state of an `InferenceService`.
+// Clippy reads the repeated `printcolumn(type_ = "string")` keys as
+// duplicated attributes; they are separate columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "serving.steward.dev",

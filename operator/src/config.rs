@@ -1,0 +1,112 @@
+//! Command-line flags of `steward-operator` (each also an environment
+//! variable), grouped by concern.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+
+use crate::children::TemplateConfig;
+use crate::controller::OperatorConfig;
+
+/// Reconciles InferenceService objects into revisions of steward-engine pods.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "steward-operator", version)]
+pub struct Cli {
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "STEWARD_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "STEWARD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Reconciles running at once.
+    #[arg(long, env = "STEWARD_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "STEWARD_LOG_JSON")]
+    pub log_json: bool,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    #[command(flatten)]
+    pub pods: PodArgs,
+}
+
+/// Leader election.
+#[derive(Args, Debug, Clone)]
+pub struct LeaderArgs {
+    /// Take part in leader election (turn off only with one replica).
+    #[arg(long, env = "STEWARD_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "STEWARD_LEASE_NAME", default_value = "steward-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity (the pod name); host name and pid when unset.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a lease stays valid without renewal.
+    #[arg(long, env = "STEWARD_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How often the leader renews and standbys retry.
+    #[arg(long, env = "STEWARD_LEASE_RENEW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_renew: Duration,
+}
+
+/// Pod template settings that are not spec fields.
+#[derive(Args, Debug, Clone)]
+pub struct PodArgs {
+    /// Added to spec.draining.window for terminationGracePeriodSeconds.
+    #[arg(long, env = "STEWARD_DRAIN_MARGIN", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub drain_margin: Duration,
+    /// The engine executable in the engine image.
+    #[arg(long, env = "STEWARD_ENGINE_COMMAND", default_value = "steward-engine")]
+    pub engine_command: String,
+}
+
+impl Cli {
+    /// This replica's identity.
+    pub fn identity(&self) -> String {
+        self.leader.identity.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "steward-operator".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The controller settings.
+    pub fn operator_config(&self) -> OperatorConfig {
+        OperatorConfig {
+            namespace: self.namespace.clone(),
+            template: TemplateConfig {
+                drain_margin: self.pods.drain_margin,
+                engine_command: self.pods.engine_command.clone(),
+            },
+            concurrency: self.concurrency,
+            identity: self.identity(),
+            ..OperatorConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_leader_election_is_on() {
+        let cli = Cli::try_parse_from(["steward-operator"]).unwrap();
+        assert!(cli.leader.leader_elect);
+        assert_eq!(cli.leader.lease_duration, Duration::from_secs(15));
+        let cli = Cli::try_parse_from([
+            "steward-operator",
+            "--leader-elect",
+            "false",
+            "--namespace",
+            "x",
+        ])
+        .unwrap();
+        assert!(!cli.leader.leader_elect);
+        assert_eq!(cli.operator_config().namespace.as_deref(), Some("x"));
+    }
+}
