@@ -33,7 +33,11 @@ extern "C" fn cleanup_at_exit() {
                     libc::kill(-(*pid as i32), libc::SIGKILL);
                 }
             }
-            let _ = std::fs::remove_dir_all(dir);
+            if std::env::var_os("STEWARD_KEEP_TEST_CLUSTER").is_none() {
+                let _ = std::fs::remove_dir_all(dir);
+            } else {
+                eprintln!("kept the test cluster's folder {}", dir.display());
+            }
         }
     }
 }

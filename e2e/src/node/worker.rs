@@ -170,9 +170,6 @@ pub async fn run_pod(
             kill_all(&mut ctrs, Duration::ZERO).await;
             return;
         }
-        if pod_rx.has_changed().unwrap_or(false) {
-            current = pod_rx.borrow_and_update().clone();
-        }
         if current.metadata.deletion_timestamp.is_some() {
             terminate_pod(&cfg, &current, &mut ctrs, ip).await;
             let dp = DeleteParams {
@@ -227,7 +224,11 @@ pub async fn run_pod(
         }
 
         tokio::select! {
-            _ = pod_rx.changed() => {}
+            r = pod_rx.changed() => {
+                if r.is_ok() {
+                    current = pod_rx.borrow_and_update().clone();
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
