@@ -5,11 +5,15 @@
 //! whether to take them, `engine` (an actor on its own thread) schedules
 //! them with `sched` and runs `model` steps, streaming tokens back.
 
+pub mod admission;
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod make_model;
+pub mod metrics;
 pub mod model;
 pub mod sampling;
 pub mod sched;
+pub mod server;
 pub mod stop;
 pub mod tokenizer;

@@ -1,2 +1,59 @@
-//! The `steward-engine` binary.
-fn main() {}
+//! The `steward-engine` binary: `serve` runs the inference server,
+//! `make-model` writes a random-weight test/benchmark model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use steward_engine::make_model::{make_model, ModelSize};
+use steward_engine::server::{run, ServeArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "steward-engine",
+    version,
+    about = "Steward's LLM inference engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a model over the OpenAI-compatible HTTP API.
+    Serve(Box<ServeArgs>),
+    /// Write a random-weight Llama model directory.
+    MakeModel {
+        /// Model size.
+        #[arg(long, env = "STEWARD_MAKE_MODEL_SIZE", value_enum)]
+        size: ModelSize,
+        /// Directory to write.
+        out_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let start = Instant::now();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::MakeModel { size, out_dir } => {
+            let cfg = make_model(size, &out_dir)?;
+            tracing::info!(dir = %out_dir.display(), ?size, vocab = cfg.vocab_size, layers = cfg.num_hidden_layers, "model written");
+        }
+        Cmd::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(run(*args, start))?;
+        }
+    }
+    Ok(())
+}

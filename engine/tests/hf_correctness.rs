@@ -11,7 +11,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use steward_engine::engine::EngineCore;
 use steward_engine::make_model::{make_model, ModelSize};
@@ -47,7 +46,7 @@ fn tiny_model_matches_transformers_logits_and_greedy_tokens() {
     // chunked prefill across blocks.
     prompts.push((0..70).map(|i| (i * 7 % 300) as u32 + 2).collect());
 
-    let model = Arc::new(Llama::load(dir.path(), tch::Device::Cpu).expect("load model"));
+    let model = Llama::load(dir.path(), tch::Device::Cpu).expect("load model");
     let mut core = EngineCore::new(
         model,
         SchedulerConfig {

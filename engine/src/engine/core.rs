@@ -4,7 +4,6 @@
 //! streaming and timing live in the actor (`super::actor`); tests drive this
 //! struct directly.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
@@ -13,7 +12,7 @@ use crate::model::{DecodeGroup, KvCache, Llama, PrefillSeq, StepBatch};
 use crate::sched::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 
 pub struct EngineCore {
-    model: Arc<Llama>,
+    model: Llama,
     kv: KvCache,
     pub sched: Scheduler,
 }
@@ -29,7 +28,7 @@ pub struct StepOutput {
 }
 
 impl EngineCore {
-    pub fn new(model: Arc<Llama>, cfg: SchedulerConfig) -> Self {
+    pub fn new(model: Llama, cfg: SchedulerConfig) -> Self {
         let kv = KvCache::new(
             &model.cfg,
             cfg.num_blocks,
@@ -42,6 +41,28 @@ impl EngineCore {
             kv,
             sched: Scheduler::new(cfg),
         }
+    }
+
+    /// Runs a short prefill and two decode steps so the first real request
+    /// does not pay for libtorch's lazy initialisation.
+    pub fn warm_up(&mut self) -> Result<Duration, tch::TchError> {
+        let t0 = Instant::now();
+        let id = SeqId::MAX;
+        self.sched.add(id, (1..=8).collect());
+        let mut produced = 0;
+        for _ in 0..16 {
+            let out = self.step()?;
+            for (seq, logits) in out.logits {
+                produced += 1;
+                let tok = crate::sampling::argmax(&logits);
+                self.sched.append_token(seq, tok);
+            }
+            if produced >= 3 {
+                break;
+            }
+        }
+        self.sched.remove(id);
+        Ok(t0.elapsed())
     }
 
     pub fn model(&self) -> &Llama {

@@ -2,6 +2,8 @@
 //! core on a dedicated thread and talks to the HTTP side through a bounded
 //! command channel (handle + command enum + task).
 
+pub mod actor;
 pub mod core;
 
+pub use self::actor::{spawn, ActorConfig, EngineHandle, Event, FinishReason, Submission};
 pub use self::core::{EngineCore, StepOutput};

@@ -1,0 +1,429 @@
+//! The engine actor: one OS thread owns the `EngineCore` (tensors are not
+//! shared) and loops: take new requests from a bounded command channel,
+//! cancel sequences whose client went away (their event receiver was
+//! dropped), run one step, sample, stream deltas, finish sequences. Gauges
+//! the HTTP side needs (running, waiting, KV usage, utilisation) are
+//! published through `Shared` atomics after each step.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::core::EngineCore;
+use crate::metrics::EngineMetrics;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::sched::SeqId;
+use crate::stop::StopMatcher;
+use crate::tokenizer::{IncrementalDecoder, TextCodec};
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS or a stop sequence.
+    Stop,
+    /// `max_tokens` (possibly clamped) reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What the engine streams back for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Delta(String),
+    Done {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Failed(String),
+}
+
+/// A validated request ready for the engine.
+#[derive(Debug)]
+pub struct Submission {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    pub arrived: Instant,
+    /// Unbounded on purpose: the engine thread must never block on a slow
+    /// client; a sequence sends at most `max_tokens + 1` events, so the
+    /// buffer is bounded by the request itself.
+    pub events: UnboundedSender<Event>,
+}
+
+pub enum Command {
+    Submit(Box<Submission>),
+}
+
+/// Gauges shared with the HTTP side.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub running: AtomicUsize,
+    /// Submitted but not yet taken in by the actor.
+    pub waiting: AtomicUsize,
+    /// Waiting in the scheduler.
+    pub queued: AtomicUsize,
+    pub kv_usage_bits: AtomicU64,
+    pub utilization_bits: AtomicU64,
+    /// Milliseconds KV usage has stayed above the shedding level (0 = not above).
+    pub kv_high_for_ms: AtomicU64,
+    pub blocks_used: AtomicUsize,
+    pub stopped: AtomicBool,
+}
+
+impl Shared {
+    pub fn kv_usage(&self) -> f64 {
+        f64::from_bits(self.kv_usage_bits.load(Ordering::Relaxed))
+    }
+    /// Requests not yet in the running batch.
+    pub fn waiting_total(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed) + self.queued.load(Ordering::Relaxed)
+    }
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+    pub fn utilization(&self) -> f64 {
+        f64::from_bits(self.utilization_bits.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the engine's command queue is full")]
+    QueueFull,
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// The HTTP side's handle on the engine actor.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<Command>,
+    pub shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    pub fn submit(&self, sub: Submission) -> Result<(), SubmitError> {
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Command::Submit(Box::new(sub))) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::QueueFull,
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ActorConfig {
+    pub eos_ids: Vec<u32>,
+    /// KV usage above which the shedding clock runs.
+    pub shed_kv_usage: f64,
+    pub command_queue: usize,
+}
+
+struct Active {
+    sub: Submission,
+    sampler: Sampler,
+    detok: IncrementalDecoder,
+    stop: StopMatcher,
+    generated: usize,
+    scheduled: bool,
+    last_token_at: Option<Instant>,
+}
+
+struct Actor {
+    core: EngineCore,
+    codec: Arc<TextCodec>,
+    metrics: Arc<EngineMetrics>,
+    shared: Arc<Shared>,
+    cfg: ActorConfig,
+    active: HashMap<SeqId, Active>,
+    next_id: SeqId,
+    busy_window: VecDeque<(Instant, Duration)>,
+    started: Instant,
+    kv_high_since: Option<Instant>,
+    seen_preemptions: u64,
+    seen_hits: u64,
+    seen_lookups: u64,
+}
+
+const UTIL_WINDOW: Duration = Duration::from_secs(5);
+
+/// Starts the actor thread; returns its handle.
+pub fn spawn(
+    core: EngineCore,
+    codec: Arc<TextCodec>,
+    metrics: Arc<EngineMetrics>,
+    cfg: ActorConfig,
+) -> std::io::Result<EngineHandle> {
+    let (tx, rx) = mpsc::sync_channel(cfg.command_queue.max(1));
+    let shared = Arc::new(Shared::default());
+    let mut actor = Actor {
+        core,
+        codec,
+        metrics,
+        shared: shared.clone(),
+        cfg,
+        active: HashMap::new(),
+        next_id: 1,
+        busy_window: VecDeque::new(),
+        started: Instant::now(),
+        kv_high_since: None,
+        seen_preemptions: 0,
+        seen_hits: 0,
+        seen_lookups: 0,
+    };
+    std::thread::Builder::new()
+        .name("engine-step".into())
+        .spawn(move || actor.run(rx))?;
+    Ok(EngineHandle { tx, shared })
+}
+
+impl Actor {
+    fn run(&mut self, rx: Receiver<Command>) {
+        loop {
+            if self.active.is_empty() {
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(cmd) => self.intake(cmd),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.publish();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                self.intake(cmd);
+            }
+            self.cancel_gone();
+            match self.core.step() {
+                Ok(out) => {
+                    if !out.plan.items.is_empty() {
+                        self.metrics.batch_size.observe(out.plan.items.len() as f64);
+                        self.metrics.step_tokens.observe(out.tokens as f64);
+                        self.busy_window.push_back((Instant::now(), out.busy));
+                    }
+                    let now = Instant::now();
+                    for it in &out.plan.items {
+                        if let Some(a) = self.active.get_mut(&it.seq) {
+                            if !a.scheduled {
+                                a.scheduled = true;
+                                self.metrics
+                                    .queue_wait
+                                    .observe(now.duration_since(a.sub.arrived).as_secs_f64());
+                            }
+                        }
+                    }
+                    for (seq, logits) in out.logits {
+                        self.on_logits(seq, &logits);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "model step failed; failing its requests");
+                    let ids: Vec<SeqId> = self.active.keys().copied().collect();
+                    for id in ids {
+                        if let Some(a) = self.active.remove(&id) {
+                            let _ = a.sub.events.send(Event::Failed(e.to_string()));
+                        }
+                        self.core.sched.remove(id);
+                    }
+                }
+            }
+            self.publish();
+        }
+        self.shared.stopped.store(true, Ordering::Relaxed);
+    }
+
+    fn intake(&mut self, cmd: Command) {
+        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+        match cmd {
+            Command::Submit(sub) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.metrics.prompt_tokens.inc_by(sub.prompt.len() as u64);
+                self.core.sched.add(id, sub.prompt.clone());
+                let sampler = Sampler::new(sub.sampling.clone());
+                let stop = StopMatcher::new(sub.stop.clone());
+                self.active.insert(
+                    id,
+                    Active {
+                        sub: *sub,
+                        sampler,
+                        detok: IncrementalDecoder::default(),
+                        stop,
+                        generated: 0,
+                        scheduled: false,
+                        last_token_at: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A dropped receiver means the client disconnected: stop generating
+    /// and free the blocks now, before the next step.
+    fn cancel_gone(&mut self) {
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.sub.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.active.remove(&id);
+            self.core.sched.remove(id);
+            self.metrics.cancelled.inc();
+            self.metrics.finish("cancelled");
+            tracing::debug!(seq = id, "client gone; generation cancelled");
+        }
+    }
+
+    fn on_logits(&mut self, seq: SeqId, logits: &[f32]) {
+        let Some(a) = self.active.get_mut(&seq) else {
+            return;
+        };
+        let tok = a.sampler.sample(logits);
+        let now = Instant::now();
+        match a.last_token_at {
+            None => self
+                .metrics
+                .ttft
+                .observe(now.duration_since(a.sub.arrived).as_secs_f64()),
+            Some(prev) => self
+                .metrics
+                .itl
+                .observe(now.duration_since(prev).as_secs_f64()),
+        }
+        a.last_token_at = Some(now);
+        let finish = if !a.sub.ignore_eos && self.cfg.eos_ids.contains(&tok) {
+            a.generated += 1;
+            let rest = a.stop.flush();
+            if !rest.is_empty() {
+                let _ = a.sub.events.send(Event::Delta(rest));
+            }
+            Some(FinishReason::Stop)
+        } else {
+            a.generated += 1;
+            let text = a.detok.push(&self.codec, tok);
+            let out = a.stop.push(&text);
+            if !out.emit.is_empty() {
+                let _ = a.sub.events.send(Event::Delta(out.emit));
+            }
+            if out.stopped {
+                Some(FinishReason::Stop)
+            } else if a.generated >= a.sub.max_tokens {
+                let rest = a.stop.flush();
+                if !rest.is_empty() {
+                    let _ = a.sub.events.send(Event::Delta(rest));
+                }
+                Some(FinishReason::Length)
+            } else {
+                None
+            }
+        };
+        self.metrics.generation_tokens.inc();
+        match finish {
+            None => self.core.sched.append_token(seq, tok),
+            Some(reason) => {
+                let _ = a.sub.events.send(Event::Done {
+                    finish: reason,
+                    prompt_tokens: a.sub.prompt.len(),
+                    completion_tokens: a.generated,
+                });
+                self.metrics
+                    .e2e
+                    .observe(now.duration_since(a.sub.arrived).as_secs_f64());
+                self.metrics.finish(reason.as_str());
+                self.active.remove(&seq);
+                self.core.sched.remove(seq);
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let now = Instant::now();
+        while let Some((t, _)) = self.busy_window.front() {
+            if now.duration_since(*t) > UTIL_WINDOW {
+                self.busy_window.pop_front();
+            } else {
+                break;
+            }
+        }
+        let busy: Duration = self.busy_window.iter().map(|(_, d)| *d).sum();
+        let span = now.duration_since(self.started).min(UTIL_WINDOW);
+        let util = if span.is_zero() {
+            0.0
+        } else {
+            (busy.as_secs_f64() / span.as_secs_f64()).min(1.0)
+        };
+        let s = &self.core.sched;
+        let usage = s.kv_usage();
+        let waiting_sched = s.num_waiting();
+        self.shared
+            .running
+            .store(s.num_running(), Ordering::Relaxed);
+        self.shared.queued.store(waiting_sched, Ordering::Relaxed);
+        self.shared
+            .blocks_used
+            .store(s.blocks_used(), Ordering::Relaxed);
+        self.shared
+            .kv_usage_bits
+            .store(usage.to_bits(), Ordering::Relaxed);
+        self.shared
+            .utilization_bits
+            .store(util.to_bits(), Ordering::Relaxed);
+        if usage > self.cfg.shed_kv_usage {
+            let since = *self.kv_high_since.get_or_insert(now);
+            self.shared.kv_high_for_ms.store(
+                now.duration_since(since).as_millis().max(1) as u64,
+                Ordering::Relaxed,
+            );
+        } else {
+            self.kv_high_since = None;
+            self.shared.kv_high_for_ms.store(0, Ordering::Relaxed);
+        }
+        let pending = self.shared.waiting.load(Ordering::Relaxed);
+        self.metrics.requests_running.set(s.num_running() as i64);
+        self.metrics
+            .requests_waiting
+            .set((waiting_sched + pending) as i64);
+        self.metrics.kv_cache_usage.set(usage);
+        self.metrics.utilization.set(util);
+        if s.preemptions > self.seen_preemptions {
+            self.metrics
+                .preemptions
+                .inc_by(s.preemptions - self.seen_preemptions);
+            self.seen_preemptions = s.preemptions;
+        }
+        let ps = s.prefix_stats();
+        if ps.hits > self.seen_hits {
+            self.metrics.prefix_hits.inc_by(ps.hits - self.seen_hits);
+            self.seen_hits = ps.hits;
+        }
+        if ps.lookups > self.seen_lookups {
+            self.metrics
+                .prefix_lookups
+                .inc_by(ps.lookups - self.seen_lookups);
+            self.seen_lookups = ps.lookups;
+        }
+    }
+}

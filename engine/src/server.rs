@@ -1,0 +1,329 @@
+//! `steward-engine serve`: flags, start-up and drain.
+//!
+//! Start-up binds the port first (so `/health` answers and `/ready` says
+//! "loading" during a cold start), then loads weights and tokenizer, runs a
+//! warm-up step, starts the engine actor and only then turns ready. Load and
+//! warm-up times are logged and exported.
+//!
+//! Drain (`POST /drain` or SIGTERM): `/ready` fails at once, new requests get
+//! 503 + Retry-After, in-flight streams run to their end; the server exits
+//! when nothing is in flight or when the drain window ends, cutting and
+//! counting what is left.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::admission::{AdmissionLimits, TenantSlots};
+use crate::api::routes::{router, AppState, Loaded};
+use crate::api::validate::Limits;
+use crate::engine::{spawn, ActorConfig, EngineCore};
+use crate::metrics::EngineMetrics;
+use crate::model::{pick_device, Llama};
+use crate::sched::SchedulerConfig;
+use crate::tokenizer::TextCodec;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchedArgs {
+    /// Token budget of one model step (prefill chunks + decodes).
+    #[arg(long, env = "STEWARD_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Number of KV-cache blocks.
+    #[arg(long, env = "STEWARD_KV_CACHE_BLOCKS", default_value_t = 1024)]
+    pub kv_cache_blocks: usize,
+    /// Tokens per KV-cache block.
+    #[arg(long, env = "STEWARD_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// Most sequences in the running batch.
+    #[arg(long, env = "STEWARD_MAX_NUM_SEQS", default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Turn prefix caching off.
+    #[arg(long, env = "STEWARD_NO_PREFIX_CACHING")]
+    pub no_prefix_caching: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Context window; defaults to the model's max_position_embeddings
+    /// (and never more than the KV cache holds).
+    #[arg(long, env = "STEWARD_MAX_CONTEXT_TOKENS")]
+    pub max_context_tokens: Option<usize>,
+    /// Cap on max_tokens; larger requests are clamped (and told so in usage).
+    #[arg(long, env = "STEWARD_MAX_TOKENS_CAP", default_value_t = 4096)]
+    pub max_tokens_cap: usize,
+    /// Cap on prompt + max_tokens per request; defaults to the context window.
+    #[arg(long, env = "STEWARD_MAX_REQUEST_TOKENS")]
+    pub max_request_tokens: Option<usize>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdmissionArgs {
+    /// Most requests waiting for the running batch; beyond it, 503.
+    #[arg(long, env = "STEWARD_MAX_WAITING", default_value_t = 256)]
+    pub max_waiting: usize,
+    /// Most concurrent requests per tenant (`x-tenant` header); beyond it, 429.
+    #[arg(long, env = "STEWARD_TENANT_MAX_CONCURRENT", default_value_t = 64)]
+    pub tenant_max_concurrent: usize,
+    /// KV-cache usage (0-1) above which new requests are shed...
+    #[arg(long, env = "STEWARD_SHED_KV_USAGE", default_value_t = 0.95)]
+    pub shed_kv_usage: f64,
+    /// ...once it has stayed above that level this long.
+    #[arg(long, env = "STEWARD_SHED_AFTER", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub shed_after: Duration,
+    /// Retry-After seconds on 429/503 refusals.
+    #[arg(long, env = "STEWARD_RETRY_AFTER_SECS", default_value_t = 1)]
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Hugging Face-style model directory.
+    #[arg(long, env = "STEWARD_MODEL")]
+    pub model: PathBuf,
+    /// Name clients use in `model`; defaults to the directory's name.
+    #[arg(long, env = "STEWARD_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    #[arg(long, env = "STEWARD_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, env = "STEWARD_PORT", default_value_t = 8000)]
+    pub port: u16,
+    #[command(flatten)]
+    pub sched: SchedArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
+    /// Longest a drain waits for in-flight streams before cutting them.
+    #[arg(long, env = "STEWARD_DRAIN_WINDOW", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
+    /// Also expose the core metrics under vLLM's names.
+    #[arg(long, env = "STEWARD_VLLM_METRICS")]
+    pub vllm_metrics: bool,
+    /// Interval of SSE comment keep-alives while a stream waits.
+    #[arg(long, env = "STEWARD_SSE_KEEP_ALIVE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub sse_keep_alive: Duration,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long, env = "STEWARD_TORCH_THREADS")]
+    pub torch_threads: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("loading the tokenizer: {0}")]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("warm-up step: {0}")]
+    Warmup(#[from] tch::TchError),
+    #[error("starting the engine thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("http server: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("the loader task panicked")]
+    LoaderPanicked,
+}
+
+/// Runs the server until it has drained. `process_start` is when main began.
+pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeError> {
+    if let Some(n) = args.torch_threads {
+        tch::set_num_threads(n);
+    }
+    let served = args.served_model_name.clone().unwrap_or_else(|| {
+        args.model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let metrics = Arc::new(EngineMetrics::new(&served, args.vllm_metrics));
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(ServeError::Http)?;
+    tracing::info!(%local, model = %args.model.display(), served_model = %served, "listening; loading model");
+
+    let state = Arc::new(AppState {
+        loaded: OnceLock::new(),
+        served_model: served.clone(),
+        admission: AdmissionLimits {
+            max_waiting: args.admission.max_waiting,
+            tenant_max_concurrent: args.admission.tenant_max_concurrent,
+            shed_after: args.admission.shed_after,
+        },
+        metrics: metrics.clone(),
+        tenants: TenantSlots::default(),
+        draining: AtomicBool::new(false),
+        drain_notify: Notify::new(),
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        retry_after_secs: args.admission.retry_after_secs,
+        keep_alive: args.sse_keep_alive,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    });
+    // Serve from the start: /health answers and /ready says "loading"
+    // during the cold start.
+    let shutdown = Arc::new(Notify::new());
+    let shutdown2 = shutdown.clone();
+    let app = router(state.clone());
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown2.notified().await })
+            .await
+    });
+    spawn_sigterm(state.clone());
+
+    let device = pick_device();
+    tracing::info!(?device, "device chosen");
+    let t_load = Instant::now();
+    let model_dir = args.model.clone();
+    let (model, codec) =
+        tokio::task::spawn_blocking(move || -> Result<(Llama, TextCodec), ServeError> {
+            let model = Llama::load(&model_dir, device)?;
+            let codec = TextCodec::load(&model_dir)?;
+            Ok((model, codec))
+        })
+        .await
+        .map_err(|_| ServeError::LoaderPanicked)??;
+    let load_time = t_load.elapsed();
+    let cfg = model.cfg.clone();
+    let bs = args.sched.block_size.max(1);
+    let kv_tokens = args.sched.kv_cache_blocks * bs;
+    let max_context = args
+        .limits
+        .max_context_tokens
+        .unwrap_or(cfg.max_position_embeddings)
+        .min(cfg.max_position_embeddings)
+        .min(kv_tokens);
+    let limits = Limits {
+        served_model: served.clone(),
+        max_context,
+        max_tokens_cap: args.limits.max_tokens_cap.max(1),
+        max_request_tokens: args.limits.max_request_tokens.unwrap_or(max_context),
+    };
+    tracing::info!(
+        params = model.num_params(),
+        layers = cfg.num_hidden_layers,
+        vocab = cfg.vocab_size,
+        max_context,
+        load_seconds = load_time.as_secs_f64(),
+        "weights loaded"
+    );
+    metrics.load_seconds.set(load_time.as_secs_f64());
+
+    let sched_cfg = SchedulerConfig {
+        num_blocks: args.sched.kv_cache_blocks,
+        block_size: bs,
+        max_batch_tokens: args.sched.max_batch_tokens.max(1),
+        max_running: args.sched.max_num_seqs.max(1),
+        prefix_caching: !args.sched.no_prefix_caching,
+    };
+    let eos_ids = cfg.eos_ids();
+    let (core, warm) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        let mut core = EngineCore::new(model, sched_cfg);
+        let warm = core.warm_up()?;
+        Ok((core, warm))
+    })
+    .await
+    .map_err(|_| ServeError::LoaderPanicked)??;
+    metrics.warmup_seconds.set(warm.as_secs_f64());
+    let codec = Arc::new(codec);
+    let handle = spawn(
+        core,
+        codec.clone(),
+        metrics.clone(),
+        ActorConfig {
+            eos_ids,
+            shed_kv_usage: args.admission.shed_kv_usage,
+            command_queue: args.admission.max_waiting.max(1) * 2,
+        },
+    )
+    .map_err(ServeError::Thread)?;
+
+    let _ = state.loaded.set(Loaded {
+        handle,
+        codec,
+        limits,
+    });
+    let startup = process_start.elapsed();
+    metrics.startup_seconds.set(startup.as_secs_f64());
+    tracing::info!(
+        load_seconds = load_time.as_secs_f64(),
+        warmup_seconds = warm.as_secs_f64(),
+        startup_seconds = startup.as_secs_f64(),
+        "ready"
+    );
+
+    // Wait for a drain to start (or the server to fail).
+    let drained = state.drain_notify.notified();
+    tokio::pin!(drained);
+    if !state.draining.load(Ordering::SeqCst) {
+        tokio::select! {
+            _ = &mut drained => {}
+            r = &mut server => {
+                return match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ServeError::Http(e)),
+                    Err(_) => Err(ServeError::LoaderPanicked),
+                };
+            }
+        }
+    }
+    let t_drain = Instant::now();
+    tracing::info!(
+        in_flight = state.in_flight.load(Ordering::SeqCst),
+        window_seconds = args.drain_window.as_secs_f64(),
+        "draining"
+    );
+    loop {
+        let n = state.in_flight.load(Ordering::SeqCst);
+        if n == 0 {
+            tracing::info!(
+                drain_seconds = t_drain.elapsed().as_secs_f64(),
+                cut_streams = 0,
+                "drained; exiting"
+            );
+            // Let the last bytes of finished streams go out.
+            shutdown.notify_one();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Ok(());
+        }
+        if t_drain.elapsed() >= args.drain_window {
+            metrics.drain_cut_streams.inc_by(n as u64);
+            tracing::warn!(
+                cut_streams = n,
+                "drain window ended; cutting streams and exiting"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn_sigterm(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            tracing::warn!("cannot listen for SIGTERM");
+            return;
+        };
+        if term.recv().await.is_some() && state.start_drain() {
+            tracing::info!(
+                in_flight = state.in_flight.load(Ordering::SeqCst),
+                "SIGTERM: draining"
+            );
+        }
+    });
+}
