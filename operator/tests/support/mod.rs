@@ -1,0 +1,270 @@
+//! Shared set-up of the operator's cluster tests: the shared local cluster
+//! (real etcd, kube-apiserver, controller-manager, scheduler and the local
+//! node from `steward-e2e`), the CRD installed from `crds/`, the engine
+//! stand-in in the node's image map, a namespace per test, and an operator
+//! running in-process scoped to that namespace.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::Client;
+use serde_json::Value;
+use steward_e2e::testing::{eventually, shared, unique_ns};
+use steward_operator::controller::OperatorConfig;
+use steward_operator::crd::InferenceService;
+use steward_operator::metrics::Metrics;
+use steward_operator::run::{run, RunConfig};
+use tokio::sync::OnceCell;
+
+/// The image the stand-in engine is mapped under.
+pub const STANDIN_IMAGE: &str = "steward-engine-standin:0.1";
+
+static INIT: OnceCell<PathBuf> = OnceCell::const_new();
+
+/// One test's view of the cluster.
+pub struct TestEnv {
+    /// A client made in this test's runtime.
+    pub client: Client,
+    /// The test's own namespace.
+    pub ns: String,
+    /// The cluster's kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// A model directory that exists (`file://` uri).
+    pub model_uri: String,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+async fn init_once(client: &Client) -> anyhow::Result<PathBuf> {
+    let s = shared().await?;
+    // The node re-reads its image map for each container start.
+    let map_path = s.node.image_map();
+    let mut map: BTreeMap<String, PathBuf> =
+        serde_yaml::from_str(&std::fs::read_to_string(map_path)?).unwrap_or_default();
+    map.insert(
+        "steward-engine-standin".into(),
+        repo_root().join("operator/tests/support/steward-engine"),
+    );
+    std::fs::write(map_path, serde_yaml::to_string(&map)?)?;
+
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("crds/inferenceservice.yaml"),
+    )?)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "inferenceservices.serving.steward.dev",
+        &PatchParams::apply("steward-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(
+            crds,
+            "inferenceservices.serving.steward.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await??;
+    let models = tempfile::Builder::new()
+        .prefix("steward-operator-models-")
+        .tempdir()?
+        .keep();
+    std::fs::create_dir_all(models.join("tiny"))?;
+    Ok(models.join("tiny"))
+}
+
+/// Cluster, CRD and stand-in ready; a fresh namespace.
+pub async fn env(prefix: &str) -> TestEnv {
+    let s = shared().await.expect("shared local cluster starts");
+    let client = s.cluster.client().await.expect("client");
+    let model = INIT
+        .get_or_try_init(|| init_once(&client))
+        .await
+        .expect("CRD installs and stand-in is mapped");
+    let ns = unique_ns(prefix);
+    steward_e2e::create_namespace(&client, &ns)
+        .await
+        .expect("namespace");
+    TestEnv {
+        client,
+        ns,
+        kubeconfig: s.cluster.kubeconfig_path().to_path_buf(),
+        model_uri: format!("file://{}", model.display()),
+    }
+}
+
+/// An operator running in this test's runtime, watching one namespace.
+pub struct Operator {
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Operator {
+    /// Starts it without leader election.
+    pub fn start(env: &TestEnv) -> Operator {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = RunConfig {
+            operator: OperatorConfig {
+                namespace: Some(env.ns.clone()),
+                identity: format!("test-{}", env.ns),
+                ..OperatorConfig::default()
+            },
+            listen: "127.0.0.1:0".parse().expect("address"),
+            lease: None,
+        };
+        let client = env.client.clone();
+        let m = metrics.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = run(client, cfg, m, shutdown).await {
+                eprintln!("operator stopped: {e}");
+            }
+        });
+        Operator {
+            metrics,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Stops it and waits.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A valid manifest: the stand-in engine, no GPUs, `min` pods, merged with
+/// `spec_patch` (a JSON merge of the spec).
+pub fn manifest(env: &TestEnv, name: &str, min: i32, spec_patch: Value) -> Value {
+    let mut spec = serde_json::json!({
+        "model": { "name": format!("{name}-model"), "uri": env.model_uri },
+        "engine": { "image": STANDIN_IMAGE, "gpus": 0 },
+        "replicas": { "min": min },
+        "draining": { "window": "2s" },
+    });
+    merge(&mut spec, spec_patch);
+    serde_json::json!({
+        "apiVersion": "serving.steward.dev/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": { "name": name, "namespace": env.ns },
+        "spec": spec,
+    })
+}
+
+/// JSON merge patch semantics, for building manifests.
+pub fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                if v.is_null() {
+                    a.remove(&k);
+                } else {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// Applies a manifest as the user would (`kubectl apply --server-side`).
+pub async fn apply(env: &TestEnv, obj: &Value) -> Result<InferenceService, kube::Error> {
+    let api: Api<InferenceService> = Api::namespaced(env.client.clone(), &env.ns);
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    api.patch(
+        &name,
+        &PatchParams::apply("test-user").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+}
+
+/// Polls the object until `pred` holds.
+pub async fn wait_for(
+    env: &TestEnv,
+    name: &str,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&InferenceService) -> bool,
+) -> InferenceService {
+    let api: Api<InferenceService> = Api::namespaced(env.client.clone(), &env.ns);
+    let got = eventually(limit, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let o = api.get_opt(name).await.ok().flatten()?;
+            pred(&o).then_some(o)
+        }
+    })
+    .await;
+    match got {
+        Ok(o) => o,
+        Err(e) => {
+            let last = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "{name}: {what}: {e}; last status: {}",
+                last.and_then(|o| o.status)
+                    .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
+                    .unwrap_or_else(|| "none".into())
+            )
+        }
+    }
+}
+
+/// True when the status says Ready for the current generation.
+pub fn ready_and_current(o: &InferenceService) -> bool {
+    o.status.as_ref().is_some_and(|s| {
+        s.phase == steward_operator::crd::Phase::Ready
+            && s.observed_generation == o.metadata.generation
+    })
+}
+
+/// Runs a command and returns (success, stdout + stderr).
+pub fn run_cmd(cmd: &mut std::process::Command) -> (bool, String) {
+    match cmd.output() {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, format!("could not run {cmd:?}: {e}")),
+    }
+}
+
+/// The path of a tool from `tools/setup.sh`.
+pub fn tool(name: &str) -> PathBuf {
+    steward_e2e::tools::find_tool(name).expect("kube tools on PATH (tools/setup.sh)")
+}
