@@ -132,7 +132,12 @@ impl LocalCluster {
         ]);
         cluster.launch("etcd", c, &logs)?;
         cluster
-            .wait_http(&http, "etcd", &format!("http://127.0.0.1:{etcd_port}/health"), None)
+            .wait_http(
+                &http,
+                "etcd",
+                &format!("http://127.0.0.1:{etcd_port}/health"),
+                None,
+            )
             .await?;
 
         // kube-apiserver
@@ -149,7 +154,10 @@ impl LocalCluster {
             "--authorization-mode=Node,RBAC".into(),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", pki.sa_pub.display()),
-            format!("--service-account-signing-key-file={}", pki.sa_key.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--endpoint-reconciler-type=none".into(),
             "--allow-privileged=true".into(),
@@ -182,7 +190,10 @@ impl LocalCluster {
             format!("--secure-port={cm_port}"),
             format!("--cert-dir={}", dir.join("cm-certs").display()),
             "--leader-elect=false".into(),
-            format!("--service-account-private-key-file={}", pki.sa_key.display()),
+            format!(
+                "--service-account-private-key-file={}",
+                pki.sa_key.display()
+            ),
             format!("--root-ca-file={}", pki.ca_cert.display()),
             "--controllers=*".into(),
             "--kube-api-qps=200".into(),
@@ -353,9 +364,8 @@ impl Drop for LocalCluster {
 pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let cfg =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await?;
     Ok(kube::Client::try_from(cfg)?)
 }
 

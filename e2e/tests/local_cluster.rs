@@ -19,14 +19,21 @@ async fn dropping_local_cluster_leaves_no_process_behind() {
     let client = cluster.client().await.expect("client");
     let ns: kube::Api<Namespace> = kube::Api::all(client);
     let list = ns.list(&Default::default()).await.expect("list namespaces");
-    assert!(list.items.iter().any(|n| n.metadata.name.as_deref() == Some("kube-system")));
+    assert!(list
+        .items
+        .iter()
+        .any(|n| n.metadata.name.as_deref() == Some("kube-system")));
 
     let node = cluster
         .start_node(NodeOptions::default())
         .expect("node starts");
     let mut pids = cluster.pids();
     pids.extend(node.pid());
-    assert_eq!(pids.len(), 5, "etcd, apiserver, controller-manager, scheduler, node");
+    assert_eq!(
+        pids.len(),
+        5,
+        "etcd, apiserver, controller-manager, scheduler, node"
+    );
     assert!(pids.iter().all(|p| pid_alive(*p)));
     let dir = cluster.dir().to_path_buf();
 

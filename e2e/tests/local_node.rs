@@ -87,7 +87,10 @@ async fn deployment_of_three_becomes_ready_pods_with_distinct_loopback_ips_answe
     let (client, ns) = setup("three").await;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     deploys
-        .create(&PostParams::default(), &testserver_deployment("web", 3, &[], 5))
+        .create(
+            &PostParams::default(),
+            &testserver_deployment("web", 3, &[], 5),
+        )
         .await
         .expect("create deployment");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -134,7 +137,10 @@ async fn failing_readiness_makes_a_pod_unready_and_recovery_brings_it_back() {
     let (client, ns) = setup("ready").await;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     deploys
-        .create(&PostParams::default(), &testserver_deployment("flip", 2, &[], 5))
+        .create(
+            &PostParams::default(),
+            &testserver_deployment("flip", 2, &[], 5),
+        )
         .await
         .expect("create");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -163,7 +169,10 @@ async fn failing_readiness_makes_a_pod_unready_and_recovery_brings_it_back() {
         }
     })
     .await;
-    assert!(only_other.is_ok(), "the pod whose readiness fails stayed Ready");
+    assert!(
+        only_other.is_ok(),
+        "the pod whose readiness fails stayed Ready"
+    );
     http.post(format!("http://{ip}:8080/ready/ok"))
         .send()
         .await
@@ -222,11 +231,18 @@ async fn deleting_a_pod_runs_prestop_then_sigterm_honours_grace_and_is_replaced(
         took >= Duration::from_millis(2500),
         "a server that ignores SIGTERM must be given its 3s grace period, took {took:?}"
     );
-    assert!(took < Duration::from_secs(30), "grace period overrun: {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "grace period overrun: {took:?}"
+    );
     let log = std::fs::read_to_string(marker_dir.path().join(format!("{name}.log")))
         .expect("marker file written by the pod");
     let events: Vec<&str> = log.lines().filter_map(|l| l.split(' ').next()).collect();
-    assert_eq!(events.first().copied(), Some("prestop"), "events: {events:?}");
+    assert_eq!(
+        events.first().copied(),
+        Some("prestop"),
+        "events: {events:?}"
+    );
     assert!(events.contains(&"sigterm"), "events: {events:?}");
     // The pod's process is gone: nothing answers on its IP any more.
     let ip = pod_ip(&first);
@@ -248,7 +264,10 @@ async fn deleting_a_pod_runs_prestop_then_sigterm_honours_grace_and_is_replaced(
         }
     })
     .await;
-    assert!(replacement.is_ok(), "the ReplicaSet did not replace the pod");
+    assert!(
+        replacement.is_ok(),
+        "the ReplicaSet did not replace the pod"
+    );
 }
 
 fn single_pod(name: &str, image: &str, gpus: Option<u32>, args: &[&str], restart: &str) -> Pod {
@@ -309,7 +328,13 @@ async fn unknown_image_waits_with_err_image_pull_while_other_pods_run() {
     .expect("create bad");
     pods.create(
         &PostParams::default(),
-        &single_pod("good", "steward-testserver", Some(1), &["--port=8080"], "Always"),
+        &single_pod(
+            "good",
+            "steward-testserver",
+            Some(1),
+            &["--port=8080"],
+            "Always",
+        ),
     )
     .await
     .expect("create good");
@@ -324,7 +349,10 @@ async fn unknown_image_waits_with_err_image_pull_while_other_pods_run() {
     .await
     .expect("bad pod waiting");
     assert_eq!(waiting.reason.as_deref(), Some("ErrImagePull"));
-    assert!(waiting.message.unwrap_or_default().contains("no-such-image:1.0"));
+    assert!(waiting
+        .message
+        .unwrap_or_default()
+        .contains("no-such-image:1.0"));
     let good_running = eventually(Duration::from_secs(60), || {
         let pods = pods.clone();
         async move {
@@ -346,13 +374,25 @@ async fn crashing_container_is_restarted_with_backoff_and_never_policy_is_final(
     // An unknown flag makes the test server exit with status 2.
     pods.create(
         &PostParams::default(),
-        &single_pod("crashy", "steward-testserver", None, &["--no-such-flag"], "Always"),
+        &single_pod(
+            "crashy",
+            "steward-testserver",
+            None,
+            &["--no-such-flag"],
+            "Always",
+        ),
     )
     .await
     .expect("create crashy");
     pods.create(
         &PostParams::default(),
-        &single_pod("once", "steward-testserver", None, &["--no-such-flag"], "Never"),
+        &single_pod(
+            "once",
+            "steward-testserver",
+            None,
+            &["--no-such-flag"],
+            "Never",
+        ),
     )
     .await
     .expect("create once");
@@ -366,7 +406,10 @@ async fn crashing_container_is_restarted_with_backoff_and_never_policy_is_final(
     })
     .await
     .expect("restarted at least twice");
-    let last = restarts.last_state.and_then(|s| s.terminated).expect("last state");
+    let last = restarts
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("last state");
     assert_eq!(last.exit_code, 2);
     let failed = eventually(Duration::from_secs(60), || {
         let pods = pods.clone();
@@ -377,6 +420,9 @@ async fn crashing_container_is_restarted_with_backoff_and_never_policy_is_final(
     })
     .await
     .expect("restartPolicy Never ends Failed");
-    let c = failed.container_statuses.and_then(|c| c.into_iter().next()).expect("status");
+    let c = failed
+        .container_statuses
+        .and_then(|c| c.into_iter().next())
+        .expect("status");
     assert_eq!(c.restart_count, 0);
 }

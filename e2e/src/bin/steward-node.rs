@@ -9,13 +9,21 @@ use steward_e2e::node::ipam::Ipam;
 use steward_e2e::node::worker::WorkerConfig;
 
 #[derive(Parser, Debug)]
-#[command(name = "steward-node", about = "Runs the pods bound to local Nodes as local processes on loopback IPs")]
+#[command(
+    name = "steward-node",
+    about = "Runs the pods bound to local Nodes as local processes on loopback IPs"
+)]
 struct Args {
     /// Kubeconfig of the cluster to join.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
     /// Comma-separated node names to register.
-    #[arg(long, env = "STEWARD_NODE_NAMES", default_value = "local-node-1", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STEWARD_NODE_NAMES",
+        default_value = "local-node-1",
+        value_delimiter = ','
+    )]
     names: Vec<String>,
     /// nvidia.com/gpu capacity of each node.
     #[arg(long, env = "STEWARD_NODE_GPUS", default_value_t = 4)]
@@ -48,7 +56,9 @@ struct Args {
 
 fn humantime_lite(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 5m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 5m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -93,10 +103,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -39,7 +39,11 @@ struct AppState {
 
 fn mark(args: &Args, what: &str) {
     if let Some(m) = &args.marker {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(m) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m)
+        {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis())
@@ -57,26 +61,55 @@ async fn main() -> anyhow::Result<()> {
         args: args.clone(),
     };
     let app = Router::new()
-        .route("/", get(|State(s): State<AppState>| async move {
-            Json(serde_json::json!({"pod": s.args.pod_name, "ip": s.args.host}))
-        }))
+        .route(
+            "/",
+            get(|State(s): State<AppState>| async move {
+                Json(serde_json::json!({"pod": s.args.pod_name, "ip": s.args.host}))
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/ready", get(|State(s): State<AppState>| async move {
-            if s.ready.load(Ordering::SeqCst) { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
-        }))
-        .route("/ready/fail", post(|State(s): State<AppState>| async move { s.ready.store(false, Ordering::SeqCst); "ok" }))
-        .route("/ready/ok", post(|State(s): State<AppState>| async move { s.ready.store(true, Ordering::SeqCst); "ok" }))
-        .route("/prestop", get(|State(s): State<AppState>| async move { mark(&s.args, "prestop"); "ok" }))
+        .route(
+            "/ready",
+            get(|State(s): State<AppState>| async move {
+                if s.ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .route(
+            "/ready/fail",
+            post(|State(s): State<AppState>| async move {
+                s.ready.store(false, Ordering::SeqCst);
+                "ok"
+            }),
+        )
+        .route(
+            "/ready/ok",
+            post(|State(s): State<AppState>| async move {
+                s.ready.store(true, Ordering::SeqCst);
+                "ok"
+            }),
+        )
+        .route(
+            "/prestop",
+            get(|State(s): State<AppState>| async move {
+                mark(&s.args, "prestop");
+                "ok"
+            }),
+        )
         .with_state(state);
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("testserver listening on {addr}");
     let a2 = args.clone();
     let shutdown = async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
         loop {
             term.recv().await;
             mark(&a2, "sigterm");
@@ -86,6 +119,8 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("ignoring SIGTERM");
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

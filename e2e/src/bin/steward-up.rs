@@ -16,7 +16,10 @@ use steward_e2e::tools::{find_tool, workspace_bin};
 use steward_e2e::{ClusterOptions, LocalCluster, NodeOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "steward-up", about = "Brings up Steward's local system until Ctrl-C")]
+#[command(
+    name = "steward-up",
+    about = "Brings up Steward's local system until Ctrl-C"
+)]
 struct Args {
     /// Folder for the cluster state, logs, kubeconfig and models (wiped at start).
     #[arg(long, env = "STEWARD_STATE", default_value = ".steward")]
@@ -31,10 +34,18 @@ struct Args {
     #[arg(long, env = "STEWARD_UP_ROUTER_ADDR", default_value = "127.0.0.1:8080")]
     router_addr: String,
     /// Operator metrics and health address.
-    #[arg(long, env = "STEWARD_UP_OPERATOR_ADDR", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "STEWARD_UP_OPERATOR_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
     operator_addr: String,
     /// Prometheus listen address.
-    #[arg(long, env = "STEWARD_UP_PROMETHEUS_ADDR", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "STEWARD_UP_PROMETHEUS_ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
     prometheus_addr: String,
     /// Start the system, check it, then exit (for smoke tests).
     #[arg(long)]
@@ -46,14 +57,23 @@ struct Extra {
     proc: Supervised,
 }
 
-fn launch(name: &'static str, mut cmd: Command, logs: &Path, kubeconfig: &Path) -> anyhow::Result<Extra> {
+fn launch(
+    name: &'static str,
+    mut cmd: Command,
+    logs: &Path,
+    kubeconfig: &Path,
+) -> anyhow::Result<Extra> {
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
     cmd.env("KUBECONFIG", kubeconfig)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     let proc = spawn(cmd).with_context(|| format!("starting {name}"))?;
-    eprintln!("[up] {name} started (pid {}), log {}", proc.pid(), logs.join(format!("{name}.log")).display());
+    eprintln!(
+        "[up] {name} started (pid {}), log {}",
+        proc.pid(),
+        logs.join(format!("{name}.log")).display()
+    );
     Ok(Extra { name, proc })
 }
 
@@ -150,7 +170,9 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => eprintln!("[up] {e}"),
         }
     }
-    let names: Vec<String> = (1..=args.nodes).map(|i| format!("local-node-{i}")).collect();
+    let names: Vec<String> = (1..=args.nodes)
+        .map(|i| format!("local-node-{i}"))
+        .collect();
     let node = cluster.start_node(NodeOptions {
         names,
         gpus: args.gpus,
@@ -165,7 +187,10 @@ async fn main() -> anyhow::Result<()> {
             let cfg = prometheus_config(&cluster, &state)?;
             let mut c = Command::new(prom);
             c.arg(format!("--config.file={}", cfg.display()))
-                .arg(format!("--storage.tsdb.path={}", state.join("prometheus").display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    state.join("prometheus").display()
+                ))
                 .arg(format!("--web.listen-address={}", args.prometheus_addr))
                 .arg("--storage.tsdb.retention.time=1d");
             extras.push(launch("prometheus", c, &logs, &kubeconfig)?);
@@ -177,8 +202,20 @@ async fn main() -> anyhow::Result<()> {
     let root = std::env::current_dir()?;
     let crds = root.join("crds");
     if crds.is_dir() && std::fs::read_dir(&crds)?.next().is_some() {
-        kubectl(&kubeconfig, &["apply", "--server-side", "-f", &crds.display().to_string()])?;
-        kubectl(&kubeconfig, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+        kubectl(
+            &kubeconfig,
+            &["apply", "--server-side", "-f", &crds.display().to_string()],
+        )?;
+        kubectl(
+            &kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=60s",
+            ],
+        )?;
         eprintln!("[up] CRDs applied from {}", crds.display());
     }
     match workspace_bin("steward-operator") {
@@ -204,9 +241,15 @@ async fn main() -> anyhow::Result<()> {
             .arg(models.join("tiny"))
             .output()?;
         if out.status.success() {
-            eprintln!("[up] tiny model written to {}", models.join("tiny").display());
+            eprintln!(
+                "[up] tiny model written to {}",
+                models.join("tiny").display()
+            );
         } else {
-            eprintln!("[up] make-model failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            eprintln!(
+                "[up] make-model failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
     let examples = root.join("examples");
@@ -217,10 +260,14 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
             // Examples name the model folder as ${STEWARD_MODELS}; fill it in.
-            let text = std::fs::read_to_string(&p)?.replace("${STEWARD_MODELS}", &models.display().to_string());
+            let text = std::fs::read_to_string(&p)?
+                .replace("${STEWARD_MODELS}", &models.display().to_string());
             let rendered = state.join(p.file_name().unwrap_or_default());
             std::fs::write(&rendered, text)?;
-            match kubectl(&kubeconfig, &["apply", "-f", &rendered.display().to_string()]) {
+            match kubectl(
+                &kubeconfig,
+                &["apply", "-f", &rendered.display().to_string()],
+            ) {
                 Ok(o) => eprint!("[up] {o}"),
                 Err(e) => eprintln!("[up] applying {} failed: {e}", p.display()),
             }
@@ -228,15 +275,24 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!();
-    println!("Steward's local system is up in {:.1}s.", t0.elapsed().as_secs_f64());
+    println!(
+        "Steward's local system is up in {:.1}s.",
+        t0.elapsed().as_secs_f64()
+    );
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get nodes,pods -A");
     println!("  kubectl get llmsvc -w");
-    println!("  curl -s http://{}/v1/completions -H 'content-type: application/json' \\", args.router_addr);
+    println!(
+        "  curl -s http://{}/v1/completions -H 'content-type: application/json' \\",
+        args.router_addr
+    );
     println!("       -d '{{\"model\":\"chat-small\",\"prompt\":\"Hello\",\"max_tokens\":16}}'");
     println!("  Prometheus: http://{}", args.prometheus_addr);
     println!("  component logs: {}", logs.display());
-    println!("  pod logs:       {}/<namespace>_<pod>_<uid>/<container>.log", node.log_dir().display());
+    println!(
+        "  pod logs:       {}/<namespace>_<pod>_<uid>/<container>.log",
+        node.log_dir().display()
+    );
     println!("Ctrl-C stops everything.");
 
     if !args.check_and_exit {

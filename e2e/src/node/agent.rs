@@ -86,13 +86,22 @@ fn node_status(spec: &NodeSpec, name: &str) -> serde_json::Value {
 pub async fn register(client: &kube::Client, spec: &NodeSpec) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     for name in &spec.names {
-        match nodes.create(&PostParams::default(), &node_object(name)?).await {
+        match nodes
+            .create(&PostParams::default(), &node_object(name)?)
+            .await
+        {
             Ok(_) => info!(node = %name, "node registered"),
-            Err(kube::Error::Api(e)) if e.code == 409 => info!(node = %name, "node exists; adopting it"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                info!(node = %name, "node exists; adopting it")
+            }
             Err(e) => return Err(anyhow::anyhow!("registering node {name}: {e}")),
         }
         nodes
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(node_status(spec, name)))
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(node_status(spec, name)),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("posting status of node {name}: {e}"))?;
     }
@@ -113,14 +122,22 @@ pub async fn heartbeat(client: kube::Client, spec: NodeSpec) {
                          "renewTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
             });
             if let Err(e) = leases
-                .patch(name, &PatchParams::apply("steward-node").force(), &Patch::Apply(&lease))
+                .patch(
+                    name,
+                    &PatchParams::apply("steward-node").force(),
+                    &Patch::Apply(&lease),
+                )
                 .await
             {
                 warn!(node = %name, error = %e, "lease renewal failed");
             }
-            if tick % 3 == 0 {
+            if tick.is_multiple_of(3) {
                 if let Err(e) = nodes
-                    .patch_status(name, &PatchParams::default(), &Patch::Merge(node_status(&spec, name)))
+                    .patch_status(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(node_status(&spec, name)),
+                    )
                     .await
                 {
                     warn!(node = %name, error = %e, "node status update failed");

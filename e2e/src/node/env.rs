@@ -13,7 +13,13 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use super::expand::expand;
 
 /// Host variables every container inherits.
-pub const DEFAULT_PASS_ENV: &[&str] = &["PATH", "HOME", "LD_LIBRARY_PATH", "TMPDIR", "RUST_BACKTRACE"];
+pub const DEFAULT_PASS_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "LD_LIBRARY_PATH",
+    "TMPDIR",
+    "RUST_BACKTRACE",
+];
 
 /// The environment for `container`, or a message saying which source is not
 /// supported here (reported as CreateContainerConfigError).
@@ -24,14 +30,26 @@ pub fn container_env(
     pass: &[String],
 ) -> Result<HashMap<String, String>, String> {
     let mut env: HashMap<String, String> = HashMap::new();
-    for k in DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).chain(pass.iter().cloned()) {
+    for k in DEFAULT_PASS_ENV
+        .iter()
+        .map(|s| s.to_string())
+        .chain(pass.iter().cloned())
+    {
         if let Ok(v) = std::env::var(&k) {
             env.insert(k, v);
         }
     }
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
     env.insert("HOSTNAME".into(), name.clone());
     env.insert("POD_IP".into(), ip.to_string());
     env.insert("POD_NAME".into(), name);
@@ -70,22 +88,31 @@ pub fn container_env(
 fn field_value(pod: &Pod, path: &str, ip: Ipv4Addr) -> Option<String> {
     let m = &pod.metadata;
     let label = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| {
-        map.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default()
+        map.as_ref()
+            .and_then(|l| l.get(key))
+            .cloned()
+            .unwrap_or_default()
     };
     Some(match path {
         "metadata.name" => m.name.clone().unwrap_or_default(),
         "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
         "metadata.uid" => m.uid.clone().unwrap_or_default(),
         "spec.nodeName" => pod.spec.as_ref()?.node_name.clone().unwrap_or_default(),
-        "spec.serviceAccountName" => pod.spec.as_ref()?.service_account_name.clone().unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()?
+            .service_account_name
+            .clone()
+            .unwrap_or_default(),
         "status.podIP" | "status.podIPs" => ip.to_string(),
         "status.hostIP" | "status.hostIPs" => "127.0.0.1".into(),
         p if p.starts_with("metadata.labels['") && p.ends_with("']") => {
             label(&m.labels, &p["metadata.labels['".len()..p.len() - 2])
         }
-        p if p.starts_with("metadata.annotations['") && p.ends_with("']") => {
-            label(&m.annotations, &p["metadata.annotations['".len()..p.len() - 2])
-        }
+        p if p.starts_with("metadata.annotations['") && p.ends_with("']") => label(
+            &m.annotations,
+            &p["metadata.annotations['".len()..p.len() - 2],
+        ),
         _ => return None,
     })
 }
@@ -93,8 +120,14 @@ fn field_value(pod: &Pod, path: &str, ip: Ipv4Addr) -> Option<String> {
 fn resource_value(c: &Container, resource: &str) -> String {
     let (kind, key) = resource.split_once('.').unwrap_or(("limits", resource));
     let r = c.resources.as_ref();
-    let map = if kind == "requests" { r.and_then(|r| r.requests.as_ref()) } else { r.and_then(|r| r.limits.as_ref()) };
-    map.and_then(|m| m.get(key)).map(|q| q.0.clone()).unwrap_or_else(|| "0".into())
+    let map = if kind == "requests" {
+        r.and_then(|r| r.requests.as_ref())
+    } else {
+        r.and_then(|r| r.limits.as_ref())
+    };
+    map.and_then(|m| m.get(key))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "0".into())
 }
 
 #[cfg(test)]

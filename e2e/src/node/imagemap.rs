@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageError {
     /// No line in the map: the kubelet would fail to pull it.
-    #[error("image {image:?} is not in the image map {map}; add a line `{image}: /path/to/executable`")]
+    #[error(
+        "image {image:?} is not in the image map {map}; add a line `{image}: /path/to/executable`"
+    )]
     NotMapped { image: String, map: String },
     /// The mapped path is missing or not executable.
     #[error("image {image:?} maps to {path}, which {why}")]
@@ -82,9 +84,7 @@ impl ImageMap {
         let why = match std::fs::metadata(path) {
             Err(e) => Some(format!("cannot be read: {e}")),
             Ok(m) if !m.is_file() => Some("is not a file".to_string()),
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
-                Some("is not executable".to_string())
-            }
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("is not executable".to_string()),
             Ok(_) => None,
         };
         match why {
@@ -114,7 +114,10 @@ mod tests {
     #[test]
     fn strip_tag_keeps_registry_ports() {
         assert_eq!(strip_tag("steward-engine:0.1"), "steward-engine");
-        assert_eq!(strip_tag("reg:5000/steward-engine"), "reg:5000/steward-engine");
+        assert_eq!(
+            strip_tag("reg:5000/steward-engine"),
+            "reg:5000/steward-engine"
+        );
         assert_eq!(strip_tag("reg:5000/e:1@sha256:ab"), "reg:5000/e");
     }
 
@@ -129,7 +132,10 @@ mod tests {
     #[test]
     fn missing_executable_is_create_container_error() {
         let m = ImageMap::from_entries([("a".to_string(), PathBuf::from("/no/such/bin"))]);
-        assert_eq!(m.resolve("a:2").unwrap_err().reason(), "CreateContainerError");
+        assert_eq!(
+            m.resolve("a:2").unwrap_err().reason(),
+            "CreateContainerError"
+        );
         let m = ImageMap::from_entries([("a".to_string(), PathBuf::from("/bin/sh"))]);
         assert_eq!(m.resolve("a:2").expect("mapped"), PathBuf::from("/bin/sh"));
     }

@@ -55,13 +55,18 @@ pub struct LocalNode {
 
 impl LocalNode {
     /// Writes the image map and starts `steward-node` against `kubeconfig`.
-    pub fn start(kubeconfig: &Path, state_dir: &Path, opts: NodeOptions) -> anyhow::Result<LocalNode> {
+    pub fn start(
+        kubeconfig: &Path,
+        state_dir: &Path,
+        opts: NodeOptions,
+    ) -> anyhow::Result<LocalNode> {
         let bin = workspace_bin("steward-node")?;
         let dir = state_dir.join("node");
         let log_dir = dir.join("pods");
         std::fs::create_dir_all(&log_dir)?;
         let image_map = dir.join("images.yaml");
-        let map: std::collections::BTreeMap<String, PathBuf> = opts.images.iter().cloned().collect();
+        let map: std::collections::BTreeMap<String, PathBuf> =
+            opts.images.iter().cloned().collect();
         std::fs::write(&image_map, serde_yaml::to_string(&map)?)?;
         let log = std::fs::File::create(state_dir.join("logs").join("steward-node.log"))
             .or_else(|_| std::fs::File::create(dir.join("steward-node.log")))?;

@@ -59,7 +59,10 @@ pub async fn run_probe(
         }
         return match req.send().await {
             Ok(r) if r.status().is_success() || r.status().is_redirection() => ProbeResult::Success,
-            Ok(r) => ProbeResult::Failure(format!("HTTP probe failed with statuscode: {}", r.status().as_u16())),
+            Ok(r) => ProbeResult::Failure(format!(
+                "HTTP probe failed with statuscode: {}",
+                r.status().as_u16()
+            )),
             Err(e) => ProbeResult::Failure(format!("Get {url:?}: {e}")),
         };
     }
@@ -69,7 +72,12 @@ pub async fn run_probe(
             Err(e) => return ProbeResult::Failure(e),
         };
         let host = t.host.clone().unwrap_or_else(|| pod_ip.to_string());
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+        return match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => ProbeResult::Success,
             Ok(Err(e)) => ProbeResult::Failure(format!("dial tcp {host}:{port}: {e}")),
             Err(_) => ProbeResult::Failure(format!("dial tcp {host}:{port}: timeout")),
@@ -124,14 +132,20 @@ mod tests {
             }]),
             ..Default::default()
         };
-        assert_eq!(resolve_port(&IntOrString::String("http".into()), &c), Ok(8000));
+        assert_eq!(
+            resolve_port(&IntOrString::String("http".into()), &c),
+            Ok(8000)
+        );
         assert_eq!(resolve_port(&IntOrString::Int(81), &c), Ok(81));
         assert!(resolve_port(&IntOrString::String("grpc".into()), &c).is_err());
     }
 
     #[tokio::test]
     async fn exec_probe_reports_exit_status() {
-        let env = HashMap::from([("PATH".to_string(), std::env::var("PATH").unwrap_or_default())]);
+        let env = HashMap::from([(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_default(),
+        )]);
         let ok = run_exec(&["true".into()], &env, Duration::from_secs(5)).await;
         assert_eq!(ok, ProbeResult::Success);
         let bad = run_exec(&["false".into()], &env, Duration::from_secs(5)).await;

@@ -13,8 +13,13 @@ use k8s_openapi::jiff::Timestamp;
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {
     /// Not running; `reason` is a kubelet waiting reason.
-    Waiting { reason: String, message: String },
-    Running { started_at: Timestamp },
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: Timestamp,
+    },
     Terminated(Exit),
 }
 
@@ -152,7 +157,13 @@ pub fn pod_status(
         .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled").cloned())
         .unwrap_or_else(|| condition("PodScheduled", true, None, None, now));
     let mut ready_cond = condition("Ready", all_ready, not_ready_reason, previous, now);
-    let mut cr_cond = condition("ContainersReady", all_ready, not_ready_reason, previous, now);
+    let mut cr_cond = condition(
+        "ContainersReady",
+        all_ready,
+        not_ready_reason,
+        previous,
+        now,
+    );
     if !all_ready {
         let msg = format!("containers with unready status: [{}]", not_ready.join(" "));
         ready_cond.message = Some(msg.clone());
@@ -162,7 +173,13 @@ pub fn pod_status(
     PodStatus {
         phase: Some(phase.to_string()),
         conditions: Some(vec![
-            condition("PodReadyToStartContainers", pod_ip.is_some(), None, previous, now),
+            condition(
+                "PodReadyToStartContainers",
+                pod_ip.is_some(),
+                None,
+                previous,
+                now,
+            ),
             condition("Initialized", true, None, previous, now),
             ready_cond,
             cr_cond,
@@ -219,7 +236,10 @@ mod tests {
     #[test]
     fn phases_follow_container_exits() {
         let now = Timestamp::now();
-        assert_eq!(phase(&[view(RunState::Running { started_at: now }, true, true)]), "Running");
+        assert_eq!(
+            phase(&[view(RunState::Running { started_at: now }, true, true)]),
+            "Running"
+        );
         assert_eq!(phase(&[view(exit(0), false, true)]), "Succeeded");
         assert_eq!(phase(&[view(exit(1), false, true)]), "Failed");
         let mut restarting = view(exit(1), false, true);
@@ -232,7 +252,13 @@ mod tests {
         let pod = Pod::default();
         let t0 = Timestamp::from_second(1_000).expect("ts");
         let running = RunState::Running { started_at: t0 };
-        let s1 = pod_status(&pod, &[view(running.clone(), true, true)], Some("127.16.0.2"), t0, t0);
+        let s1 = pod_status(
+            &pod,
+            &[view(running.clone(), true, true)],
+            Some("127.16.0.2"),
+            t0,
+            t0,
+        );
         let ready = |s: &PodStatus| {
             s.conditions
                 .as_ref()
@@ -245,9 +271,21 @@ mod tests {
             ..Default::default()
         };
         let t1 = Timestamp::from_second(2_000).expect("ts");
-        let s2 = pod_status(&pod2, &[view(running.clone(), true, true)], Some("127.16.0.2"), t0, t1);
+        let s2 = pod_status(
+            &pod2,
+            &[view(running.clone(), true, true)],
+            Some("127.16.0.2"),
+            t0,
+            t1,
+        );
         assert_eq!(ready(&s2).last_transition_time, Some(Time(t0)));
-        let s3 = pod_status(&pod2, &[view(running, false, true)], Some("127.16.0.2"), t0, t1);
+        let s3 = pod_status(
+            &pod2,
+            &[view(running, false, true)],
+            Some("127.16.0.2"),
+            t0,
+            t1,
+        );
         assert_eq!(ready(&s3).status, "False");
         assert_eq!(ready(&s3).last_transition_time, Some(Time(t1)));
     }

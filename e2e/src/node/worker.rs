@@ -85,7 +85,10 @@ struct ProbeTracker {
 
 impl ProbeTracker {
     fn new(probe: Option<&Probe>, now: Instant) -> Self {
-        let delay = probe.and_then(|p| p.initial_delay_seconds).unwrap_or(0).max(0) as u64;
+        let delay = probe
+            .and_then(|p| p.initial_delay_seconds)
+            .unwrap_or(0)
+            .max(0) as u64;
         ProbeTracker {
             successes: 0,
             failures: 0,
@@ -111,11 +114,7 @@ struct Ctr {
 }
 
 /// Runs until the pod is finalized or gone.
-pub async fn run_pod(
-    cfg: WorkerConfig,
-    mut pod_rx: watch::Receiver<Arc<Pod>>,
-    gone: CancelToken,
-) {
+pub async fn run_pod(cfg: WorkerConfig, mut pod_rx: watch::Receiver<Arc<Pod>>, gone: CancelToken) {
     let pod = pod_rx.borrow().clone();
     let ns = pod.namespace().unwrap_or_else(|| "default".into());
     let name = pod.name_any();
@@ -160,7 +159,10 @@ pub async fn run_pod(
             env: HashMap::new(),
         })
         .collect();
-    let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
     let mut posted: Option<serde_json::Value> = None;
     let mut current = pod.clone();
 
@@ -203,7 +205,13 @@ pub async fn run_pod(
 
         let views: Vec<ContainerView> = ctrs.iter().map(view).collect();
         let ip_s = ip.map(|i| i.to_string());
-        let status = pod_status(&current, &views, ip_s.as_deref(), start_time, Timestamp::now());
+        let status = pod_status(
+            &current,
+            &views,
+            ip_s.as_deref(),
+            start_time,
+            Timestamp::now(),
+        );
         let value = serde_json::to_value(&status).unwrap_or_default();
         if posted.as_ref() != Some(&strip_times(&value)) {
             let patch = serde_json::json!({ "status": value });
@@ -352,7 +360,9 @@ fn start_container(
         Some((first, rest)) => {
             argv.extend(rest.iter().map(|a| expand(a, &env)));
             let base = exe.file_name().map(|f| f.to_string_lossy().to_string());
-            if Some(first.as_str()) == base.as_deref() || first.starts_with('/') && !PathBuf::from(first).exists() {
+            if Some(first.as_str()) == base.as_deref()
+                || first.starts_with('/') && !PathBuf::from(first).exists()
+            {
                 exe.clone()
             } else {
                 PathBuf::from(expand(first, &env))
@@ -373,7 +383,12 @@ fn start_container(
             f
         }
         Err(e) => {
-            set_waiting(c, cfg, "CreateContainerError", &format!("cannot open log file {}: {e}", log_path.display()));
+            set_waiting(
+                c,
+                cfg,
+                "CreateContainerError",
+                &format!("cannot open log file {}: {e}", log_path.display()),
+            );
             return;
         }
     };
@@ -479,7 +494,8 @@ async fn probe_all(cfg: &WorkerConfig, ctrs: &mut [Ctr], ip: std::net::Ipv4Addr)
                             c.liveness.failures = 0;
                             if let Some(mut p) = c.proc.take() {
                                 let grace = Duration::from_secs(2);
-                                let _ = tokio::task::spawn_blocking(move || p.terminate(grace)).await;
+                                let _ =
+                                    tokio::task::spawn_blocking(move || p.terminate(grace)).await;
                             }
                             c.ready = false;
                             c.last = Some(Exit {
@@ -516,11 +532,20 @@ fn period(p: &Probe) -> Duration {
 }
 
 /// preStop, SIGTERM, grace period, SIGKILL — for every running container.
-async fn terminate_pod(cfg: &WorkerConfig, pod: &Pod, ctrs: &mut [Ctr], ip: Option<std::net::Ipv4Addr>) {
+async fn terminate_pod(
+    cfg: &WorkerConfig,
+    pod: &Pod,
+    ctrs: &mut [Ctr],
+    ip: Option<std::net::Ipv4Addr>,
+) {
     let grace = pod
         .metadata
         .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30)
         .max(0) as u64;
     let grace = Duration::from_secs(grace);
@@ -551,7 +576,12 @@ async fn terminate_pod(cfg: &WorkerConfig, pod: &Pod, ctrs: &mut [Ctr], ip: Opti
                     None => ProbeResult::Failure("no pod IP".into()),
                 }
             } else if let Some(e) = &h.exec {
-                run_exec(e.command.as_deref().unwrap_or(&[]), &env, grace.max(Duration::from_secs(1))).await
+                run_exec(
+                    e.command.as_deref().unwrap_or(&[]),
+                    &env,
+                    grace.max(Duration::from_secs(1)),
+                )
+                .await
             } else if let Some(s) = &h.sleep {
                 tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
                 ProbeResult::Success
