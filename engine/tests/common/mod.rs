@@ -1,0 +1,230 @@
+//! Test harness: makes the tiny model once per test binary and runs the real
+//! `steward-engine serve` process on a free loopback port.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+pub const MODEL: &str = "tiny";
+
+pub fn tiny_model() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("steward-tiny-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        steward_engine::make_model::make_model(steward_engine::make_model::ModelSize::Tiny, &dir)
+            .expect("make tiny model");
+        dir
+    })
+    .clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Engine {
+    pub child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Engine {
+    /// Starts an engine with extra flags and waits until /ready.
+    pub async fn start(extra: &[&str]) -> Engine {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_steward-engine"))
+            .arg("serve")
+            .arg("--model")
+            .arg(tiny_model())
+            .args(["--served-model-name", MODEL, "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--torch-threads", "1"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn steward-engine");
+        let e = Engine {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = e.client.get(e.url("/ready")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "engine did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        e
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn load(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/load"))
+            .send()
+            .await
+            .expect("load")
+            .json()
+            .await
+            .expect("load json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns true.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A streaming completion read chunk by chunk.
+pub struct SseReader {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+    pub events: Vec<String>,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self {
+            stream: resp.bytes_stream().boxed(),
+            buf: String::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Next `data:` payload, or None at end of stream.
+    pub async fn next_data(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..pos + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                    .collect();
+                if data.is_empty() {
+                    continue; // comment keep-alive
+                }
+                let d = data.join("\n");
+                self.events.push(d.clone());
+                return Some(d);
+            }
+            match self.stream.next().await {
+                Some(Ok(b)) => self.buf.push_str(&String::from_utf8_lossy(&b)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads to the end; returns (text, finish_reason, saw_done).
+    pub async fn finish(&mut self) -> (String, Option<String>, bool) {
+        let mut text = String::new();
+        let mut finish = None;
+        let mut done = false;
+        for d in self.events.clone() {
+            absorb(&d, &mut text, &mut finish, &mut done);
+        }
+        while let Some(d) = self.next_data().await {
+            absorb(&d, &mut text, &mut finish, &mut done);
+        }
+        (text, finish, done)
+    }
+}
+
+fn absorb(d: &str, text: &mut String, finish: &mut Option<String>, done: &mut bool) {
+    if d == "[DONE]" {
+        *done = true;
+        return;
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(d) {
+        let c = &v["choices"][0];
+        if let Some(t) = c["text"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(t) = c["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(f) = c["finish_reason"].as_str() {
+            *finish = Some(f.to_string());
+        }
+    }
+}
+
+/// Value of the first sample named `name` whose labels include every
+/// `key="value"` string in `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let n = l.split(['{', ' ']).next().unwrap_or("");
+            n == name && labels.iter().all(|lab| l.contains(lab))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
