@@ -97,6 +97,13 @@ def main():
                                     "torch_linears_ms": hw["decode_step"][b]["torch_linears_ms"]}
             print(f"{b:32} {fmt(bound):>10} {fmt(e):>10} {fmt(ratio(e, bound), 'x'):>12} {fmt(h):>10} "
                   f"{fmt(ratio(h, bound), 'x'):>10}")
+    try:
+        with open(os.path.join(out, "loadavg.txt")) as f:
+            load = f.read().strip().replace("\n", "; ")
+        print(f"load average (1/5/15 min) {load}")
+        summary["loadavg"] = load
+    except OSError:
+        pass
     summary["hw"] = hw
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

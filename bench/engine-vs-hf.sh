@@ -48,6 +48,9 @@ if [[ ! -f "$MODEL/config.json" ]]; then
   "$BIN/steward-engine" make-model --size bench "$MODEL" >&2
 fi
 
+# Other work on the machine skews every figure: record the load around the run.
+echo "before: $(cat /proc/loadavg)" >"$OUT/loadavg.txt"
+
 say "probing the hardware ($THREADS threads)"
 "$STEWARD_PYTHON" bench/hw_probe.py --model "$MODEL" --threads "$THREADS" --json "$OUT/hw.json"
 
@@ -115,7 +118,7 @@ bench_target() { # bench_target NAME PORT
 if [[ "${BENCH_ONLY:-engine}" != hf ]]; then
   say "starting steward-engine on :$ENGINE_PORT"
   "$BIN/steward-engine" serve --model "$MODEL" --served-model-name bench \
-    --host 127.0.0.1 --port "$ENGINE_PORT" >"$OUT/engine.log" 2>&1 &
+    --host 127.0.0.1 --port "$ENGINE_PORT" --torch-threads "$THREADS" >"$OUT/engine.log" 2>&1 &
   SERVER_PID=$!
   if wait_ready "http://127.0.0.1:$ENGINE_PORT/ready" engine; then
     bench_target engine "$ENGINE_PORT"
@@ -135,5 +138,6 @@ if [[ "${BENCH_ONLY:-hf}" != engine ]]; then
   stop_server
 fi
 
+echo "after: $(cat /proc/loadavg)" >>"$OUT/loadavg.txt"
 python3 bench/compare.py "$OUT" | tee "$OUT/summary.txt"
 say "results in $OUT"
