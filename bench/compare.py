@@ -100,8 +100,8 @@ def main():
     try:
         with open(os.path.join(out, "loadavg.txt")) as f:
             load = f.read().strip().replace("\n", "; ")
-        print(f"load average (1/5/15 min) {load}")
-        summary["loadavg"] = load
+        print(f"load average (1/5/15 min) {loadavg}")
+        summary["loadavg"] = loadavg
     except OSError:
         pass
     summary["hw"] = hw
