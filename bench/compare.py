@@ -99,7 +99,7 @@ def main():
                   f"{fmt(ratio(h, bound), 'x'):>10}")
     try:
         with open(os.path.join(out, "loadavg.txt")) as f:
-            load = f.read().strip().replace("\n", "; ")
+            loadavg = f.read().strip().replace("\n", "; ")
         print(f"load average (1/5/15 min) {loadavg}")
         summary["loadavg"] = loadavg
     except OSError:
