@@ -426,3 +426,88 @@ async fn crashing_container_is_restarted_with_backoff_and_never_policy_is_final(
         .expect("status");
     assert_eq!(c.restart_count, 0);
 }
+
+#[tokio::test]
+async fn failing_liveness_restarts_the_container_and_exec_prestop_runs_on_delete() {
+    let (client, ns) = setup("live").await;
+    let marker_dir = tempfile::tempdir().expect("tempdir");
+    let marker = marker_dir.path().join("exec-prestop");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "wedge"},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "main", "image": "steward-testserver", "args": ["--port=8080"],
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
+                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", format!("echo $POD_NAME > {}", marker.display())]}}}
+            }]
+        }
+    }))
+    .expect("pod json");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let ip = eventually(Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let st = pods.get("wedge").await.ok()?.status?;
+            (st.phase.as_deref() == Some("Running")).then_some(st.pod_ip?)
+        }
+    })
+    .await
+    .expect("running");
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), || {
+        let http = http.clone();
+        let ip = ip.clone();
+        async move {
+            http.post(format!("http://{ip}:8080/healthz/fail"))
+                .send()
+                .await
+                .ok()
+                .map(|_| ())
+        }
+    })
+    .await
+    .expect("wedge the server");
+    let restarted = eventually(Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let cs = pods.get("wedge").await.ok()?.status?.container_statuses?;
+            let c = cs.into_iter().next()?;
+            (c.restart_count >= 1 && c.state.as_ref()?.running.is_some()).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        restarted.is_ok(),
+        "a failing liveness probe did not restart the container"
+    );
+    // The restarted server is healthy again (a fresh process).
+    let healthy = eventually(Duration::from_secs(30), || {
+        let http = http.clone();
+        let ip = ip.clone();
+        async move {
+            let r = http
+                .get(format!("http://{ip}:8080/healthz"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await;
+    assert!(healthy.is_ok(), "the restarted container is not healthy");
+    pods.delete("wedge", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let ran = eventually(Duration::from_secs(30), || {
+        let marker = marker.clone();
+        async move { std::fs::read_to_string(&marker).ok() }
+    })
+    .await
+    .expect("exec preStop wrote its marker");
+    assert_eq!(ran.trim(), "wedge");
+}

@@ -34,6 +34,7 @@ struct Args {
 #[derive(Clone)]
 struct AppState {
     ready: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
     args: Args,
 }
 
@@ -58,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let state = AppState {
         ready: Arc::new(AtomicBool::new(true)),
+        alive: Arc::new(AtomicBool::new(true)),
         args: args.clone(),
     };
     let app = Router::new()
@@ -67,7 +69,23 @@ async fn main() -> anyhow::Result<()> {
                 Json(serde_json::json!({"pod": s.args.pod_name, "ip": s.args.host}))
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<AppState>| async move {
+                if s.alive.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "wedged")
+                }
+            }),
+        )
+        .route(
+            "/healthz/fail",
+            post(|State(s): State<AppState>| async move {
+                s.alive.store(false, Ordering::SeqCst);
+                "ok"
+            }),
+        )
         .route(
             "/ready",
             get(|State(s): State<AppState>| async move {
