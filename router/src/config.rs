@@ -110,6 +110,9 @@ pub struct Cli {
 /// Where to find InferenceServices and pods.
 #[derive(Debug, Args)]
 pub struct DiscoveryArgs {
+    /// Route from this JSON file instead of watching the API server (benchmarks, demos).
+    #[arg(long, env = "STEWARD_ROUTER_STATIC_ROUTES")]
+    pub static_routes: Option<std::path::PathBuf>,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "STEWARD_ROUTER_NAMESPACE")]
     pub namespace: Option<String>,

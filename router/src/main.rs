@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use steward_router::config::{Cli, LogFormat};
-use steward_router::discovery::{self, DiscoveryConfig};
+use steward_router::discovery::{self, static_routes, DiscoveryConfig};
 use steward_router::index::SharedIndex;
 use steward_router::server::{app, RouterState};
 use tracing_subscriber::EnvFilter;
@@ -23,19 +23,25 @@ async fn main() -> anyhow::Result<()> {
     }
     let index = SharedIndex::new();
     let (state, poller) = RouterState::new(cli.proxy_config(), cli.poll_config(), index.clone());
-    let client = kube::Client::try_default()
-        .await
-        .context("building the Kubernetes client")?;
-    tokio::spawn(discovery::run(
-        client,
-        DiscoveryConfig {
-            namespace: cli.discovery.namespace.clone(),
-            resync_interval: cli.discovery.resync_interval,
-        },
-        index,
-        state.proxy.metrics.clone(),
-        state.ready.clone(),
-    ));
+    if let Some(path) = &cli.discovery.static_routes {
+        static_routes::load(path, &index).context("loading static routes")?;
+        state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(path = %path.display(), "routing from a static file; not watching the API server");
+    } else {
+        let client = kube::Client::try_default()
+            .await
+            .context("building the Kubernetes client")?;
+        tokio::spawn(discovery::run(
+            client,
+            DiscoveryConfig {
+                namespace: cli.discovery.namespace.clone(),
+                resync_interval: cli.discovery.resync_interval,
+            },
+            index,
+            state.proxy.metrics.clone(),
+            state.ready.clone(),
+        ));
+    }
     tokio::spawn(poller.run());
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await

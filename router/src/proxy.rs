@@ -270,6 +270,7 @@ impl Proxy {
             }
             match next {
                 Some(n) if granted => {
+                    drop(engine_resp);
                     self.metrics
                         .retries
                         .get_or_create(&reason_labels(labels, failure.as_str()))

@@ -8,6 +8,7 @@
 //! long a missed event can leave the index wrong.
 
 pub mod convert;
+pub mod static_routes;
 pub mod watch;
 
 pub use watch::{run, DiscoveryConfig};
