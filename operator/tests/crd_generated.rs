@@ -6,14 +6,19 @@ use std::path::Path;
 use steward_operator::crd::{self, InferenceServiceSpec};
 
 #[test]
-fn committed_crd_yaml_matches_the_rust_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/inferenceservice.yaml");
-    let committed = std::fs::read_to_string(&path).expect("crds/inferenceservice.yaml exists");
+fn committed_crd_yaml_and_chart_copy_match_the_rust_types() {
     let generated = crd::crd_yaml().expect("CRD serialises");
-    assert!(
-        committed == generated,
-        "crds/inferenceservice.yaml is stale; run `cargo run --release -p steward-operator --bin steward-crdgen`"
-    );
+    for file in [
+        "crds/inferenceservice.yaml",
+        "charts/steward/crds/inferenceservice.yaml",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{file} is stale; run `cargo run --release -p steward-operator --bin steward-crdgen`"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! steward-crdgen: writes the InferenceService CRD generated from the Rust
-//! types to `crds/inferenceservice.yaml` (or stdout with `--stdout`).
+//! types to `crds/inferenceservice.yaml` and the Helm chart's copy
+//! `charts/steward/crds/inferenceservice.yaml` (or stdout with `--stdout`).
 
 use std::path::PathBuf;
 
@@ -10,13 +11,14 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "steward-crdgen", version)]
 struct Args {
-    /// Where to write the CRD.
+    /// Where to write the CRD (comma-separated for several files).
     #[arg(
         long,
         env = "STEWARD_CRD_OUT",
-        default_value = "crds/inferenceservice.yaml"
+        value_delimiter = ',',
+        default_value = "crds/inferenceservice.yaml,charts/steward/crds/inferenceservice.yaml"
     )]
-    out: PathBuf,
+    out: Vec<PathBuf>,
     /// Print to stdout instead of writing the file.
     #[arg(long, env = "STEWARD_CRD_STDOUT")]
     stdout: bool,
@@ -28,9 +30,10 @@ fn main() -> anyhow::Result<()> {
     if args.stdout {
         print!("{yaml}");
     } else {
-        std::fs::write(&args.out, yaml)
-            .with_context(|| format!("writing {}", args.out.display()))?;
-        eprintln!("wrote {}", args.out.display());
+        for out in &args.out {
+            std::fs::write(out, &yaml).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {}", out.display());
+        }
     }
     Ok(())
 }

@@ -1,0 +1,97 @@
+//! The Helm chart lints, renders, passes the real API server's validation
+//! (`kubectl apply --dry-run=server`), and grants no wildcard permissions.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::{env, run_cmd, tool};
+
+fn chart_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/steward")
+        .display()
+        .to_string()
+}
+
+fn render(ns: &str, extra: &[&str]) -> String {
+    let (ok, out) = run_cmd(
+        Command::new(tool("helm"))
+            .args([
+                "template",
+                "steward",
+                &chart_dir(),
+                "--namespace",
+                ns,
+                "--include-crds",
+            ])
+            .args(extra),
+    );
+    assert!(ok, "helm template failed: {out}");
+    out
+}
+
+#[test]
+fn chart_lints_cleanly() {
+    let (ok, out) = run_cmd(Command::new(tool("helm")).args(["lint", "--strict", &chart_dir()]));
+    assert!(ok, "helm lint: {out}");
+}
+
+#[test]
+fn rendered_rbac_has_no_wildcards() {
+    for extra in [&[][..], &["--set", "operator.watchNamespace=team-a"][..]] {
+        let text = render("steward-system", extra);
+        for doc in text.split("\n---") {
+            if doc.contains("kind: ClusterRole\n") || doc.contains("kind: Role\n") {
+                assert!(!doc.contains("\"*\""), "wildcard in {doc}");
+                assert!(
+                    !doc.contains("- '*'") && !doc.contains("- \"*\""),
+                    "wildcard in {doc}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn rendered_chart_passes_server_side_dry_run() {
+    let env = env("chart").await;
+    for extra in [
+        &[][..],
+        &["--set", &format!("operator.watchNamespace={}", env.ns)][..],
+    ] {
+        let manifests = render(&env.ns, extra);
+        let mut child = Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&env.kubeconfig)
+            .args(["apply", "--dry-run=server", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifests.as_bytes())
+            .expect("write manifests");
+        let out = child.wait_with_output().expect("kubectl finishes");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "dry run refused: {text}");
+        for kind in [
+            "serviceaccount/",
+            "deployment.apps/",
+            "rolebinding.rbac.authorization.k8s.io/",
+            "customresourcedefinition.apiextensions.k8s.io/",
+        ] {
+            assert!(text.contains(kind), "{kind} missing from: {text}");
+        }
+    }
+}
