@@ -72,3 +72,23 @@ limits: { perTenant: { requestsPerSecond: 20, burst: 40, maxConcurrent: 8 }, max
     let limits = spec.limits.per_tenant.expect("per-tenant limits");
     assert_eq!(limits.effective_burst(), 40);
 }
+
+#[test]
+fn every_example_manifest_parses_into_the_types() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .expect("readable")
+            .replace("${STEWARD_MODELS}", "/models");
+        let obj: steward_operator::crd::InferenceService =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(obj.spec.replicas.min <= obj.spec.replicas.effective_max());
+        seen += 1;
+    }
+    assert!(seen >= 1, "no example manifests");
+}
