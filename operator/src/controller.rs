@@ -30,11 +30,21 @@ use crate::crd::{labels, InferenceService};
 use crate::metrics::Metrics;
 use crate::observe::Observed;
 use crate::revision::{deployment_name, revision_of};
+use crate::roles;
 use crate::rollout::{decide, Decision, RolloutInput};
 use crate::status::{self, StatusInput, Transition};
 
 /// The one field manager of every write.
 pub const FIELD_MANAGER: &str = "steward-operator";
+
+/// Parameters of the non-apply patches (scale, pod role), under the same
+/// field manager.
+fn field_manager() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
 
 /// Errors of one reconcile pass.
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +316,42 @@ async fn reconcile_inner(obj: &InferenceService, ctx: &Context) -> Result<Action
         )
         .await?;
     }
+    // Serving vs warm among the serving revision's ready pods.
+    if let Some(serving) = plan.traffic.first() {
+        let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        for change in roles::assign(
+            &observed,
+            &serving.revision,
+            spec.replicas.min,
+            spec.replicas.warm,
+        ) {
+            let role = if change.warm {
+                labels::ROLE_WARM
+            } else {
+                labels::ROLE_SERVING
+            };
+            let patch = json!({ "metadata": { "labels": { labels::ROLE: role } } });
+            match pod_api
+                .patch(&change.pod, &field_manager(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    ctx.metrics.write("Pod", "label");
+                    info!(pod = %change.pod, role, "pod role changed");
+                }
+                // The pod went away meanwhile; the next pass sees that.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(source) => {
+                    return Err(ReconcileError::Write {
+                        verb: "label",
+                        kind: "Pod",
+                        name: change.pod,
+                        source,
+                    })
+                }
+            }
+        }
+    }
     let svc = children::service(&parent, spec);
     let svc_hash = children::applied_hash(&svc.metadata).map(str::to_owned);
     if observed.service_hash.as_ref() != Some(&svc_hash) {
@@ -412,11 +458,7 @@ async fn size_revision(
         return Ok(());
     }
     let patch = json!({ "spec": { "replicas": replicas } });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    api.patch(&name, &params, &Patch::Merge(&patch))
+    api.patch(&name, &field_manager(), &Patch::Merge(&patch))
         .await
         .map_err(|source| ReconcileError::Write {
             verb: "scale",

@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod revision;
+pub mod roles;
 pub mod rollout;
 pub mod run;
 pub mod status;

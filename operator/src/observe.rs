@@ -191,24 +191,37 @@ pub fn pod_problem(p: &Pod) -> Option<PodProblem> {
         });
     }
     for cs in status.container_statuses.iter().flatten() {
+        let last_failure = cs
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .filter(|t| t.exit_code != 0);
+        // One stable message for a crash loop, whether the container is
+        // waiting out its back-off or briefly running again, so status does
+        // not flap (and get rewritten) with every restart.
+        let crash_loop = |code: i32| PodProblem {
+            reason: "CrashLoopBackOff".into(),
+            message: format!(
+                "container {} keeps failing (last exit code {code})",
+                cs.name
+            ),
+        };
         let Some(state) = &cs.state else { continue };
         if let Some(w) = &state.waiting {
             let reason = w.reason.clone().unwrap_or_default();
+            if reason == "CrashLoopBackOff" {
+                return Some(crash_loop(last_failure.map_or(0, |t| t.exit_code)));
+            }
             if STUCK_WAITING.contains(&reason.as_str()) {
-                let mut message = w.message.clone().unwrap_or_default();
-                if let Some(t) = cs.last_state.as_ref().and_then(|l| l.terminated.as_ref()) {
-                    message = format!(
-                        "{message} (last exit code {}{})",
-                        t.exit_code,
-                        t.message
-                            .as_deref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
-                    )
-                    .trim()
-                    .to_owned();
-                }
-                return Some(PodProblem { reason, message });
+                return Some(PodProblem {
+                    reason,
+                    message: w.message.clone().unwrap_or_default(),
+                });
+            }
+        }
+        if state.running.is_some() && !cs.ready && cs.restart_count > 0 {
+            if let Some(t) = last_failure {
+                return Some(crash_loop(t.exit_code));
             }
         }
     }

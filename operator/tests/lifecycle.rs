@@ -451,3 +451,40 @@ async fn unservable_specs_are_degraded_with_the_pods_reason_and_the_newest_spec_
     assert!(degraded_reason(&o).is_none());
     op.stop().await;
 }
+
+#[tokio::test]
+async fn warm_pods_are_labelled_out_of_rotation_and_counted() {
+    let env = env("op-warm").await;
+    let op = Operator::start(&env);
+    apply(
+        &env,
+        &manifest(&env, "chat", 2, json!({"replicas": {"warm": 1}})),
+    )
+    .await
+    .expect("apply");
+    let o = wait_for(
+        &env,
+        "chat",
+        LIMIT,
+        "Ready with 2 serving and 1 warm",
+        |o| {
+            ready_and_current(o)
+                && o.status
+                    .as_ref()
+                    .is_some_and(|s| s.replicas.serving == 2 && s.replicas.warm == 1)
+        },
+    )
+    .await;
+    let st = o.status.clone().expect("status");
+    assert_eq!(st.serving_warm.as_deref(), Some("2/1"));
+    assert_eq!(st.replicas.desired, 3);
+    let pods = pods_of(&env, "chat", &stable(&o)).await;
+    let warm = pods
+        .iter()
+        .filter(|p| p.labels()[labels::ROLE] == labels::ROLE_WARM)
+        .count();
+    assert_eq!((pods.len(), warm), (3, 1));
+    let writes = writes_during_passes(&env, &op, "chat").await;
+    assert_eq!(writes, 0, "a settled warm pool made {writes} writes");
+    op.stop().await;
+}
