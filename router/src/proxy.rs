@@ -140,7 +140,7 @@ impl Proxy {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum::<usize>()
-            + parts.uri.to_string().len();
+            + parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if header_bytes > self.cfg.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge {
                 limit: self.cfg.max_header_bytes,

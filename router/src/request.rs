@@ -31,24 +31,30 @@ struct Peek {
     messages: Option<Value>,
 }
 
+/// Only what routing without prefix affinity needs; the prompt is skipped, not built.
+#[derive(Deserialize)]
+struct PeekModel {
+    model: Option<Value>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+fn bad_json(e: serde_json::Error) -> ProxyError {
+    ProxyError::BadRequest(format!("request body is not a valid JSON object: {e}"))
+}
+
 /// Parses an OpenAI completions or chat body.
 pub fn parse(body: &[u8], block_bytes: usize) -> Result<ValidRequest, ProxyError> {
-    let peek: Peek = serde_json::from_slice(body).map_err(|e| {
-        ProxyError::BadRequest(format!("request body is not a valid JSON object: {e}"))
-    })?;
-    let model = match peek.model {
-        Some(Value::String(m)) if !m.is_empty() => m,
-        Some(_) => {
-            return Err(ProxyError::BadRequest(
-                "`model` must be a non-empty string".into(),
-            ))
-        }
-        None => {
-            return Err(ProxyError::BadRequest(
-                "missing required field `model`".into(),
-            ))
-        }
-    };
+    if block_bytes == 0 {
+        let peek: PeekModel = serde_json::from_slice(body).map_err(bad_json)?;
+        return Ok(ValidRequest {
+            model: model_of(peek.model)?,
+            stream: peek.stream.unwrap_or(false),
+            prefix_hash: None,
+        });
+    }
+    let peek: Peek = serde_json::from_slice(body).map_err(bad_json)?;
+    let model = model_of(peek.model)?;
     let first_text =
         prompt_text(peek.prompt.as_ref()).or_else(|| messages_text(peek.messages.as_ref()));
     let prefix_hash = first_text
@@ -62,6 +68,18 @@ pub fn parse(body: &[u8], block_bytes: usize) -> Result<ValidRequest, ProxyError
         stream: peek.stream.unwrap_or(false),
         prefix_hash,
     })
+}
+
+fn model_of(v: Option<Value>) -> Result<String, ProxyError> {
+    match v {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m),
+        Some(_) => Err(ProxyError::BadRequest(
+            "`model` must be a non-empty string".into(),
+        )),
+        None => Err(ProxyError::BadRequest(
+            "missing required field `model`".into(),
+        )),
+    }
 }
 
 fn prompt_text(v: Option<&Value>) -> Option<&str> {
@@ -111,6 +129,14 @@ mod tests {
 
     #[test]
     fn malformed_or_modelless_bodies_are_bad_requests() {
+        for body in [
+            &b"not json"[..],
+            b"[1,2]",
+            br#"{"model":3}"#,
+            br#"{"stream":true}"#,
+        ] {
+            assert!(matches!(parse(body, 0), Err(ProxyError::BadRequest(_))));
+        }
         for body in [
             &b"not json"[..],
             b"[1,2]",
