@@ -297,6 +297,7 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
             // Let the last bytes of finished streams go out.
             shutdown.notify_one();
             tokio::time::sleep(Duration::from_millis(200)).await;
+            stop_engine(&state).await;
             return Ok(());
         }
         if t_drain.elapsed() >= args.drain_window {
@@ -305,9 +306,24 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
                 cut_streams = n,
                 "drain window ended; cutting streams and exiting"
             );
+            stop_engine(&state).await;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops the engine loop and waits for it, so no tensor work runs while the
+/// process exits (libtorch's globals are torn down then).
+async fn stop_engine(state: &AppState) {
+    if let Some(l) = state.loaded.get() {
+        l.handle.shared.stop_requested.store(true, Ordering::SeqCst);
+        let t = Instant::now();
+        while !l.handle.shared.stopped.load(Ordering::SeqCst)
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

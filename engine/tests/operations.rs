@@ -43,7 +43,7 @@ async fn drain_finishes_open_streams_and_refuses_new() {
     let mut e = Engine::start(&["--drain-window", "120s"]).await;
     let mut streams = Vec::new();
     for _ in 0..8 {
-        streams.push(open_stream(&e, None, 300).await);
+        streams.push(open_stream(&e, None, 600).await);
     }
     let r = e.client.post(e.url("/drain")).send().await.unwrap();
     assert_eq!(r.status(), 202);
@@ -80,8 +80,8 @@ async fn drain_finishes_open_streams_and_refuses_new() {
 
 #[tokio::test]
 async fn sigterm_drains_like_post_drain_and_window_cuts_what_is_left() {
-    let mut e = Engine::start(&["--drain-window", "1s"]).await;
-    let _s = open_stream(&e, None, 900).await;
+    let mut e = Engine::start(&["--drain-window", "100ms"]).await;
+    let mut s = open_stream(&e, None, 900).await;
     let pid = e.child.id() as i32;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -101,6 +101,8 @@ async fn sigterm_drains_like_post_drain_and_window_cuts_what_is_left() {
         status.is_some_and(|s| s.success()),
         "exits when the window ends: {status:?}"
     );
+    let (_, _, done) = s.finish().await;
+    assert!(!done, "a cut stream does not end with [DONE]");
 }
 
 #[tokio::test]
@@ -139,24 +141,19 @@ async fn tenant_over_its_concurrency_cap_gets_429_while_others_are_served() {
 #[tokio::test]
 async fn full_waiting_queue_gets_503_with_retry_after() {
     let e = Engine::start(&["--max-num-seqs", "1", "--max-waiting", "1"]).await;
-    let _running = open_stream(&e, Some("a"), 900).await;
-    let client = e.client.clone();
-    let url = e.url("/v1/completions");
-    let _queued = tokio::spawn(async move {
-        let r = client
-            .post(url)
-            .header("x-tenant", "b")
-            .json(&long_stream(900))
-            .send()
-            .await;
-        // hold the response open
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        drop(r);
-    });
-    eventually("one request waiting", Duration::from_secs(20), || async {
-        e.load().await["waiting"] == 1
-    })
-    .await;
+    let _running = open_stream(&e, Some("a"), 1000).await;
+    // The second request is counted as waiting from the moment its handler
+    // submitted it (before its response headers come back) until the first
+    // stream ends, so the third one, sent right away, finds the queue full.
+    let queued = e
+        .client
+        .post(e.url("/v1/completions"))
+        .header("x-tenant", "b")
+        .json(&long_stream(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 200);
     let r = e
         .client
         .post(e.url("/v1/completions"))
@@ -175,6 +172,7 @@ async fn full_waiting_queue_gets_503_with_retry_after() {
         ),
         Some(1.0)
     );
+    drop(queued);
 }
 
 #[tokio::test]

@@ -457,9 +457,13 @@ fn stream_response(
                 ]
             }
             None => {
+                // The engine stopped (drain window ended): say so, and do
+                // not send [DONE], so the client knows the stream was cut.
+                let body = serde_json::json!({"error": {"message": "the stream was cut: the replica is shutting down",
+                    "type": "stream_cut", "param": null, "code": 503}});
                 st.done = true;
                 st.guard.take();
-                vec![SseEvent::default().data("[DONE]")]
+                vec![SseEvent::default().data(body.to_string())]
             }
         };
         Some((

@@ -82,6 +82,9 @@ pub struct Shared {
     /// Milliseconds KV usage has stayed above the shedding level (0 = not above).
     pub kv_high_for_ms: AtomicU64,
     pub blocks_used: AtomicUsize,
+    /// Set by the server to stop the loop (drain window ended).
+    pub stop_requested: AtomicBool,
+    /// Set by the loop when it has stopped and dropped every stream.
     pub stopped: AtomicBool,
 }
 
@@ -201,6 +204,11 @@ pub fn spawn(
 impl Actor {
     fn run(&mut self, rx: Receiver<Command>) {
         loop {
+            if self.shared.stop_requested.load(Ordering::Relaxed) {
+                tracing::info!(cut = self.active.len(), "engine loop stopping");
+                self.active.clear();
+                break;
+            }
             if self.active.is_empty() {
                 match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(cmd) => self.intake(cmd),
@@ -215,7 +223,17 @@ impl Actor {
                 self.intake(cmd);
             }
             self.cancel_gone();
-            match self.core.step() {
+            let core = &mut self.core;
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.step()))
+                .unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "model step panicked".into());
+                    Err(tch::TchError::Torch(msg))
+                });
+            match result {
                 Ok(out) => {
                     if !out.plan.items.is_empty() {
                         self.metrics.batch_size.observe(out.plan.items.len() as f64);
@@ -344,15 +362,17 @@ impl Actor {
         match finish {
             None => self.core.sched.append_token(seq, tok),
             Some(reason) => {
+                // Metrics first, so a client that scrapes right after its
+                // response sees them.
+                self.metrics
+                    .e2e
+                    .observe(now.duration_since(a.sub.arrived).as_secs_f64());
+                self.metrics.finish(reason.as_str());
                 let _ = a.sub.events.send(Event::Done {
                     finish: reason,
                     prompt_tokens: a.sub.prompt.len(),
                     completion_tokens: a.generated,
                 });
-                self.metrics
-                    .e2e
-                    .observe(now.duration_since(a.sub.arrived).as_secs_f64());
-                self.metrics.finish(reason.as_str());
                 self.active.remove(&seq);
                 self.core.sched.remove(seq);
             }

@@ -256,14 +256,14 @@ impl Llama {
             let attn = out
                 .view([t, n_heads * hd])
                 .linear::<Tensor>(&layer.wo, None);
-            h = h + attn;
+            h += attn;
             let xn = rms_norm(&h, &layer.post_norm, eps);
             let gu = xn.linear::<Tensor>(&layer.w_gate_up, None);
             let inter = cfg.intermediate_size as i64;
             let g = gu.narrow(1, 0, inter);
             let u = gu.narrow(1, inter, inter);
             let m = (g.silu() * u).linear::<Tensor>(&layer.w_down, None);
-            h = h + m;
+            h += m;
         }
         let last = h.index_select(0, &batch.logit_rows);
         let last = rms_norm(&last, &self.norm, eps);

@@ -248,6 +248,11 @@ impl Scheduler {
                 }
             };
             let len = (total - computed).min(budget);
+            if len == 0 {
+                // Nothing new to compute (no token appended since last step).
+                i += 1;
+                continue;
+            }
             let mut scheduled = true;
             while !self.grow(id, computed + len) {
                 let Some(&victim) = self.running.last() else {
@@ -436,8 +441,10 @@ mod tests {
         let mut s = Scheduler::new(cfg(4, 64));
         s.add(1, vec![1; 7]);
         s.add(2, vec![2; 7]);
-        step(&mut s); // both prefilled, each now holds 8 tokens = 2 blocks
-        let p = step(&mut s); // both need a third block
+        step(&mut s); // both prefilled (7 tokens in 2 blocks), one token appended
+        let p = step(&mut s); // position 7 still fits in the second block
+        assert!(p.preempted.is_empty());
+        let p = step(&mut s); // position 8 needs a third block for each
         assert_eq!(p.preempted, vec![2]);
         assert_eq!(p.items.len(), 1);
         assert_eq!(p.items[0].seq, 1);
