@@ -10,6 +10,16 @@ use common::*;
 use futures::StreamExt;
 use steward_router::index::{SharedIndex, TenantLimits};
 
+/// Waits until the router's poller has seen `engine`'s reported load.
+async fn wait_for_load(router: &steward_router::server::RunningRouter, engine: &TestEngine) {
+    let state = router.state.proxy.endpoints.get(engine.addr);
+    assert!(
+        eventually(Duration::from_secs(10), || state.load().running > 0).await,
+        "the load poller never saw {}'s load",
+        engine.state.name
+    );
+}
+
 async fn metrics(router: &steward_router::server::RunningRouter) -> String {
     router.state.metrics_text()
 }
@@ -150,8 +160,7 @@ async fn endpoint_killed_before_first_byte_is_retried_once_on_another_and_counte
     index.apply_pod(pod("pb", "r1", b.addr));
     let router = start_router(proxy_config(), index).await;
     let url = format!("http://{}/v1/completions", router.addr);
-    // Let the poller see b's load.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for_load(&router, &b).await;
     let r = client()
         .post(&url)
         .json(&completion(true))
@@ -206,7 +215,7 @@ async fn endpoint_killed_mid_stream_ends_the_client_stream_with_an_error_and_no_
     index.apply_pod(pod("pa", "r1", a.addr));
     index.apply_pod(pod("pb", "r1", b.addr));
     let router = start_router(proxy_config(), index).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for_load(&router, &b).await;
     let url = format!("http://{}/v1/completions", router.addr);
     let r = client()
         .post(&url)
@@ -259,7 +268,7 @@ async fn a_400_from_the_engine_is_never_retried() {
     index.apply_pod(pod("pa", "r1", a.addr));
     index.apply_pod(pod("pb", "r1", b.addr));
     let router = start_router(proxy_config(), index).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for_load(&router, &b).await;
     let url = format!("http://{}/v1/completions", router.addr);
     let r = client()
         .post(&url)
