@@ -18,7 +18,8 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cargo build --release -q -p steward-router -p steward-loadgen
 BIN=target/release
-STUB_PORT=18000 ROUTER_PORT=18080 NGINX_PORT=18081
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+STUB_PORT=$(free_port) ROUTER_PORT=$(free_port) NGINX_PORT=$(free_port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -65,11 +66,13 @@ nginx -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" >"$OUT/nginx/out.log" 2>&1 &
 pids+=($!)
 
 for port in $STUB_PORT $ROUTER_PORT $NGINX_PORT; do
+  ok=
   for _ in $(seq 100); do
-    curl -fs -o /dev/null -X POST -H 'content-type: application/json' \
-      -d '{"model":"bench","prompt":"x","max_tokens":1}' "http://127.0.0.1:$port/v1/completions" && break
+    if curl -fs -o /dev/null -X POST -H 'content-type: application/json' \
+      -d '{"model":"bench","prompt":"x","max_tokens":1}' "http://127.0.0.1:$port/v1/completions"; then ok=1; break; fi
     sleep 0.1
   done
+  [ -n "$ok" ] || { echo "nothing answers on 127.0.0.1:$port; see $OUT/*.log" >&2; exit 1; }
 done
 
 run() { # label port mode...
