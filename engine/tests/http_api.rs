@@ -383,3 +383,75 @@ async fn repeated_prompt_hits_the_prefix_cache() {
     let m = e.metrics().await;
     assert!(metric(&m, "steward_engine_prefix_cache_hits_total", &[]).unwrap() >= 1.0);
 }
+
+#[tokio::test]
+async fn waiting_stream_gets_sse_comment_keep_alives() {
+    let e = Engine::start(&["--max-num-seqs", "1", "--sse-keep-alive", "100ms"]).await;
+    let r = e
+        .post("/v1/completions", json!({"model": MODEL, "prompt": "first", "max_tokens": 1000, "ignore_eos": true, "stream": true}))
+        .await;
+    let mut first = SseReader::new(r);
+    assert!(first.next_data().await.is_some());
+    // The second stream waits behind the first (one running sequence).
+    let r = e
+        .post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "second", "max_tokens": 4, "stream": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let mut second = SseReader::new(r);
+    let got = tokio::time::timeout(Duration::from_secs(20), second.raw_until(": keep-alive")).await;
+    assert_eq!(
+        got.ok(),
+        Some(true),
+        "a comment keep-alive arrives while the stream waits"
+    );
+}
+
+#[tokio::test]
+async fn streams_preempted_for_kv_blocks_are_recomputed_and_complete() {
+    // 8 blocks of 16 tokens: four 60-token streams cannot all fit at once.
+    let e = Engine::start(&["--kv-cache-blocks", "8", "--no-prefix-caching"]).await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let client = e.client.clone();
+        let url = e.url("/v1/completions");
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&json!({"model": MODEL, "prompt": format!("preempt me {i}"), "max_tokens": 60, "ignore_eos": true, "temperature": 0}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }));
+    }
+    let mut texts = Vec::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 60);
+        texts.push(v["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    let m = e.metrics().await;
+    assert!(metric(&m, "steward_engine_preemptions_total", &[]).unwrap() >= 1.0);
+    // Recomputation after preemption gives the same greedy text as a run alone.
+    for (i, text) in texts.iter().enumerate() {
+        let v: serde_json::Value = e
+            .post("/v1/completions", json!({"model": MODEL, "prompt": format!("preempt me {i}"), "max_tokens": 60, "ignore_eos": true, "temperature": 0}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            v["choices"][0]["text"].as_str().unwrap(),
+            text,
+            "stream {i}"
+        );
+    }
+    eventually("all blocks free", Duration::from_secs(10), || async {
+        e.load().await["kv_cache_usage"].as_f64() == Some(0.0)
+    })
+    .await;
+}

@@ -159,6 +159,20 @@ impl SseReader {
         }
     }
 
+    /// Reads raw bytes until `needle` appears in them (true) or the stream
+    /// ends (false).
+    pub async fn raw_until(&mut self, needle: &str) -> bool {
+        loop {
+            if self.buf.contains(needle) {
+                return true;
+            }
+            match self.stream.next().await {
+                Some(Ok(b)) => self.buf.push_str(&String::from_utf8_lossy(&b)),
+                _ => return false,
+            }
+        }
+    }
+
     /// Next `data:` payload, or None at end of stream.
     pub async fn next_data(&mut self) -> Option<String> {
         loop {
