@@ -7,7 +7,7 @@ use clap::Parser;
 use steward_router::config::{Cli, LogFormat};
 use steward_router::discovery::{self, static_routes, DiscoveryConfig};
 use steward_router::index::SharedIndex;
-use steward_router::server::{app, RouterState};
+use steward_router::server::{app, nodelay, RouterState};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the proxy allocates small, short-lived buffers per request;
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(listen = %cli.listen, namespace = ?cli.discovery.namespace, "steward-router serving");
-    axum::serve(listener, app(state))
+    axum::serve(nodelay(listener), app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")?;

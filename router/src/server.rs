@@ -124,6 +124,17 @@ async fn readyz(State(s): State<RouterState>) -> Response {
     }
 }
 
+/// Sets TCP_NODELAY on every accepted connection: SSE events are small
+/// writes that Nagle's algorithm would otherwise hold back until an ACK.
+pub fn nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
+}
+
 /// A router serving on a bound listener, with its poller running.
 pub struct RunningRouter {
     pub addr: SocketAddr,
@@ -142,7 +153,7 @@ impl RunningRouter {
         let addr = listener.local_addr()?;
         let router = app(state.clone());
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
+            if let Err(e) = axum::serve(nodelay(listener), router).await {
                 tracing::error!(error = %e, "router server stopped");
             }
         });
