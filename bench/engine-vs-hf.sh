@@ -9,7 +9,10 @@
 #   BENCH_MODEL=DIR        model directory (default target/bench/model-bench, made once)
 #   BENCH_SKIP_BUILD=1     use the binaries already in target/release
 #   BENCH_ONLY=engine|hf   run one side only
-#   BENCH_MIX_REQUESTS=N   requests in the concurrency-16 mix run (default 64)
+#   BENCH_MIX_REQUESTS=N   requests in the concurrency-16 mix run (default 32)
+#   BENCH_OMP_WAIT_POLICY  OpenMP wait policy for both servers (default PASSIVE: idle
+#                          threads sleep instead of spinning, which keeps a shared
+#                          2-core machine from collapsing; ACTIVE for a quiet machine)
 #   BENCH_THREADS=N        torch threads for both servers and the probe (default 2)
 #   BENCH_PROFILE=1        record the server with perf during b1 and b16 and write the
 #                          top symbols to <name>-profile-<run>.txt ("where the time goes")
@@ -17,7 +20,7 @@
 #
 # Each server runs alone (one at a time) and gets the same requests (same
 # seed). Runs per server: a warm-up, "mix" (concurrency 16, prompts of
-# 32-128 words, outputs lognormal median 64 clipped at 256, ignore_eos),
+# 16-64 words, outputs lognormal median 48 sigma 0.7 clipped at 192, ignore_eos),
 # "b1" (one stream, 64 tokens: its ITL is the batch-1 decode step) and
 # "b16" (16 streams of 64 tokens started together: the batch-16 step).
 set -euo pipefail
@@ -30,7 +33,8 @@ source <(tools/setup.sh --print-env)
 OUT="${BENCH_OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 MODEL="${BENCH_MODEL:-$ROOT/target/bench/model-bench}"
 THREADS="${BENCH_THREADS:-2}"
-MIX_REQUESTS="${BENCH_MIX_REQUESTS:-64}"
+MIX_REQUESTS="${BENCH_MIX_REQUESTS:-32}"
+export OMP_WAIT_POLICY="${BENCH_OMP_WAIT_POLICY:-PASSIVE}"
 ENGINE_PORT=18200
 HF_PORT=18100
 BIN="$ROOT/target/release"
@@ -108,7 +112,7 @@ bench_target() { # bench_target NAME PORT
   loadgen "$name" "$port" warmup --concurrency 4 --requests 4 --output-len fixed:8 >/dev/null
   say "$name: mix (concurrency 16, $MIX_REQUESTS requests)"
   loadgen "$name" "$port" mix --concurrency 16 --requests "$MIX_REQUESTS" \
-    --prompt-len uniform:32-128 --output-len lognormal:64,0.8@256
+    --prompt-len uniform:16-64 --output-len lognormal:48,0.7@192
   say "$name: batch-1 decode"
   profiled "$name" b1 loadgen "$name" "$port" b1 --concurrency 1 --requests 3 --prompt-len fixed:32 --output-len fixed:64
   say "$name: batch-16 decode"
