@@ -653,3 +653,39 @@ async fn metrics_health_and_readiness_endpoints_answer() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_router_replicas_make_the_same_sticky_choices() {
+    let engines = [
+        TestEngine::start("a", 30).await,
+        TestEngine::start("b", 31).await,
+        TestEngine::start("c", 32).await,
+    ];
+    // Each replica has its own index fed with the same objects, as two
+    // replicas watching one API server would.
+    let mut routers = Vec::new();
+    for _ in 0..2 {
+        let index = SharedIndex::new();
+        index.apply_service(service(&[("r1", 60), ("r2", 40)], None));
+        index.apply_pod(pod("pa", "r1", engines[0].addr));
+        index.apply_pod(pod("pb", "r1", engines[1].addr));
+        index.apply_pod(pod("pc", "r2", engines[2].addr));
+        routers.push(start_router(proxy_config(), index).await);
+    }
+    let http = client();
+    for key in ["s-1", "s-2", "s-3", "s-4", "s-5", "s-6"] {
+        let mut served = Vec::new();
+        for r in &routers {
+            let resp = http
+                .post(format!("http://{}/v1/completions", r.addr))
+                .header("x-session-key", key)
+                .json(&completion(false))
+                .send()
+                .await
+                .expect("send");
+            let v: serde_json::Value = resp.json().await.expect("json");
+            served.push(v["engine"].as_str().unwrap_or_default().to_string());
+        }
+        assert_eq!(served[0], served[1], "replicas disagree for session {key}");
+    }
+}
