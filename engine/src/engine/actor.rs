@@ -272,13 +272,18 @@ impl Actor {
     }
 
     fn intake(&mut self, cmd: Command) {
-        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         match cmd {
             Command::Submit(sub) => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.metrics.prompt_tokens.inc_by(sub.prompt.len() as u64);
                 self.core.sched.add(id, sub.prompt.clone());
+                // Count it as queued before it stops counting as submitted,
+                // so admission never sees a gap.
+                self.shared
+                    .queued
+                    .store(self.core.sched.num_waiting(), Ordering::SeqCst);
+                self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
                 let sampler = Sampler::new(sub.sampling.clone());
                 let stop = StopMatcher::new(sub.stop.clone());
                 self.active.insert(
