@@ -73,3 +73,58 @@ pub(crate) fn transition_events(transitions: &[Transition]) -> Vec<Event> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_decision_and_transition_has_a_named_event() {
+        let decisions = [
+            Decision::RevisionCreated {
+                revision: "r2".into(),
+                replicas: 2,
+            },
+            Decision::Scaled {
+                revision: "r1".into(),
+                from: 2,
+                to: 0,
+            },
+            Decision::Promoted {
+                from: Some("r1".into()),
+                to: "r2".into(),
+            },
+            Decision::Pruned {
+                revision: "r0".into(),
+            },
+        ];
+        let reasons: Vec<String> = decision_events(&decisions)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "RevisionCreated",
+                "RevisionScaled",
+                "RevisionPromoted",
+                "RevisionPruned"
+            ]
+        );
+        let t = [
+            Transition::BecameReady {
+                message: "m".into(),
+            },
+            Transition::BecameDegraded {
+                reason: "Unschedulable".into(),
+                message: "no gpu".into(),
+            },
+            Transition::Recovered,
+        ];
+        let events = transition_events(&t);
+        assert_eq!(events[1].type_, EventType::Warning);
+        assert_eq!(events[1].note.as_deref(), Some("Unschedulable: no gpu"));
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["Ready", "Degraded", "Recovered"]);
+    }
+}
