@@ -106,6 +106,18 @@ async fn sigterm_drains_like_post_drain_and_window_cuts_what_is_left() {
 }
 
 #[tokio::test]
+async fn get_drain_from_a_prestop_http_hook_drains_and_an_idle_engine_exits() {
+    let mut e = Engine::start(&["--drain-window", "60s"]).await;
+    let r = e.client.get(e.url("/drain")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let status = e.wait_exit(Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "an idle engine exits as soon as it drains: {status:?}"
+    );
+}
+
+#[tokio::test]
 async fn tenant_over_its_concurrency_cap_gets_429_while_others_are_served() {
     let e = Engine::start(&["--tenant-max-concurrent", "1"]).await;
     let _a = open_stream(&e, Some("team-a"), 900).await;

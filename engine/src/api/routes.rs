@@ -78,7 +78,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/load", get(load))
-        .route("/drain", post(drain))
+        // GET too: a kubelet preStop httpGet hook can only send GET.
+        .route("/drain", get(drain).post(drain))
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
