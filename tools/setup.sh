@@ -204,7 +204,15 @@ build_python() {
   build_libtorch
   local whl; whl=$(ls "$DL_DIR"/torch-"$TORCH_VERSION"-*.whl | head -n1)
   rm -rf "$PY_DIR"
-  python3 -m venv "$PY_DIR" || die "python3 cannot make a venv; 'apt-get install python3-venv'"
+  if ! python3 -m venv "$PY_DIR" >/dev/null 2>&1; then
+    # Debian's python3 splits venv/ensurepip into python3-venv.
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      say "python: installing Debian's python3-venv"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null 2>&1 || true
+    fi
+    rm -rf "$PY_DIR"
+    python3 -m venv "$PY_DIR" || die "python3 cannot make a venv; 'apt-get install python3-venv'"
+  fi
   "$PY_DIR/bin/pip" install -q --no-deps "$whl"
   "$PY_DIR/bin/pip" install -q "transformers==$TRANSFORMERS_VERSION" safetensors numpy \
     filelock sympy networkx jinja2 fsspec typing-extensions "$DL_DIR"/nvidia_cuda_runtime*.whl "$DL_DIR"/nvidia_cuda_cupti*.whl
