@@ -346,6 +346,21 @@ fn start_container(
             return;
         }
     };
+    // Say so rather than run the main containers without their init steps.
+    let has_init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|v| !v.is_empty());
+    if has_init {
+        set_waiting(
+            c,
+            cfg,
+            "CreateContainerConfigError",
+            "init containers are not supported by the local node (steward-node)",
+        );
+        return;
+    }
     let env = match container_env(pod, &c.spec, ip, &cfg.pass_env) {
         Ok(e) => e,
         Err(msg) => {
