@@ -370,10 +370,10 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
 }
 
 fn kubeconfig_yaml(port: u16, ca_pem: &str, token: &str) -> String {
-    use base64_lite::encode;
+    use base64::Engine;
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: steward-local\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: steward-admin\n  user:\n    token: {token}\ncontexts:\n- name: steward-local\n  context:\n    cluster: steward-local\n    user: steward-admin\n    namespace: default\ncurrent-context: steward-local\n",
-        ca = encode(ca_pem.as_bytes())
+        ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes())
     )
 }
 
@@ -402,47 +402,4 @@ async fn wait_for_default_service_account(client: &kube::Client, ns: &str) -> an
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("namespace {ns} has no 'default' service account after 60s; is kube-controller-manager running?")
-}
-
-/// Minimal standard base64 (the kubeconfig needs it; no crate for 20 lines).
-mod base64_lite {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn encode_matches_rfc4648_vectors() {
-            for (i, o) in [
-                ("", ""),
-                ("f", "Zg=="),
-                ("fo", "Zm8="),
-                ("foo", "Zm9v"),
-                ("foob", "Zm9vYg=="),
-                ("fooba", "Zm9vYmE="),
-                ("foobar", "Zm9vYmFy"),
-            ] {
-                assert_eq!(super::encode(i.as_bytes()), o);
-            }
-        }
-    }
 }

@@ -44,27 +44,14 @@ struct Args {
     #[arg(long, env = "STEWARD_NODE_LOG_DIR")]
     log_dir: PathBuf,
     /// First container restart back-off; doubles up to --restart-backoff-max.
-    #[arg(long, env = "STEWARD_NODE_RESTART_BACKOFF", default_value = "10s", value_parser = humantime_lite)]
+    #[arg(long, env = "STEWARD_NODE_RESTART_BACKOFF", default_value = "10s", value_parser = humantime::parse_duration)]
     restart_backoff: Duration,
     /// Longest restart back-off.
-    #[arg(long, env = "STEWARD_NODE_RESTART_BACKOFF_MAX", default_value = "300s", value_parser = humantime_lite)]
+    #[arg(long, env = "STEWARD_NODE_RESTART_BACKOFF_MAX", default_value = "300s", value_parser = humantime::parse_duration)]
     restart_backoff_max: Duration,
     /// Extra host variables passed to every container (PATH, HOME, LD_LIBRARY_PATH always are).
     #[arg(long, env = "STEWARD_NODE_PASS_ENV", value_delimiter = ',')]
     pass_env: Vec<String>,
-}
-
-fn humantime_lite(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has an unknown unit; use ms, s or m")),
-    }
 }
 
 #[tokio::main]

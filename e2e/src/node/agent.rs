@@ -16,7 +16,8 @@ use kube::ResourceExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
-use super::worker::{self, tokio_util_lite::CancelToken, WorkerConfig};
+use super::worker::{self, WorkerConfig};
+use tokio_util::sync::CancellationToken as CancelToken;
 
 /// What the node program registers.
 #[derive(Debug, Clone)]

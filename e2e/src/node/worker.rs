@@ -21,7 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::ResourceExt;
 use tokio::sync::watch;
-use tokio_util_lite::CancelToken;
+use tokio_util::sync::CancellationToken as CancelToken;
 use tracing::{info, warn};
 
 use super::env::container_env;
@@ -43,38 +43,6 @@ pub struct WorkerConfig {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub http: reqwest::Client,
-}
-
-/// A small cancellation token (the workspace does not pull tokio-util in e2e).
-pub mod tokio_util_lite {
-    use std::sync::Arc;
-    use tokio::sync::watch;
-
-    /// Fires once; clones observe it.
-    #[derive(Clone)]
-    pub struct CancelToken {
-        tx: Arc<watch::Sender<bool>>,
-        rx: watch::Receiver<bool>,
-    }
-
-    impl Default for CancelToken {
-        fn default() -> Self {
-            let (tx, rx) = watch::channel(false);
-            CancelToken {
-                tx: Arc::new(tx),
-                rx,
-            }
-        }
-    }
-
-    impl CancelToken {
-        pub fn cancel(&self) {
-            let _ = self.tx.send(true);
-        }
-        pub fn is_cancelled(&self) -> bool {
-            *self.rx.borrow()
-        }
-    }
 }
 
 struct ProbeTracker {

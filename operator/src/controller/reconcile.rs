@@ -96,17 +96,14 @@ pub(crate) async fn reconcile(
             .get(*rev)
             .is_some_and(|d| **want < d.replicas)
     });
-    for (rev, &replicas) in growing {
-        let current = observed.deployments.get(rev);
-        let sizing = writes::Sizing {
-            parent: &parent,
-            spec,
-            revision: rev,
-            target: &target,
-            replicas,
-        };
-        writes::size_revision(ctx, &dep_api, &sizing, current).await?;
-    }
+    let base = writes::Sizing {
+        parent: &parent,
+        spec,
+        revision: &target,
+        target: &target,
+        replicas: 0,
+    };
+    writes::size_revisions(ctx, &dep_api, &base, &observed.deployments, &growing).await?;
     let svc = children::service(&parent, spec);
     let svc_hash = children::applied_hash(&svc.metadata).map(str::to_owned);
     if observed.service_hash.as_ref() != Some(&svc_hash) {
@@ -124,17 +121,7 @@ pub(crate) async fn reconcile(
         let is_api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &ns);
         writes::status(ctx, &is_api, &name, &new_status).await?;
     }
-    for (rev, &replicas) in shrinking {
-        let current = observed.deployments.get(rev);
-        let sizing = writes::Sizing {
-            parent: &parent,
-            spec,
-            revision: rev,
-            target: &target,
-            replicas,
-        };
-        writes::size_revision(ctx, &dep_api, &sizing, current).await?;
-    }
+    writes::size_revisions(ctx, &dep_api, &base, &observed.deployments, &shrinking).await?;
     for rev in &plan.prune {
         writes::prune(ctx, &dep_api, &name, rev).await?;
     }

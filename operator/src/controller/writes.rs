@@ -36,6 +36,26 @@ pub(crate) struct Sizing<'a> {
     pub replicas: i32,
 }
 
+/// Sizes each `(revision, replicas)` in order, with `base`'s parent, spec
+/// and target.
+pub(crate) async fn size_revisions(
+    ctx: &Context,
+    api: &Api<Deployment>,
+    base: &Sizing<'_>,
+    current: &std::collections::BTreeMap<String, DeploymentView>,
+    revisions: &[(&String, &i32)],
+) -> Result<(), ReconcileError> {
+    for (rev, &replicas) in revisions {
+        let sizing = Sizing {
+            revision: rev.as_str(),
+            replicas,
+            ..*base
+        };
+        size_revision(ctx, api, &sizing, current.get(*rev)).await?;
+    }
+    Ok(())
+}
+
 /// Brings one revision's Deployment to its size. The current spec's
 /// revision is applied whole (skipped when its applied hash and size
 /// match); an older revision's template cannot be rebuilt from the current

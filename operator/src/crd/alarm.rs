@@ -196,24 +196,32 @@ impl AlarmLeaf {
     }
 }
 
+/// Adds the `any` and `all` groups of one level, converting each member
+/// with `to_alarm` (the member type is one level down).
+fn push_groups<T>(
+    found: &mut Vec<Alarm>,
+    any: &Option<Vec<T>>,
+    all: &Option<Vec<T>>,
+    to_alarm: impl Fn(&T) -> Result<Alarm, AlarmShapeError>,
+) -> Result<(), AlarmShapeError> {
+    if let Some(v) = any {
+        found.push(Alarm::Any(
+            v.iter().map(&to_alarm).collect::<Result<_, _>>()?,
+        ));
+    }
+    if let Some(v) = all {
+        found.push(Alarm::All(
+            v.iter().map(&to_alarm).collect::<Result<_, _>>()?,
+        ));
+    }
+    Ok(())
+}
+
 impl AlarmTerm {
     /// The domain form.
     pub fn to_alarm(&self) -> Result<Alarm, AlarmShapeError> {
         let mut found = leaf(self.slo, self.alarm, &self.query);
-        if let Some(v) = &self.any {
-            found.push(Alarm::Any(
-                v.iter()
-                    .map(AlarmLeaf::to_alarm)
-                    .collect::<Result<_, _>>()?,
-            ));
-        }
-        if let Some(v) = &self.all {
-            found.push(Alarm::All(
-                v.iter()
-                    .map(AlarmLeaf::to_alarm)
-                    .collect::<Result<_, _>>()?,
-            ));
-        }
+        push_groups(&mut found, &self.any, &self.all, AlarmLeaf::to_alarm)?;
         if let Some(n) = &self.not {
             found.push(Alarm::Not(Box::new(n.to_alarm()?)));
         }
@@ -225,20 +233,7 @@ impl AlarmExpr {
     /// The domain form.
     pub fn to_alarm(&self) -> Result<Alarm, AlarmShapeError> {
         let mut found = leaf(self.slo, self.alarm, &self.query);
-        if let Some(v) = &self.any {
-            found.push(Alarm::Any(
-                v.iter()
-                    .map(AlarmTerm::to_alarm)
-                    .collect::<Result<_, _>>()?,
-            ));
-        }
-        if let Some(v) = &self.all {
-            found.push(Alarm::All(
-                v.iter()
-                    .map(AlarmTerm::to_alarm)
-                    .collect::<Result<_, _>>()?,
-            ));
-        }
+        push_groups(&mut found, &self.any, &self.all, AlarmTerm::to_alarm)?;
         if let Some(n) = &self.not {
             found.push(Alarm::Not(Box::new(n.to_alarm()?)));
         }
