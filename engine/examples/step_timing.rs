@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use steward_engine::engine::EngineCore;
+use steward_engine::executor::EngineCore;
 use steward_engine::model::Llama;
 use steward_engine::sampling::argmax;
 use steward_engine::sched::SchedulerConfig;

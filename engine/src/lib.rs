@@ -2,13 +2,12 @@
 //! KV cache, continuous batching and an OpenAI-compatible HTTP API.
 //!
 //! Flow: `api` parses and validates HTTP requests, `admission` decides
-//! whether to take them, `engine` (an actor on its own thread) schedules
+//! whether to take them, `executor` (an actor on its own thread) schedules
 //! them with `sched` and runs `model` steps, streaming tokens back.
 
 pub mod admission;
 pub mod api;
-pub mod config;
-pub mod engine;
+pub mod executor;
 pub mod make_model;
 pub mod metrics;
 pub mod model;

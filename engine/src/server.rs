@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use crate::admission::{AdmissionLimits, TenantSlots};
 use crate::api::routes::{router, AppState, Loaded};
 use crate::api::validate::Limits;
-use crate::engine::{spawn, ActorConfig, EngineCore};
+use crate::executor::{spawn, ActorConfig, EngineCore};
 use crate::metrics::EngineMetrics;
 use crate::model::{pick_device, Llama};
 use crate::sched::SchedulerConfig;

@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use steward_engine::engine::EngineCore;
+use steward_engine::executor::EngineCore;
 use steward_engine::make_model::{make_model, ModelSize};
 use steward_engine::model::Llama;
 use steward_engine::sampling::argmax;

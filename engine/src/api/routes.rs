@@ -27,7 +27,7 @@ use super::validate::{
     ValidRequest,
 };
 use crate::admission::{decide, AdmissionLimits, AdmissionView, Refusal, TenantGuard, TenantSlots};
-use crate::engine::{EngineHandle, Event, Submission};
+use crate::executor::{EngineHandle, Event, Submission};
 use crate::metrics::EngineMetrics;
 use crate::tokenizer::TextCodec;
 
@@ -283,8 +283,8 @@ async fn generate(
             events: tx,
         })
         .map_err(|e| match e {
-            crate::engine::actor::SubmitError::QueueFull => refused(s, Refusal::QueueFull),
-            crate::engine::actor::SubmitError::Stopped => ApiError::Internal(e.to_string()),
+            crate::executor::actor::SubmitError::QueueFull => refused(s, Refusal::QueueFull),
+            crate::executor::actor::SubmitError::Stopped => ApiError::Internal(e.to_string()),
         })?;
     let meta = ResponseMeta {
         id: format!(

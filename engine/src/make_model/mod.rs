@@ -13,7 +13,7 @@ use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, TokenizerBuilder};
 
-use crate::config::{ModelConfig, TokenIds};
+use crate::model::config::{ModelConfig, TokenIds};
 
 const CORPUS: &str = include_str!("corpus.txt");
 const SEED: i64 = 1234;

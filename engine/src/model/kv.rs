@@ -5,7 +5,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::ModelConfig;
+use crate::model::config::ModelConfig;
 
 /// K/V storage for every layer; owned by the engine loop, written by the
 /// forward pass.

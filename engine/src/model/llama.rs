@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::kv::KvCache;
 use super::weights::{load_tensors, take};
 use super::{ModelError, Result};
-use crate::config::ModelConfig;
+use crate::model::config::ModelConfig;
 
 struct Layer {
     input_norm: Tensor,

@@ -1,8 +1,9 @@
 //! The Llama-family decoder on libtorch: weights loaded from a Hugging Face
-//! directory (`weights`), the paged KV-cache tensors (`kv`), and the batched
+//! directory (`weights`) with its `config.json` (`config`), the paged KV-cache tensors (`kv`), and the batched
 //! forward pass over paged blocks (`llama`). Weights are immutable after load
 //! (`&self`); the caller owns and mutates the KV state.
 
+pub mod config;
 pub mod kv;
 pub mod llama;
 pub mod weights;

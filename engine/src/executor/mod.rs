@@ -1,4 +1,4 @@
-//! The engine: `core` runs scheduled steps on the model; `actor` owns the
+//! The executor: `core` runs scheduled steps on the model; `actor` owns the
 //! core on a dedicated thread and talks to the HTTP side through a bounded
 //! command channel (handle + command enum + task).
 
