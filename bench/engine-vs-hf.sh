@@ -8,7 +8,15 @@
 #   BENCH_OUT=DIR          results folder (default target/bench/<UTC time>); JSON per run
 #   BENCH_MODEL=DIR        model directory (default target/bench/model-bench, made once)
 #   BENCH_SKIP_BUILD=1     use the binaries already in target/release
+#   BENCH_BIN=DIR          where steward-engine and steward-loadgen are (default target/release)
+#   BENCH_NO_SETUP=1       do not source tools/setup.sh (a machine with its own torch:
+#                          set STEWARD_PYTHON and LD_LIBRARY_PATH yourself)
 #   BENCH_ONLY=engine|hf   run one side only
+#   BENCH_ENGINE_DTYPES    engine weight dtypes to run, in order (default "f32 bf16"; the
+#                          bf16 pass is named engine-bf16 and runs mix, b1 and b16)
+#   BENCH_DEVICE=cpu|cuda  device of the baseline and the probe (the engine picks CUDA
+#                          by itself when libtorch sees a GPU; default cpu)
+#   BENCH_ENGINE_ARGS      extra steward-engine serve flags
 #   BENCH_MIX_REQUESTS=N   requests in the concurrency-16 mix run (default 32)
 #   BENCH_OMP_WAIT_POLICY  OpenMP wait policy for both servers (default PASSIVE: idle
 #                          threads sleep instead of spinning, which keeps a shared
@@ -22,14 +30,20 @@
 # seed). Runs per server: a warm-up, "mix" (concurrency 16, prompts of
 # 16-64 words, outputs lognormal median 48 sigma 0.7 clipped at 192, ignore_eos),
 # "b1" (one stream, 64 tokens: its ITL is the batch-1 decode step) and
-# "b16" (16 streams of 64 tokens started together: the batch-16 step).
+# "b16" (16 streams of 64 tokens started together: the batch-16 step),
+# then bench/ttft_probe.py: TTFT with a 90% shared prefix vs none ("prefix")
+# and of a 2048-token prompt ("long"). For the engine, /metrics is saved
+# before and after each run (its step histograms give the step time from
+# inside) and the cold start (spawn to /ready) is timed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-# shellcheck disable=SC1090
-source <(tools/setup.sh --print-env)
-[[ -x "${STEWARD_PYTHON:-}" ]] || tools/setup.sh python
+if [[ "${BENCH_NO_SETUP:-0}" != 1 ]]; then
+  # shellcheck disable=SC1090
+  source <(tools/setup.sh --print-env)
+  [[ -x "${STEWARD_PYTHON:-}" ]] || tools/setup.sh python
+fi
 OUT="${BENCH_OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 MODEL="${BENCH_MODEL:-$ROOT/target/bench/model-bench}"
 THREADS="${BENCH_THREADS:-2}"
@@ -37,12 +51,14 @@ MIX_REQUESTS="${BENCH_MIX_REQUESTS:-32}"
 export OMP_WAIT_POLICY="${BENCH_OMP_WAIT_POLICY:-PASSIVE}"
 ENGINE_PORT=18200
 HF_PORT=18100
-BIN="$ROOT/target/release"
+BIN="${BENCH_BIN:-$ROOT/target/release}"
+DEVICE="${BENCH_DEVICE:-cpu}"
+ENGINE_DTYPES="${BENCH_ENGINE_DTYPES:-f32 bf16}"
 mkdir -p "$OUT"
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 
-if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 && -z "${BENCH_BIN:-}" ]]; then
   say "building steward-engine and steward-loadgen (release)"
   cargo build --release -p steward-engine -p steward-loadgen >&2
 fi
@@ -56,7 +72,8 @@ fi
 echo "before: $(cat /proc/loadavg)" >"$OUT/loadavg.txt"
 
 say "probing the hardware ($THREADS threads)"
-"$STEWARD_PYTHON" bench/hw_probe.py --model "$MODEL" --threads "$THREADS" --json "$OUT/hw.json"
+"$STEWARD_PYTHON" bench/hw_probe.py --model "$MODEL" --threads "$THREADS" --device "$DEVICE" --json "$OUT/hw.json"
+VOCAB=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["vocab_size"])' "$MODEL/config.json")
 
 SERVER_PID=""
 stop_server() {
@@ -70,12 +87,19 @@ stop_server() {
 trap stop_server EXIT
 
 wait_ready() { # wait_ready URL NAME
-  for _ in $(seq 600); do
+  for _ in $(seq 6000); do
     if curl -sf "$1" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then say "$2 exited before it was ready (log: $OUT/$2.log)"; return 1; fi
-    sleep 0.5
+    sleep 0.05
   done
   say "$2 was not ready after 300s"; return 1
+}
+
+now_ms() { date +%s%3N; }
+
+snap() { # snap NAME PORT FILE : the engine's /metrics (nothing for the baseline)
+  [[ "$1" == engine* ]] || return 0
+  curl -sf "http://127.0.0.1:$2/metrics" >"$OUT/$1-metrics-$3.txt" || true
 }
 
 loadgen() { # loadgen NAME PORT RUN FLAGS...
@@ -106,38 +130,57 @@ profiled() { # profiled NAME RUN CMD... : runs CMD, under perf on the server whe
   say "$name: profile of $run in $OUT/$name-profile-$run.txt"
 }
 
-bench_target() { # bench_target NAME PORT
+bench_target() { # bench_target NAME PORT [ttft]
   local name=$1 port=$2
   say "$name: warm-up"
   loadgen "$name" "$port" warmup --concurrency 4 --requests 4 --output-len fixed:8 >/dev/null
   say "$name: mix (concurrency 16, $MIX_REQUESTS requests)"
+  snap "$name" "$port" mix-before
   loadgen "$name" "$port" mix --concurrency 16 --requests "$MIX_REQUESTS" \
     --prompt-len uniform:16-64 --output-len lognormal:48,0.7@192
+  snap "$name" "$port" mix-after
   say "$name: batch-1 decode"
+  snap "$name" "$port" b1-before
   profiled "$name" b1 loadgen "$name" "$port" b1 --concurrency 1 --requests 3 --prompt-len fixed:32 --output-len fixed:64
+  snap "$name" "$port" b1-after
   say "$name: batch-16 decode"
+  snap "$name" "$port" b16-before
   profiled "$name" b16 loadgen "$name" "$port" b16 --concurrency 16 --requests 16 --prompt-len fixed:32 --output-len fixed:64
+  snap "$name" "$port" b16-after
+  if [[ "${3:-}" == ttft ]]; then
+    say "$name: TTFT with a shared prefix vs none, and of a 2048-token prompt"
+    python3 bench/ttft_probe.py --url "http://127.0.0.1:$port" --model bench --vocab "$VOCAB" \
+      --json "$OUT/$name-ttft.json" || say "$name: ttft probe failed"
+  fi
 }
 
 if [[ "${BENCH_ONLY:-engine}" != hf ]]; then
-  say "starting steward-engine on :$ENGINE_PORT"
-  "$BIN/steward-engine" serve --model "$MODEL" --served-model-name bench \
-    --host 127.0.0.1 --port "$ENGINE_PORT" --torch-threads "$THREADS" >"$OUT/engine.log" 2>&1 &
-  SERVER_PID=$!
-  if wait_ready "http://127.0.0.1:$ENGINE_PORT/ready" engine; then
-    bench_target engine "$ENGINE_PORT"
-    curl -sf "http://127.0.0.1:$ENGINE_PORT/metrics" >"$OUT/engine-metrics.txt" || true
-  fi
-  stop_server
+  for dtype in $ENGINE_DTYPES; do
+    name=engine; [[ "$dtype" == f32 ]] || name="engine-$dtype"
+    dtype_flag=(); [[ "$dtype" == f32 ]] || dtype_flag=(--dtype "$dtype")
+    say "starting steward-engine ($dtype) on :$ENGINE_PORT"
+    t_spawn=$(now_ms)
+    # shellcheck disable=SC2086
+    "$BIN/steward-engine" serve --model "$MODEL" --served-model-name bench \
+      --host 127.0.0.1 --port "$ENGINE_PORT" --torch-threads "$THREADS" "${dtype_flag[@]}" \
+      ${BENCH_ENGINE_ARGS:-} >"$OUT/$name.log" 2>&1 &
+    SERVER_PID=$!
+    if wait_ready "http://127.0.0.1:$ENGINE_PORT/ready" "$name"; then
+      echo "{\"spawn_to_ready_ms\": $(( $(now_ms) - t_spawn ))}" >"$OUT/$name-coldstart.json"
+      if [[ "$name" == engine ]]; then bench_target "$name" "$ENGINE_PORT" ttft; else bench_target "$name" "$ENGINE_PORT"; fi
+      curl -sf "http://127.0.0.1:$ENGINE_PORT/metrics" >"$OUT/$name-metrics.txt" || true
+    fi
+    stop_server
+  done
 fi
 
 if [[ "${BENCH_ONLY:-hf}" != engine ]]; then
   say "starting the transformers baseline on :$HF_PORT"
   "$STEWARD_PYTHON" bench/hf_server.py --model "$MODEL" --served-model-name bench \
-    --port "$HF_PORT" --threads "$THREADS" --max-batch 16 >"$OUT/hf.log" 2>&1 &
+    --port "$HF_PORT" --threads "$THREADS" --max-batch 16 --device "$DEVICE" >"$OUT/hf.log" 2>&1 &
   SERVER_PID=$!
   if wait_ready "http://127.0.0.1:$HF_PORT/health" hf; then
-    bench_target hf "$HF_PORT"
+    bench_target hf "$HF_PORT" ttft
   fi
   stop_server
 fi

@@ -11,12 +11,12 @@ prompts into one batch and runs one `generate` call for all of them with
 own `max_tokens` (or its EOS), but the batch only ends when its longest
 member does; requests arriving meanwhile wait for the next batch.
 
-Supported request fields: prompt (string), max_tokens, temperature
+Supported request fields: prompt (string, or a list of token ids), max_tokens, temperature
 (0 = greedy; a batch samples with its first request's temperature), stream,
 stream_options.include_usage, ignore_eos (vLLM's extension: no stop before
 max_tokens). Also GET /health, GET /v1/models.
 
-    $STEWARD_PYTHON bench/hf_server.py --model DIR --port 8100 [--threads 2]
+    $STEWARD_PYTHON bench/hf_server.py --model DIR --port 8100 [--threads 2] [--device cuda] [--dtype bfloat16]
 """
 import argparse
 import json
@@ -121,6 +121,7 @@ class Batcher(threading.Thread):
             n = len(j.prompt_ids)
             ids[i, width - n:] = torch.tensor(j.prompt_ids, dtype=torch.long)
             mask[i, width - n:] = 1
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         longest = max(j.max_tokens for j in jobs)
         temp = jobs[0].temperature
         kwargs = dict(
@@ -176,14 +177,19 @@ def make_handler(state):
                 n = int(self.headers.get("content-length", "0"))
                 req = json.loads(self.rfile.read(n) or b"{}")
                 prompt = req["prompt"]
-                if not isinstance(prompt, str):
-                    raise ValueError("prompt must be a string")
+                if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+                    ids = list(prompt)  # token ids, as the engine accepts them
+                elif isinstance(prompt, str):
+                    ids = None
+                else:
+                    raise ValueError("prompt must be a string or a list of token ids")
                 max_tokens = int(req.get("max_tokens", 16))
                 if max_tokens < 1:
                     raise ValueError("max_tokens must be >= 1")
             except (ValueError, KeyError, TypeError) as e:
                 return self._error(400, f"bad request: {e}")
-            ids = tok(prompt, add_special_tokens=True)["input_ids"]
+            if ids is None:
+                ids = tok(prompt, add_special_tokens=True)["input_ids"]
             job = Job(ids, max_tokens, float(req.get("temperature") or 0.0), bool(req.get("ignore_eos", False)))
             batcher.q.put(job)
             rid = "cmpl-" + uuid.uuid4().hex[:16]
@@ -273,15 +279,17 @@ def main():
     ap.add_argument("--max-batch", type=int, default=16, help="most requests in one generate() call")
     ap.add_argument("--batch-wait-ms", type=float, default=20.0,
                     help="after the first request, wait this long for more to fill the batch")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and compute dtype")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = LlamaForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device)
     model.eval()
     with torch.inference_mode():  # warm-up: the first generate() pays one-off costs
-        model.generate(input_ids=torch.tensor([[0, 5, 6, 7]]), max_new_tokens=2, do_sample=False,
+        model.generate(input_ids=torch.tensor([[0, 5, 6, 7]], device=args.device), max_new_tokens=2, do_sample=False,
                        pad_token_id=0, temperature=None, top_p=None, top_k=None)
     batcher = Batcher(model, tok, args.max_batch, args.batch_wait_ms / 1000.0)
     batcher.start()
@@ -289,7 +297,7 @@ def main():
     server = ThreadingHTTPServer((args.host, args.port), make_handler(state))
     server.daemon_threads = True
     print(f"hf_server: ready on http://{args.host}:{args.port} in {time.monotonic() - t0:.1f}s "
-          f"(torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"(torch {torch.__version__}, {args.device}, {args.dtype}, {torch.get_num_threads()} threads, "
           f"attn {model.config._attn_implementation})", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

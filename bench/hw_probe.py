@@ -14,7 +14,10 @@ once per step (batch 1 is bandwidth-bound), and every weight does one
 multiply-add per sequence. KV-cache reads for --context tokens per sequence
 are added to the bytes. Embedding rows are not counted (one row per token).
 
-    $STEWARD_PYTHON bench/hw_probe.py --model DIR [--threads 2] [--json FILE]
+The same bound is also given for bf16 weights (half the bytes, bf16 GEMM
+rate), the engine's `--dtype bf16`. `--device cuda` measures a GPU instead.
+
+    $STEWARD_PYTHON bench/hw_probe.py --model DIR [--threads 2] [--device cuda] [--json FILE]
 """
 import argparse
 import json
@@ -25,31 +28,41 @@ import time
 import torch
 
 
+DEV = "cpu"
+
+
+def sync():
+    if DEV != "cpu":
+        torch.cuda.synchronize()
+
+
 def best_time(fn, reps):
     fn()  # warm-up: page faults and allocator first touch
+    sync()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
 def bandwidth(mib, reps):
     n = mib * 1024 * 1024 // 4
-    a = torch.rand(n)
-    b = torch.empty(n)
-    c = torch.rand(n)
+    a = torch.rand(n, device=DEV)
+    b = torch.empty(n, device=DEV)
+    c = torch.rand(n, device=DEV)
     t_copy = best_time(lambda: b.copy_(a), reps)
     t_triad = best_time(lambda: torch.add(b, c, alpha=1.5, out=a), reps)
     size = n * 4
     return {"buffer_mib": mib, "copy_gbs": 2 * size / t_copy / 1e9, "triad_gbs": 3 * size / t_triad / 1e9}
 
 
-def gemm_flops(m, k, n, reps):
-    a = torch.rand(m, k)
-    w = torch.rand(n, k)
-    out = torch.empty(m, n)
+def gemm_flops(m, k, n, reps, dtype=torch.float32):
+    a = torch.rand(m, k, device=DEV).to(dtype)
+    w = torch.rand(n, k, device=DEV).to(dtype)
+    out = torch.empty(m, n, device=DEV, dtype=dtype)
     t = best_time(lambda: torch.matmul(a, w.t(), out=out), reps)
     return 2 * m * k * n / t
 
@@ -81,8 +94,8 @@ def model_shape(model_dir):
 
 def step_gemm_time(shape, batch, reps):
     """Times the model's own linear layers at this batch, as torch runs them."""
-    ws = [torch.rand(n, k) for k, n in shape["linears"]]
-    xs = {k: torch.rand(batch, k) for k, _ in shape["linears"]}
+    ws = [torch.rand(n, k, device=DEV) for k, n in shape["linears"]]
+    xs = {k: torch.rand(batch, k, device=DEV) for k, _ in shape["linears"]}
 
     def run():
         for w in ws:
@@ -98,19 +111,25 @@ def main():
     ap.add_argument("--buffer-mib", type=int, default=512, help="bandwidth buffer size (>> L3)")
     ap.add_argument("--context", type=int, default=128, help="tokens of KV cache read per sequence per step")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global DEV
+    DEV = args.device
 
     bw = bandwidth(args.buffer_mib, args.reps)
     bw_best = max(bw["copy_gbs"], bw["triad_gbs"]) * 1e9
-    peak = gemm_flops(2048, 2048, 2048, 3)
+    big = 2048 if DEV == "cpu" else 8192
+    peak = gemm_flops(big, big, big, 3)
+    peak_bf16 = gemm_flops(big, big, big, 3, torch.bfloat16)
     shape = model_shape(args.model)
     h, i = shape["hidden"], shape["intermediate"]
     flops_b1 = gemm_flops(1, h, i, 50)
     flops_b16 = gemm_flops(16, h, i, 50)
     # A bound must not be beaten: take the best rate any shape reached.
     peak = max(peak, flops_b1, flops_b16)
+    peak_bf16 = max(peak_bf16, gemm_flops(16, h, i, 50, torch.bfloat16))
 
     bounds = {}
     for b in (1, 16):
@@ -125,19 +144,27 @@ def main():
             "bound_tokens_per_s": b / max(t_mem, t_cmp),
             "torch_linears_ms": step_gemm_time(shape, b, 5) * 1e3,
         }
+        # bf16 weights and KV: half the bytes, the bf16 GEMM rate.
+        t_mem16 = (nbytes * 2 / shape["dtype_bytes"]) / bw_best
+        t_cmp16 = flops / peak_bf16
+        bounds[f"batch{b}"]["bf16"] = {
+            "memory_ms": t_mem16 * 1e3, "compute_ms": t_cmp16 * 1e3, "bound_ms": max(t_mem16, t_cmp16) * 1e3,
+        }
 
     out = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": DEV,
         },
         "bandwidth": bw,
-        "matmul_gflops": {"peak": peak / 1e9, f"decode_b1_{h}x{i}": flops_b1 / 1e9,
+        "matmul_gflops": {"peak": peak / 1e9, "peak_bf16": peak_bf16 / 1e9, f"decode_b1_{h}x{i}": flops_b1 / 1e9,
                           f"decode_b16_{h}x{i}": flops_b16 / 1e9},
         "model": {k: v for k, v in shape.items() if k != "linears"},
         "context_tokens": args.context,
         "decode_step": bounds,
     }
+    if DEV != "cpu":
+        out["machine"]["gpu"] = torch.cuda.get_device_name(0)
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -146,16 +173,17 @@ def main():
                     break
     except OSError:
         pass
-    print(f"hw_probe: {out['machine']['cpu']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"hw_probe: {out['machine'].get('gpu', out['machine']['cpu'])}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     print(f"  bandwidth: copy {bw['copy_gbs']:.1f} GB/s, triad {bw['triad_gbs']:.1f} GB/s ({args.buffer_mib} MiB buffers)")
-    print(f"  matmul fp32: peak {peak / 1e9:.1f} GFLOP/s, {flops_b1 / 1e9:.1f} at 1x{h}x{i}, "
+    print(f"  matmul bf16 peak {peak_bf16 / 1e9:.1f} GFLOP/s; fp32: peak {peak / 1e9:.1f} GFLOP/s, {flops_b1 / 1e9:.1f} at 1x{h}x{i}, "
           f"{flops_b16 / 1e9:.1f} at 16x{h}x{i}")
     print(f"  model: {shape['params_per_step'] / 1e6:.1f}M params read per step, "
           f"{shape['weight_bytes_per_step'] / 1e6:.0f} MB")
     for k, v in bounds.items():
         print(f"  decode step {k}: bound {v['bound_ms']:.2f} ms (memory {v['memory_ms']:.2f}, compute "
               f"{v['compute_ms']:.2f}) = {v['bound_tokens_per_s']:.0f} tok/s; torch linears alone "
-              f"{v['torch_linears_ms']:.2f} ms")
+              f"{v['torch_linears_ms']:.2f} ms; with bf16 weights {v['bf16']['bound_ms']:.2f} ms")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -1,22 +1,45 @@
 //! Times engine decode steps at several batch sizes on a model directory:
-//! `cargo run --release -p steward-engine --example step_timing -- DIR`.
+//! `cargo run --release -p steward-engine --example step_timing -- DIR [f32|bf16] [threads]`.
+//! Runs on CUDA when libtorch sees a GPU.
 
 use std::time::Instant;
 
 use steward_engine::executor::EngineCore;
-use steward_engine::model::Llama;
+use steward_engine::model::{pick_device, DType, Llama, WeightLayout};
 use steward_engine::sampling::argmax;
 use steward_engine::sched::SchedulerConfig;
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("model dir");
-    let model = Llama::load(std::path::Path::new(&dir), tch::Device::Cpu).expect("load");
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().expect("model dir");
+    let dtype = match args.next().as_deref() {
+        Some("bf16") => DType::Bf16,
+        _ => DType::F32,
+    };
+    if let Some(n) = args.next().and_then(|s| s.parse::<i32>().ok()) {
+        tch::set_num_threads(n);
+    }
+    let (device, _) = pick_device();
+    let model = Llama::load_as(
+        std::path::Path::new(&dir),
+        device,
+        dtype,
+        WeightLayout::Auto,
+    )
+    .expect("load");
+    println!(
+        "{} ({} layout) on {device:?}, {} threads",
+        dtype.as_str(),
+        model.layout.as_str(),
+        tch::get_num_threads()
+    );
     let mut core = EngineCore::new(
         model,
         SchedulerConfig {
             num_blocks: 512,
             block_size: 16,
             max_batch_tokens: 4096,
+            prefill_chunk_while_decoding: 4096,
             max_running: 64,
             prefix_caching: false,
         },

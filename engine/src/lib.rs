@@ -15,4 +15,5 @@ pub mod sampling;
 pub mod sched;
 pub mod server;
 pub mod stop;
+pub mod threads;
 pub mod tokenizer;

@@ -34,7 +34,16 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    let start = Instant::now();
+    let start = steward_engine::threads::process_start(Instant::now());
+    let cli = Cli::parse();
+    // libgomp reads OMP_WAIT_POLICY when it is loaded, i.e. before main:
+    // re-execute with it set (returns only when not needed or on failure).
+    let reexec_error = match &cli.cmd {
+        Cmd::Serve(args) => {
+            steward_engine::threads::reexec_for_wait_policy(args.threads.omp_wait_policy)
+        }
+        Cmd::MakeModel { .. } => None,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,7 +51,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().cmd {
+    if let Some(e) = reexec_error {
+        tracing::warn!(error = %e, "could not re-execute to set OMP_WAIT_POLICY; keeping the inherited policy");
+    }
+    match cli.cmd {
         Cmd::MakeModel { size, out_dir } => {
             let cfg = make_model(size, &out_dir)?;
             tracing::info!(dir = %out_dir.display(), ?size, vocab = cfg.vocab_size, layers = cfg.num_hidden_layers, "model written");

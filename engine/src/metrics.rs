@@ -26,6 +26,62 @@ pub struct StatusLabel {
     pub class: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// What a step computed: only single-token decodes, only prompt chunks, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    Decode,
+    Prefill,
+    Mixed,
+}
+
+impl StepKind {
+    pub fn of(prefill_tokens: usize, decode_tokens: usize) -> Self {
+        match (prefill_tokens > 0, decode_tokens > 0) {
+            (true, true) => StepKind::Mixed,
+            (true, false) => StepKind::Prefill,
+            _ => StepKind::Decode,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Decode => "decode",
+            StepKind::Prefill => "prefill",
+            StepKind::Mixed => "mixed",
+        }
+    }
+}
+
+/// This process's resident set size, from /proc/self/statm.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Where one step's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTimes {
+    /// Planning, building the batch's input tensors, and the loop's own
+    /// bookkeeping (intake, cancellation, gauges).
+    pub schedule: std::time::Duration,
+    /// The forward pass, logits copied to the host included.
+    pub forward: std::time::Duration,
+    /// Sampling, detokenising, stop sequences and sending the deltas.
+    pub sample: std::time::Duration,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 pub struct EngineMetrics {
@@ -41,6 +97,13 @@ pub struct EngineMetrics {
     pub queue_wait: Histogram,
     pub batch_size: Histogram,
     pub step_tokens: Histogram,
+    pub step_prefill_tokens: Histogram,
+    pub step_phase: Family<PhaseLabel, Histogram>,
+    pub step_duration: Family<KindLabel, Histogram>,
+    pub torch_threads: Gauge,
+    pub memory_resident: Gauge,
+    pub memory_weights: Gauge,
+    pub memory_kv_cache: Gauge,
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
     pub finished: Family<ReasonLabel, Counter>,
@@ -61,6 +124,12 @@ fn latency_hist() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 18))
 }
 
+/// Step times: 0.1 ms to about 10 s in steps of 30%, fine enough to read a
+/// decode step's median off the buckets.
+fn step_hist() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 1.3, 45))
+}
+
 impl EngineMetrics {
     pub fn new(model: &str, vllm_names: bool) -> Self {
         let labels = std::iter::once((Cow::Borrowed("model"), Cow::Owned(model.to_string())));
@@ -78,6 +147,15 @@ impl EngineMetrics {
             queue_wait: latency_hist(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             step_tokens: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            step_prefill_tokens: Histogram::new(
+                std::iter::once(0.0).chain(exponential_buckets(1.0, 2.0, 14)),
+            ),
+            step_phase: Family::new_with_constructor(step_hist),
+            step_duration: Family::new_with_constructor(step_hist),
+            torch_threads: Gauge::default(),
+            memory_resident: Gauge::default(),
+            memory_weights: Gauge::default(),
+            memory_kv_cache: Gauge::default(),
             prompt_tokens: Counter::default(),
             generation_tokens: Counter::default(),
             finished: Family::default(),
@@ -142,6 +220,41 @@ impl EngineMetrics {
             "step_tokens",
             "Tokens per model step",
             m.step_tokens.clone(),
+        );
+        r.register(
+            "step_prefill_tokens",
+            "Prompt tokens per model step (0 for decode-only steps)",
+            m.step_prefill_tokens.clone(),
+        );
+        r.register(
+            "step_phase_seconds",
+            "Time of one step's phase: schedule, sample, or the forward pass of a decode, prefill or mixed step",
+            m.step_phase.clone(),
+        );
+        r.register(
+            "step_duration_seconds",
+            "Wall time of one model step by kind (decode, prefill, mixed)",
+            m.step_duration.clone(),
+        );
+        r.register(
+            "torch_threads",
+            "libtorch intra-op threads chosen at start",
+            m.torch_threads.clone(),
+        );
+        r.register(
+            "memory_resident_bytes",
+            "Resident set size of the process (refreshed at most once a second)",
+            m.memory_resident.clone(),
+        );
+        r.register(
+            "memory_weights_bytes",
+            "Bytes of model weights as stored",
+            m.memory_weights.clone(),
+        );
+        r.register(
+            "memory_kv_cache_bytes",
+            "Bytes of the KV-cache tensors",
+            m.memory_kv_cache.clone(),
         );
         r.register(
             "prompt_tokens",
@@ -292,6 +405,25 @@ impl EngineMetrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// Records one step: its phases, its total and its token mix.
+    pub fn step(&self, kind: StepKind, t: StepTimes, prefill_tokens: usize, tokens: usize) {
+        let phase = |p: &'static str, d: std::time::Duration| {
+            self.step_phase
+                .get_or_create(&PhaseLabel { phase: p })
+                .observe(d.as_secs_f64())
+        };
+        phase("schedule", t.schedule);
+        phase(kind.as_str(), t.forward);
+        phase("sample", t.sample);
+        self.step_duration
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .observe((t.schedule + t.forward + t.sample).as_secs_f64());
+        self.step_tokens.observe(tokens as f64);
+        self.step_prefill_tokens.observe(prefill_tokens as f64);
     }
 
     /// Prometheus text (OpenMetrics) of every registered metric.

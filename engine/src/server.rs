@@ -23,8 +23,9 @@ use crate::api::routes::{router, AppState, Loaded};
 use crate::api::validate::Limits;
 use crate::executor::{spawn, ActorConfig, EngineCore};
 use crate::metrics::EngineMetrics;
-use crate::model::{pick_device, Llama};
+use crate::model::{pick_device, DType, Llama, WeightLayout};
 use crate::sched::SchedulerConfig;
+use crate::threads::WaitPolicy;
 use crate::tokenizer::TextCodec;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -32,6 +33,15 @@ pub struct SchedArgs {
     /// Token budget of one model step (prefill chunks + decodes).
     #[arg(long, env = "STEWARD_MAX_BATCH_TOKENS", default_value_t = 512)]
     pub max_batch_tokens: usize,
+    /// Most prompt tokens one step computes while streams are decoding
+    /// (decode-first: bounds the stall an arriving prompt causes running
+    /// streams; larger values trade inter-token latency for TTFT).
+    #[arg(
+        long,
+        env = "STEWARD_PREFILL_CHUNK_WHILE_DECODING",
+        default_value_t = 64
+    )]
+    pub prefill_chunk_while_decoding: usize,
     /// Number of KV-cache blocks.
     #[arg(long, env = "STEWARD_KV_CACHE_BLOCKS", default_value_t = 1024)]
     pub kv_cache_blocks: usize,
@@ -106,9 +116,34 @@ pub struct ServeArgs {
     /// Interval of SSE comment keep-alives while a stream waits.
     #[arg(long, env = "STEWARD_SSE_KEEP_ALIVE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub sse_keep_alive: Duration,
-    /// libtorch intra-op threads (default: libtorch's choice).
+    #[command(flatten)]
+    pub threads: ThreadArgs,
+    /// Weight and KV-cache dtype: f32, or bf16 (half the bytes read per
+    /// step; logits within the tolerance in docs/engine.md).
+    #[arg(long, env = "STEWARD_DTYPE", value_enum, default_value_t = DType::F32)]
+    pub dtype: DType,
+    /// How projection weights are laid out at load: auto (CUDA: plain; CPU
+    /// f32: both, i.e. plain for batch 1 and oneDNN-packed otherwise, twice
+    /// the weight memory; CPU bf16: packed), plain, packed or both.
+    #[arg(long, env = "STEWARD_WEIGHT_LAYOUT", value_enum, default_value_t = WeightLayout::Auto)]
+    pub weight_layout: WeightLayout,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThreadArgs {
+    /// libtorch intra-op threads; default: sized from the CPU allotment
+    /// (cgroup quota or --cpu-limit, else the visible cores).
     #[arg(long, env = "STEWARD_TORCH_THREADS")]
-    pub torch_threads: Option<i32>,
+    pub torch_threads: Option<usize>,
+    /// The pod's CPU limit as a Kubernetes quantity (`2`, `500m`); the
+    /// operator passes `resources.cpu` here through the downward API.
+    #[arg(long, env = "STEWARD_CPU_LIMIT")]
+    pub cpu_limit: Option<String>,
+    /// OpenMP wait policy of idle threads; default: an OMP_WAIT_POLICY
+    /// already set in the environment, else passive. Applied by
+    /// re-executing the process once at start.
+    #[arg(long, env = "STEWARD_OMP_WAIT_POLICY", value_enum)]
+    pub omp_wait_policy: Option<WaitPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +170,11 @@ pub enum ServeError {
 
 /// Runs the server until it has drained. `process_start` is when main began.
 pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeError> {
-    if let Some(n) = args.torch_threads {
-        tch::set_num_threads(n);
-    }
+    let threads = crate::threads::plan(&crate::threads::facts(
+        args.threads.torch_threads,
+        args.threads.cpu_limit.as_deref(),
+    ));
+    crate::threads::apply(&threads);
     let served = args.served_model_name.clone().unwrap_or_else(|| {
         args.model
             .file_name()
@@ -151,6 +188,15 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         .map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(ServeError::Http)?;
     tracing::info!(%local, model = %args.model.display(), served_model = %served, "listening; loading model");
+    tracing::info!(
+        intra_op = threads.intra_op,
+        inter_op = threads.inter_op,
+        source = threads.source.as_str(),
+        allotment_cores = threads.allotment,
+        omp_wait_policy = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
+        "threads chosen"
+    );
+    metrics.torch_threads.set(threads.intra_op as i64);
 
     let state = Arc::new(AppState {
         loaded: OnceLock::new(),
@@ -184,13 +230,20 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
     });
     spawn_sigterm(state.clone());
 
-    let device = pick_device();
-    tracing::info!(?device, "device chosen");
+    let (device, cuda_backend) = pick_device();
+    tracing::info!(
+        ?device,
+        dtype = args.dtype.as_str(),
+        cuda_backend,
+        "device chosen"
+    );
     let t_load = Instant::now();
     let model_dir = args.model.clone();
+    let dtype = args.dtype;
+    let layout = args.weight_layout;
     let (model, codec) =
         tokio::task::spawn_blocking(move || -> Result<(Llama, TextCodec), ServeError> {
-            let model = Llama::load(&model_dir, device)?;
+            let model = Llama::load_as(&model_dir, device, dtype, layout)?;
             let codec = TextCodec::load(&model_dir)?;
             Ok((model, codec))
         })
@@ -217,15 +270,23 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         layers = cfg.num_hidden_layers,
         vocab = cfg.vocab_size,
         max_context,
+        dtype = args.dtype.as_str(),
+        weight_layout = model.layout.as_str(),
+        weight_bytes = model.weight_bytes(),
         load_seconds = load_time.as_secs_f64(),
         "weights loaded"
     );
     metrics.load_seconds.set(load_time.as_secs_f64());
+    metrics.memory_weights.set(model.weight_bytes() as i64);
+    metrics
+        .memory_kv_cache
+        .set((crate::model::KvCache::bytes_per_token(&cfg, model.kind) * kv_tokens) as i64);
 
     let sched_cfg = SchedulerConfig {
         num_blocks: args.sched.kv_cache_blocks,
         block_size: bs,
         max_batch_tokens: args.sched.max_batch_tokens.max(1),
+        prefill_chunk_while_decoding: args.sched.prefill_chunk_while_decoding.max(1),
         max_running: args.sched.max_num_seqs.max(1),
         prefix_caching: !args.sched.no_prefix_caching,
     };

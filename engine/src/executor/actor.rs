@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::core::EngineCore;
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, StepKind, StepTimes};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::sched::SeqId;
 use crate::stop::StopMatcher;
@@ -167,6 +167,7 @@ struct Actor {
     seen_preemptions: u64,
     seen_hits: u64,
     seen_lookups: u64,
+    rss_read_at: Instant,
 }
 
 const UTIL_WINDOW: Duration = Duration::from_secs(5);
@@ -194,6 +195,9 @@ pub fn spawn(
         seen_preemptions: 0,
         seen_hits: 0,
         seen_lookups: 0,
+        rss_read_at: Instant::now()
+            .checked_sub(Duration::from_secs(2))
+            .unwrap_or_else(Instant::now),
     };
     std::thread::Builder::new()
         .name("engine-step".into())
@@ -219,6 +223,7 @@ impl Actor {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
+            let t_iter = Instant::now();
             while let Ok(cmd) = rx.try_recv() {
                 self.intake(cmd);
             }
@@ -235,12 +240,13 @@ impl Actor {
                 });
             match result {
                 Ok(out) => {
-                    if !out.plan.items.is_empty() {
+                    let ran = !out.plan.items.is_empty();
+                    if ran {
                         self.metrics.batch_size.observe(out.plan.items.len() as f64);
-                        self.metrics.step_tokens.observe(out.tokens as f64);
                         self.busy_window.push_back((Instant::now(), out.busy));
                     }
-                    let now = Instant::now();
+                    let t_sample = Instant::now();
+                    let now = t_sample;
                     for it in &out.plan.items {
                         if let Some(a) = self.active.get_mut(&it.seq) {
                             if !a.scheduled {
@@ -253,6 +259,21 @@ impl Actor {
                     }
                     for (seq, logits) in out.logits {
                         self.on_logits(seq, &logits);
+                    }
+                    if ran {
+                        let sample = t_sample.elapsed();
+                        self.publish();
+                        let total = t_iter.elapsed();
+                        let times = StepTimes {
+                            schedule: total.saturating_sub(out.busy + sample),
+                            forward: out.busy,
+                            sample,
+                        };
+                        let kind =
+                            StepKind::of(out.prefill_tokens, out.tokens - out.prefill_tokens);
+                        self.metrics
+                            .step(kind, times, out.prefill_tokens, out.tokens);
+                        continue;
                     }
                 }
                 Err(e) => {
@@ -386,6 +407,12 @@ impl Actor {
 
     fn publish(&mut self) {
         let now = Instant::now();
+        if now.duration_since(self.rss_read_at) >= Duration::from_secs(1) {
+            self.rss_read_at = now;
+            if let Some(b) = crate::metrics::resident_bytes() {
+                self.metrics.memory_resident.set(b as i64);
+            }
+        }
         while let Some((t, _)) = self.busy_window.front() {
             if now.duration_since(*t) > UTIL_WINDOW {
                 self.busy_window.pop_front();

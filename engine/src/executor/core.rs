@@ -22,9 +22,14 @@ pub struct StepOutput {
     pub plan: StepPlan,
     /// Next-token logits of each sequence whose chunk reached its end.
     pub logits: Vec<(SeqId, Vec<f32>)>,
-    /// Time spent in the forward pass (the "busy" time of utilisation).
+    /// Time spent in the forward pass, logits copied to the host included
+    /// (the "busy" time of utilisation).
     pub busy: Duration,
+    /// Time spent planning the step and building its input tensors.
+    pub schedule: Duration,
     pub tokens: usize,
+    /// Of `tokens`, how many were prompt (or recomputed) tokens.
+    pub prefill_tokens: usize,
 }
 
 impl EngineCore {
@@ -71,16 +76,18 @@ impl EngineCore {
 
     /// Plans and runs one step. Returns an empty output when nothing ran.
     pub fn step(&mut self) -> Result<StepOutput, tch::TchError> {
+        let t_plan = Instant::now();
         let plan = self.sched.schedule();
         if plan.items.is_empty() {
             return Ok(StepOutput {
                 plan,
                 logits: Vec::new(),
                 busy: Duration::ZERO,
+                schedule: t_plan.elapsed(),
                 tokens: 0,
+                prefill_tokens: 0,
             });
         }
-        let t0 = Instant::now();
         let dev = self.model.device;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
@@ -116,6 +123,7 @@ impl EngineCore {
                 logit_seqs.push(it.seq);
             }
         }
+        let dec_count = dec_rows.len();
         let decode = if dec_rows.is_empty() {
             None
         } else {
@@ -148,6 +156,8 @@ impl EngineCore {
             decode,
             logit_rows: Tensor::from_slice(&logit_rows).to_device(dev),
         };
+        let schedule = t_plan.elapsed();
+        let t0 = Instant::now();
         let logits = self.model.forward(&mut self.kv, &batch);
         let vocab = self.model.cfg.vocab_size;
         let flat = Vec::<f32>::try_from(
@@ -163,11 +173,14 @@ impl EngineCore {
             .into_iter()
             .zip(flat.chunks(vocab).map(<[f32]>::to_vec))
             .collect();
+        let prefill_tokens = n_tokens - dec_count;
         Ok(StepOutput {
             plan,
             logits,
             busy,
+            schedule,
             tokens: n_tokens,
+            prefill_tokens,
         })
     }
 }

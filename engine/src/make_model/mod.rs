@@ -72,7 +72,9 @@ fn shape(size: ModelSize) -> Shape {
             layers: 16,
             heads: 12,
             kv_heads: 4,
-            max_pos: 2048,
+            // Room for the benchmark's 2048-token prompts and 4k-context
+            // attention measurements.
+            max_pos: 4096,
         },
     }
 }

@@ -10,19 +10,46 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::kv::KvCache;
+use super::linear::{Linear, WeightLayout};
 use super::weights::{load_tensors, take};
 use super::{ModelError, Result};
 use crate::model::config::ModelConfig;
 
+/// How weights (and the KV cache) are stored; activations follow them,
+/// norms and softmax statistics are computed in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DType {
+    /// 32-bit floats: the reference.
+    F32,
+    /// bfloat16: half the bytes per step; on CPUs with AVX-512 BF16 (or
+    /// AMX) and on GPUs the matmuls run natively in bf16.
+    Bf16,
+}
+
+impl DType {
+    pub fn kind(self) -> Kind {
+        match self {
+            DType::F32 => Kind::Float,
+            DType::Bf16 => Kind::BFloat16,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::Bf16 => "bf16",
+        }
+    }
+}
+
 struct Layer {
     input_norm: Tensor,
     /// q, k and v projections stacked along the output dim.
-    wqkv: Tensor,
-    wo: Tensor,
+    wqkv: Linear,
+    wo: Linear,
     post_norm: Tensor,
     /// gate and up projections stacked along the output dim.
-    w_gate_up: Tensor,
-    w_down: Tensor,
+    w_gate_up: Linear,
+    w_down: Linear,
 }
 
 /// The model weights. Immutable after load.
@@ -30,10 +57,14 @@ pub struct Llama {
     pub cfg: ModelConfig,
     pub device: Device,
     pub kind: Kind,
+    /// The weight layouts chosen at load.
+    pub layout: WeightLayout,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
+    /// The output head shares the embedding's storage (plain layout).
+    tied: bool,
     cos: Tensor,
     sin: Tensor,
 }
@@ -70,9 +101,22 @@ pub struct StepBatch {
     pub logit_rows: Tensor,
 }
 
+/// RMSNorm computed in f32 whatever the storage dtype, cast back before
+/// the weight multiplies it (as Hugging Face's LlamaRMSNorm does).
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
-    let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    x * (var + eps).rsqrt() * w
+    let kind = x.kind();
+    let xf = if kind == Kind::Float {
+        x.shallow_clone()
+    } else {
+        x.to_kind(Kind::Float)
+    };
+    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let normed = xf * (var + eps).rsqrt();
+    if kind == Kind::Float {
+        normed * w
+    } else {
+        normed.to_kind(kind) * w
+    }
 }
 
 fn rotate_half(x: &Tensor) -> Tensor {
@@ -83,8 +127,15 @@ fn rotate_half(x: &Tensor) -> Tensor {
 }
 
 impl Llama {
-    /// Loads `config.json` and the safetensors of `dir`.
+    /// Loads `config.json` and the safetensors of `dir` as f32.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        Self::load_as(dir, device, DType::F32, WeightLayout::Auto)
+    }
+
+    /// Loads `config.json` and the safetensors of `dir`, weights (and the
+    /// KV cache made for this model) stored as `dtype`, projections laid
+    /// out as `layout` resolves to on `device`.
+    pub fn load_as(dir: &Path, device: Device, dtype: DType, layout: WeightLayout) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
             path: path.display().to_string(),
@@ -103,7 +154,9 @@ impl Llama {
         if cfg.hidden_act.as_deref().is_some_and(|a| a != "silu") {
             return Err(ModelError::Unsupported("hidden_act other than silu".into()));
         }
-        let kind = Kind::Float;
+        let kind = dtype.kind();
+        let layout = layout.resolve(device, kind);
+        let lin = |w: Tensor| Linear::new(w, layout);
         let _guard = tch::no_grad_guard();
         let mut w = load_tensors(dir, device, kind)?;
         let embed = take(&mut w, "model.embed_tokens.weight")?;
@@ -117,36 +170,42 @@ impl Llama {
             let up = take(&mut w, &format!("{p}.mlp.up_proj.weight"))?;
             layers.push(Layer {
                 input_norm: take(&mut w, &format!("{p}.input_layernorm.weight"))?,
-                wqkv: Tensor::cat(&[q, k, v], 0).contiguous(),
-                wo: take(&mut w, &format!("{p}.self_attn.o_proj.weight"))?,
+                wqkv: lin(Tensor::cat(&[q, k, v], 0))?,
+                wo: lin(take(&mut w, &format!("{p}.self_attn.o_proj.weight"))?)?,
                 post_norm: take(&mut w, &format!("{p}.post_attention_layernorm.weight"))?,
-                w_gate_up: Tensor::cat(&[gate, up], 0).contiguous(),
-                w_down: take(&mut w, &format!("{p}.mlp.down_proj.weight"))?,
+                w_gate_up: lin(Tensor::cat(&[gate, up], 0))?,
+                w_down: lin(take(&mut w, &format!("{p}.mlp.down_proj.weight"))?)?,
             });
         }
         let norm = take(&mut w, "model.norm.weight")?;
-        let lm_head = match w.remove("lm_head.weight") {
-            Some(t) => t,
-            None if cfg.tie_word_embeddings => embed.shallow_clone(),
+        let (lm_head, tied) = match w.remove("lm_head.weight") {
+            Some(t) => (lin(t)?, false),
+            None if cfg.tie_word_embeddings => (lin(embed.shallow_clone())?, true),
             None => return Err(ModelError::MissingWeight("lm_head.weight".into())),
         };
         let (cos, sin) = rope_tables(&cfg, device);
+        let (cos, sin) = (cos.to_kind(kind), sin.to_kind(kind));
         Ok(Self {
             cfg,
             device,
             kind,
+            layout,
             embed,
             layers,
             norm,
             lm_head,
+            tied,
             cos,
             sin,
         })
     }
 
-    /// Number of parameters.
+    /// Number of parameters (a tied output head counted once).
     pub fn num_params(&self) -> i64 {
-        let mut n = self.embed.numel() + self.norm.numel() + self.lm_head.numel();
+        let mut n = self.embed.numel() + self.norm.numel();
+        if !self.tied {
+            n += self.lm_head.numel();
+        }
         for l in &self.layers {
             n += l.input_norm.numel()
                 + l.wqkv.numel()
@@ -156,6 +215,25 @@ impl Llama {
                 + l.w_down.numel();
         }
         n as i64
+    }
+
+    /// Bytes the weights take as stored, every layout counted (a tied
+    /// output head's plain copy is the embedding itself).
+    pub fn weight_bytes(&self) -> u64 {
+        let plain = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
+        let mut b = plain(&self.embed) + plain(&self.norm) + self.lm_head.bytes();
+        if self.tied && self.layout != WeightLayout::Packed {
+            b -= plain(&self.embed);
+        }
+        for l in &self.layers {
+            b += plain(&l.input_norm)
+                + plain(&l.post_norm)
+                + l.wqkv.bytes()
+                + l.wo.bytes()
+                + l.w_gate_up.bytes()
+                + l.w_down.bytes();
+        }
+        b
     }
 
     /// Runs one step: writes the new tokens' K/V into `kv` and returns the
@@ -176,14 +254,17 @@ impl Llama {
         let mut h = self.embed.index_select(0, &batch.tokens);
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = rms_norm(&h, &layer.input_norm, eps);
-            let qkv = xn.linear::<Tensor>(&layer.wqkv, None);
-            let q = qkv.narrow(1, 0, n_heads * hd).view([t, n_heads, hd]);
-            let k = qkv.narrow(1, n_heads * hd, n_kv * hd).view([t, n_kv, hd]);
+            let qkv = layer.wqkv.forward(&xn);
+            // RoPE on q and k in one pass: they sit side by side in qkv.
+            let qk = qkv
+                .narrow(1, 0, (n_heads + n_kv) * hd)
+                .view([t, n_heads + n_kv, hd]);
+            let qk = &qk * &cos + rotate_half(&qk) * &sin;
+            let q = qk.narrow(1, 0, n_heads);
+            let k = qk.narrow(1, n_heads, n_kv);
             let v = qkv
                 .narrow(1, (n_heads + n_kv) * hd, n_kv * hd)
                 .view([t, n_kv, hd]);
-            let q = &q * &cos + rotate_half(&q) * &sin;
-            let k = &k * &cos + rotate_half(&k) * &sin;
             let (kc, vc) = &mut kv.layers[li];
             let _ = kc.index_copy_(0, &batch.slots, &k);
             let _ = vc.index_copy_(0, &batch.slots, &v);
@@ -253,22 +334,19 @@ impl Llama {
                 );
                 let _ = out.index_copy_(0, &d.rows, &o.squeeze_dim(2));
             }
-            let attn = out
-                .view([t, n_heads * hd])
-                .linear::<Tensor>(&layer.wo, None);
+            let attn = layer.wo.forward(&out.view([t, n_heads * hd]));
             h += attn;
             let xn = rms_norm(&h, &layer.post_norm, eps);
-            let gu = xn.linear::<Tensor>(&layer.w_gate_up, None);
+            let gu = layer.w_gate_up.forward(&xn);
             let inter = cfg.intermediate_size as i64;
             let g = gu.narrow(1, 0, inter);
             let u = gu.narrow(1, inter, inter);
-            let m = (g.silu() * u).linear::<Tensor>(&layer.w_down, None);
+            let m = layer.w_down.forward(&(g.silu() * u));
             h += m;
         }
         let last = h.index_select(0, &batch.logit_rows);
         let last = rms_norm(&last, &self.norm, eps);
-        last.linear::<Tensor>(&self.lm_head, None)
-            .to_kind(Kind::Float)
+        self.lm_head.forward(&last).to_kind(Kind::Float)
     }
 }
 

@@ -1,16 +1,20 @@
 //! The continuous-batching scheduler: decides, every step, which sequences
 //! run and how many of their tokens, under a per-step token budget.
 //!
-//! Rules, in order:
-//! 1. Running sequences go first, oldest first: a decoding sequence takes one
-//!    token, a sequence still prefilling takes the next chunk of its prompt
-//!    (as much as the budget leaves), so long prompts never stall streams.
-//! 2. When a running sequence needs a block and none is free, the youngest
-//!    running sequence is preempted: its blocks are released and it goes
-//!    back to the front of the waiting queue, to be recomputed later.
+//! Rules, in order (decode-first):
+//! 1. Every running sequence that is decoding takes its one token, oldest
+//!    first. When it needs a block and none is free, the youngest running
+//!    sequence is preempted: its blocks are released and it goes back to the
+//!    front of the waiting queue, to be recomputed later.
+//! 2. Prompt tokens share a prefill budget: `max_batch_tokens` minus the
+//!    decodes, and at most `prefill_chunk_while_decoding` when any decode
+//!    runs in the step, so an arriving long prompt delays running streams
+//!    by one small chunk per step instead of one big one. Running sequences
+//!    still prefilling take their next chunk first, oldest first (no
+//!    preemption for a chunk: it waits for blocks).
 //! 3. Only if nothing was preempted, waiting sequences join (FIFO) while
-//!    budget, blocks and `max_running` allow, first reusing any cached full
-//!    blocks of their prefix.
+//!    the prefill budget, blocks and `max_running` allow, first reusing any
+//!    cached full blocks of their prefix.
 //!
 //! The scheduler owns token ids and block tables only; the engine loop runs
 //! the plan on the model and reports back with `complete`/`append_token`.
@@ -26,6 +30,11 @@ pub struct SchedulerConfig {
     pub num_blocks: usize,
     pub block_size: usize,
     pub max_batch_tokens: usize,
+    /// Most prompt tokens one step computes while any sequence is decoding
+    /// (decode-first: a long prompt never stalls running streams for more
+    /// than one such chunk). Without decodes a step may fill
+    /// `max_batch_tokens` with prompt tokens.
+    pub prefill_chunk_while_decoding: usize,
     pub max_running: usize,
     pub prefix_caching: bool,
 }
@@ -233,64 +242,101 @@ impl Scheduler {
         }
     }
 
-    /// Plans the next step.
+    /// Where a sequence stands: (tokens with K/V, tokens in total).
+    fn progress(&self, id: SeqId) -> Option<(usize, usize)> {
+        self.seqs.get(&id).map(|s| (s.computed, s.tokens.len()))
+    }
+
+    /// Gives running sequence `id` the blocks for `upto` tokens, preempting
+    /// the youngest running sequences while blocks are short. Returns false
+    /// when `id` itself had to go.
+    fn make_room(&mut self, id: SeqId, upto: usize, plan: &mut StepPlan) -> bool {
+        while !self.grow(id, upto) {
+            let Some(&victim) = self.running.last() else {
+                return false;
+            };
+            self.preempt(victim);
+            plan.preempted.push(victim);
+            if victim == id {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Plans the next step: decodes first, then prompt chunks under the
+    /// prefill budget (the smaller one while any decode runs).
     pub fn schedule(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_batch_tokens;
+
+        // 1. Every decoding sequence (only its newest token lacks K/V),
+        //    oldest first.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
-            let (computed, total) = match self.seqs.get(&id) {
-                Some(s) => (s.computed, s.tokens.len()),
-                None => {
-                    i += 1;
-                    continue;
+            match self.progress(id) {
+                Some((computed, total)) if total == computed + 1 => {
+                    if !self.make_room(id, total, &mut plan) {
+                        break;
+                    }
+                    plan.items.push(PlanItem {
+                        seq: id,
+                        start: computed,
+                        len: 1,
+                        wants_logits: true,
+                    });
+                    budget -= 1;
                 }
-            };
-            let len = (total - computed).min(budget);
-            if len == 0 {
-                // Nothing new to compute (no token appended since last step).
-                i += 1;
-                continue;
+                _ => {}
             }
-            let mut scheduled = true;
-            while !self.grow(id, computed + len) {
-                let Some(&victim) = self.running.last() else {
-                    break;
-                };
-                self.preempt(victim);
-                plan.preempted.push(victim);
-                if victim == id {
-                    scheduled = false;
-                    break;
-                }
-            }
-            if !scheduled {
-                break;
-            }
-            plan.items.push(PlanItem {
-                seq: id,
-                start: computed,
-                len,
-                wants_logits: computed + len == total,
-            });
-            budget -= len;
             i += 1;
         }
+        let decodes = plan.items.len();
+        let mut prefill_budget = if decodes > 0 {
+            budget.min(self.cfg.prefill_chunk_while_decoding)
+        } else {
+            budget
+        };
+
+        // 2. Running sequences still prefilling take their next chunk,
+        //    oldest first. No preemption here: the youngest sequence may be
+        //    a decode already planned above; a chunk that finds no blocks
+        //    waits for a later step.
+        let mut i = 0;
+        while i < self.running.len() && prefill_budget > 0 {
+            let id = self.running[i];
+            match self.progress(id) {
+                Some((computed, total)) if total > computed + 1 => {
+                    let len = (total - computed).min(prefill_budget);
+                    if !self.grow(id, computed + len) {
+                        break;
+                    }
+                    plan.items.push(PlanItem {
+                        seq: id,
+                        start: computed,
+                        len,
+                        wants_logits: computed + len == total,
+                    });
+                    prefill_budget -= len;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+
+        // 3. Only if nothing was preempted, waiting sequences join (FIFO).
         if plan.preempted.is_empty() {
-            while budget > 0 && self.running.len() < self.cfg.max_running {
+            while prefill_budget > 0 && self.running.len() < self.cfg.max_running {
                 let Some(&id) = self.waiting.front() else {
                     break;
                 };
                 self.reuse_prefix(id);
-                let (computed, total) = match self.seqs.get(&id) {
-                    Some(s) => (s.computed, s.tokens.len()),
-                    None => {
-                        self.waiting.pop_front();
-                        continue;
-                    }
+                let Some((computed, total)) = self.progress(id) else {
+                    self.waiting.pop_front();
+                    continue;
                 };
-                let len = (total - computed).min(budget);
+                let len = (total - computed).min(prefill_budget);
                 if !self.grow(id, computed + len) {
                     self.release_all(id);
                     break;
@@ -303,7 +349,7 @@ impl Scheduler {
                     len,
                     wants_logits: computed + len == total,
                 });
-                budget -= len;
+                prefill_budget -= len;
             }
         }
         plan
@@ -342,6 +388,7 @@ mod tests {
             num_blocks: blocks,
             block_size: 4,
             max_batch_tokens: budget,
+            prefill_chunk_while_decoding: budget,
             max_running: 16,
             prefix_caching: true,
         }
@@ -496,6 +543,116 @@ mod tests {
         assert_eq!(s.prefix_stats().hits, 2);
         s.remove(2);
         assert_eq!(s.blocks_used(), 0);
+    }
+
+    #[test]
+    fn prompt_chunks_are_capped_while_streams_decode_and_fill_the_budget_when_none_do() {
+        let mut c = cfg(64, 64);
+        c.prefill_chunk_while_decoding = 4;
+        let mut s = Scheduler::new(c);
+        // Alone, a prompt takes the whole budget in one step.
+        s.add(1, vec![1; 30]);
+        let p = step(&mut s);
+        assert_eq!((p.items[0].seq, p.items[0].len), (1, 30));
+        // Now 1 decodes; a 10-token prompt arrives and goes 4 + 4 + 2,
+        // and stream 1 decodes in every one of those steps, first.
+        s.add(2, vec![2; 10]);
+        let mut chunks = Vec::new();
+        for _ in 0..3 {
+            let p = step(&mut s);
+            assert_eq!(
+                (p.items[0].seq, p.items[0].len),
+                (1, 1),
+                "the decode comes first"
+            );
+            chunks.push((p.items[1].start, p.items[1].len, p.items[1].wants_logits));
+        }
+        assert_eq!(chunks, vec![(0, 4, false), (4, 4, false), (8, 2, true)]);
+        // Both decode now: two tokens per step.
+        let p = step(&mut s);
+        assert_eq!(
+            p.items.iter().map(|i| i.len).collect::<Vec<_>>(),
+            vec![1, 1]
+        );
+    }
+
+    #[test]
+    fn many_decodes_leave_no_room_and_prompts_wait_for_the_budget() {
+        let mut c = cfg(64, 3);
+        c.prefill_chunk_while_decoding = 8;
+        let mut s = Scheduler::new(c);
+        for id in 1..=3 {
+            s.add(id, vec![id as u32]);
+        }
+        step(&mut s); // three one-token prompts: 3 tokens, the whole budget
+        s.add(4, vec![4; 5]);
+        let p = step(&mut s);
+        assert_eq!(p.items.len(), 3, "three decodes fill the budget of 3");
+        assert!(p.items.iter().all(|i| i.len == 1));
+        assert_eq!(s.num_waiting(), 1);
+    }
+
+    /// Regression guard for decode-first planning: with decodes planned
+    /// before prompt chunks, a chunk must never preempt a decode already in
+    /// the plan (its item would point at freed blocks). Random mixes of
+    /// arrivals, steps and removals under block pressure check that no
+    /// planned sequence is preempted, every item has its blocks, and the
+    /// budgets hold.
+    #[test]
+    fn random_mixes_never_plan_a_preempted_sequence_and_respect_both_budgets() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _round in 0..200 {
+            let budget = rng.random_range(2..16);
+            let mut c = cfg(rng.random_range(3..12), budget);
+            c.prefill_chunk_while_decoding = rng.random_range(1..=budget);
+            let chunk = c.prefill_chunk_while_decoding;
+            let mut s = Scheduler::new(c);
+            let mut next = 0u64;
+            for _ in 0..60 {
+                match rng.random_range(0..6) {
+                    0 | 1 => {
+                        next += 1;
+                        let len = rng.random_range(1..20);
+                        s.add(next, (0..len).map(|_| rng.random_range(0..3)).collect());
+                    }
+                    2 if next > 0 => s.remove(rng.random_range(1..=next)),
+                    _ => {
+                        let decoding: Vec<SeqId> = s
+                            .running
+                            .iter()
+                            .copied()
+                            .filter(|id| s.progress(*id).is_some_and(|(c, t)| t == c + 1))
+                            .collect();
+                        let p = step(&mut s);
+                        let mut prefill = 0;
+                        let mut decodes = 0;
+                        for it in &p.items {
+                            assert!(
+                                !p.preempted.contains(&it.seq),
+                                "{} planned and preempted",
+                                it.seq
+                            );
+                            let blocks = s.seqs[&it.seq].blocks.len();
+                            assert!(blocks * 4 >= it.start + it.len, "item without blocks");
+                            if decoding.contains(&it.seq) {
+                                decodes += 1;
+                            } else {
+                                prefill += it.len;
+                            }
+                        }
+                        assert!(prefill + decodes <= budget);
+                        if decodes > 0 {
+                            assert!(prefill <= chunk, "prefill {prefill} over chunk {chunk}");
+                        }
+                    }
+                }
+            }
+            for id in 1..=next {
+                s.remove(id);
+            }
+            assert_eq!(s.blocks_used(), 0);
+        }
     }
 
     #[test]

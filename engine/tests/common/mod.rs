@@ -41,8 +41,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts an engine with extra flags and waits until /ready.
+    /// Starts an engine with extra flags (and one torch thread) and waits
+    /// until /ready.
     pub async fn start(extra: &[&str]) -> Engine {
+        let mut args = vec!["--torch-threads", "1"];
+        args.extend_from_slice(extra);
+        Self::start_with(&args, &[]).await
+    }
+
+    /// Starts an engine with exactly these extra flags and environment
+    /// variables (no thread count of its own) and waits until /ready.
+    pub async fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Engine {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_steward-engine"))
             .arg("serve")
@@ -50,9 +59,9 @@ impl Engine {
             .arg(tiny_model())
             .args(["--served-model-name", MODEL, "--host", "127.0.0.1"])
             .args(["--port", &port.to_string()])
-            .args(["--torch-threads", "1"])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

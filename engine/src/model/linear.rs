@@ -1,0 +1,237 @@
+//! A projection's weight, laid out once at load for the kernel that reads
+//! it, so no step re-packs or re-transposes a weight.
+//!
+//! - `plain`: the checkpoint's `[out, in]`, multiplied with `x.linear(w)`.
+//!   On CUDA this is all there is (cuBLAS reads it as it is). On CPU it is
+//!   MKL: a matrix-vector product at batch 1 streams it well, but above
+//!   batch 1 `sgemm` copies (packs) the whole weight on every call: 37% of
+//!   a batch-16 step in the issue-14 profile, and f32 batch-16 linears 3-4x
+//!   slower than the packed layout in measurements here.
+//! - `packed`: oneDNN's blocked layout (`mkldnn::_reorder_linear_weight`),
+//!   multiplied with `mkldnn::_linear_pointwise` for any number of rows;
+//!   in bf16 on CPUs with AMX or AVX-512 BF16 it is the fastest at every
+//!   batch size. Called through a small C++ shim (`csrc/onednn_linear.cpp`).
+//!
+//! Which layouts a model keeps is decided at load ([`WeightLayout`]): with
+//! both, batch-1 rows go to `plain` and the rest to `packed` (twice the
+//! weight memory).
+
+use std::ffi::{c_char, CStr};
+
+use tch::{Device, Kind, Tensor};
+
+use super::{ModelError, Result};
+
+extern "C" {
+    fn steward_onednn_available() -> i32;
+    fn steward_onednn_reorder_linear_weight(
+        w: *const torch_sys::C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut torch_sys::C_tensor;
+    fn steward_onednn_linear(
+        x: *const torch_sys::C_tensor,
+        w: *const torch_sys::C_tensor,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut torch_sys::C_tensor;
+}
+
+/// Which weight layouts a model keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightLayout {
+    /// CUDA: plain; CPU f32: both; CPU bf16: packed.
+    Auto,
+    /// `[out, in]` only.
+    Plain,
+    /// oneDNN blocked only (CPU).
+    Packed,
+    /// Both: plain for batch 1, packed otherwise (CPU; 2x weight memory).
+    Both,
+}
+
+impl WeightLayout {
+    /// The concrete choice for a device and storage dtype. Packing needs
+    /// the oneDNN operators; without them everything stays plain.
+    pub fn resolve(self, device: Device, kind: Kind) -> WeightLayout {
+        let cpu = device == Device::Cpu;
+        let packable = cpu && onednn_available();
+        match self {
+            WeightLayout::Auto if !packable => WeightLayout::Plain,
+            WeightLayout::Auto if kind == Kind::Float => WeightLayout::Both,
+            WeightLayout::Auto => WeightLayout::Packed,
+            WeightLayout::Packed | WeightLayout::Both if !packable => WeightLayout::Plain,
+            other => other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightLayout::Auto => "auto",
+            WeightLayout::Plain => "plain",
+            WeightLayout::Packed => "packed",
+            WeightLayout::Both => "both",
+        }
+    }
+}
+
+/// True when libtorch has the oneDNN linear operators (CPU builds with
+/// mkldnn, which the PyPI wheels are).
+pub fn onednn_available() -> bool {
+    // SAFETY: no arguments; looks two schemas up in the dispatcher.
+    unsafe { steward_onednn_available() != 0 }
+}
+
+fn from_shim(ptr: *mut torch_sys::C_tensor, err: &[c_char], what: &str) -> Result<Tensor> {
+    if ptr.is_null() {
+        // SAFETY: the shim NUL-terminates within the buffer.
+        let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy();
+        return Err(ModelError::Torch(tch::TchError::Torch(format!(
+            "{what}: {msg}"
+        ))));
+    }
+    // SAFETY: the shim returns a fresh heap `at::Tensor*` that we now own,
+    // which is what tch's Tensor wraps and frees.
+    Ok(unsafe { Tensor::from_ptr(ptr) })
+}
+
+/// Lays `w` (`[out, in]`, contiguous, CPU) out in oneDNN's blocked format.
+pub fn onednn_pack(w: &Tensor) -> Result<Tensor> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `w` is a live tensor; the shim copies what it needs.
+    let p =
+        unsafe { steward_onednn_reorder_linear_weight(w.as_ptr(), err.as_mut_ptr(), err.len()) };
+    from_shim(p, &err, "oneDNN weight reorder")
+}
+
+/// `x @ wᵀ` for a packed `w`; `x` is `[rows, in]` of the weight's dtype.
+pub fn onednn_linear(x: &Tensor, packed: &Tensor) -> Result<Tensor> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: both tensors are live for the call.
+    let p =
+        unsafe { steward_onednn_linear(x.as_ptr(), packed.as_ptr(), err.as_mut_ptr(), err.len()) };
+    from_shim(p, &err, "oneDNN linear")
+}
+
+/// One projection (no bias: Llama has none).
+pub struct Linear {
+    plain: Option<Tensor>,
+    packed: Option<Tensor>,
+    out_features: i64,
+    in_features: i64,
+}
+
+impl Linear {
+    /// Lays out `w` (`[out, in]`) as `layout` (already resolved).
+    pub fn new(w: Tensor, layout: WeightLayout) -> Result<Self> {
+        let sz = w.size();
+        let (out_features, in_features) = (sz[0], sz[1]);
+        let w = w.contiguous();
+        let (plain, packed) = match layout {
+            WeightLayout::Packed => (None, Some(onednn_pack(&w)?)),
+            WeightLayout::Both => {
+                let p = onednn_pack(&w)?;
+                (Some(w), Some(p))
+            }
+            WeightLayout::Plain | WeightLayout::Auto => (Some(w), None),
+        };
+        Ok(Self {
+            plain,
+            packed,
+            out_features,
+            in_features,
+        })
+    }
+
+    /// `x @ wᵀ` for `x` of shape `[rows, in]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match (&self.plain, &self.packed) {
+            (Some(w), Some(p)) if x.size()[0] > 1 => self.packed_or_plain(x, p, w),
+            (Some(w), _) => x.linear::<Tensor>(w, None),
+            (None, Some(p)) => match onednn_linear(x, p) {
+                Ok(y) => y,
+                // Only a broken libtorch gets here; fail the step loudly
+                // (the actor turns a panic into failed requests).
+                Err(e) => panic!("{e}"),
+            },
+            (None, None) => unreachable!("a Linear always has a layout"),
+        }
+    }
+
+    fn packed_or_plain(&self, x: &Tensor, p: &Tensor, w: &Tensor) -> Tensor {
+        onednn_linear(x, p).unwrap_or_else(|_| x.linear::<Tensor>(w, None))
+    }
+
+    /// Parameters (one copy, whatever the layouts).
+    pub fn numel(&self) -> usize {
+        (self.out_features * self.in_features) as usize
+    }
+
+    /// Bytes held, all layouts together.
+    pub fn bytes(&self) -> u64 {
+        let elt = |t: &Tensor| t.kind().elt_size_in_bytes() as u64;
+        [&self.plain, &self.packed]
+            .into_iter()
+            .flatten()
+            .map(|t| self.numel() as u64 * elt(t))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every layout computes the same product, at batch 1 and above.
+    #[test]
+    fn packed_and_plain_layouts_agree_with_a_reference_matmul() {
+        if !onednn_available() {
+            eprintln!("libtorch without oneDNN linear ops: only the plain layout exists");
+            return;
+        }
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(3);
+        let w = Tensor::randn([96, 64], (Kind::Float, Device::Cpu));
+        for rows in [1, 5, 16] {
+            let x = Tensor::randn([rows, 64], (Kind::Float, Device::Cpu));
+            let reference = x.to_kind(Kind::Double).mm(&w.to_kind(Kind::Double).tr());
+            for layout in [
+                WeightLayout::Plain,
+                WeightLayout::Packed,
+                WeightLayout::Both,
+            ] {
+                let l = Linear::new(w.copy(), layout).unwrap();
+                let y = l.forward(&x).to_kind(Kind::Double);
+                let err = (&y - &reference).abs().max().double_value(&[]);
+                assert!(err < 1e-4, "{layout:?} rows {rows}: max error {err}");
+            }
+            let lb = Linear::new(w.to_kind(Kind::BFloat16), WeightLayout::Packed).unwrap();
+            let yb = lb.forward(&x.to_kind(Kind::BFloat16)).to_kind(Kind::Double);
+            let rel = ((&yb - &reference).norm() / reference.norm()).double_value(&[]);
+            assert!(rel < 1e-2, "bf16 packed rows {rows}: relative error {rel}");
+        }
+    }
+
+    #[test]
+    fn auto_layout_is_plain_on_cuda_both_for_f32_and_packed_for_bf16_on_cpu() {
+        let cuda = Device::Cuda(0);
+        assert_eq!(
+            WeightLayout::Auto.resolve(cuda, Kind::Float),
+            WeightLayout::Plain
+        );
+        assert_eq!(
+            WeightLayout::Packed.resolve(cuda, Kind::BFloat16),
+            WeightLayout::Plain
+        );
+        if onednn_available() {
+            assert_eq!(
+                WeightLayout::Auto.resolve(Device::Cpu, Kind::Float),
+                WeightLayout::Both
+            );
+            assert_eq!(
+                WeightLayout::Auto.resolve(Device::Cpu, Kind::BFloat16),
+                WeightLayout::Packed
+            );
+        }
+    }
+}
