@@ -17,6 +17,7 @@
 #   BENCH_DEVICE=cpu|cuda  device of the baseline and the probe (the engine picks CUDA
 #                          by itself when libtorch sees a GPU; default cpu)
 #   BENCH_ENGINE_ARGS      extra steward-engine serve flags
+#   BENCH_QUICK=1          a smoke run of the script itself: few, short requests (figures meaningless)
 #   BENCH_MIX_REQUESTS=N   requests in the concurrency-16 mix run (default 32)
 #   BENCH_OMP_WAIT_POLICY  OpenMP wait policy for both servers (default PASSIVE: idle
 #                          threads sleep instead of spinning, which keeps a shared
@@ -48,6 +49,11 @@ OUT="${BENCH_OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 MODEL="${BENCH_MODEL:-$ROOT/target/bench/model-bench}"
 THREADS="${BENCH_THREADS:-2}"
 MIX_REQUESTS="${BENCH_MIX_REQUESTS:-32}"
+B_TOKENS=64 B1_REQUESTS=3 B16=16 TTFT_ARGS=()
+if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
+  MIX_REQUESTS=4 B_TOKENS=8 B1_REQUESTS=1 B16=4
+  TTFT_ARGS=(--requests 1 --prompt-tokens 64 --long-tokens 128 --long-requests 1)
+fi
 export OMP_WAIT_POLICY="${BENCH_OMP_WAIT_POLICY:-PASSIVE}"
 ENGINE_PORT=18200
 HF_PORT=18100
@@ -72,7 +78,8 @@ fi
 echo "before: $(cat /proc/loadavg)" >"$OUT/loadavg.txt"
 
 say "probing the hardware ($THREADS threads)"
-"$STEWARD_PYTHON" bench/hw_probe.py --model "$MODEL" --threads "$THREADS" --device "$DEVICE" --json "$OUT/hw.json"
+"$STEWARD_PYTHON" bench/hw_probe.py --model "$MODEL" --threads "$THREADS" --device "$DEVICE" --json "$OUT/hw.json" \
+  || say "hardware probe failed"
 VOCAB=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["vocab_size"])' "$MODEL/config.json")
 
 SERVER_PID=""
@@ -141,16 +148,16 @@ bench_target() { # bench_target NAME PORT [ttft]
   snap "$name" "$port" mix-after
   say "$name: batch-1 decode"
   snap "$name" "$port" b1-before
-  profiled "$name" b1 loadgen "$name" "$port" b1 --concurrency 1 --requests 3 --prompt-len fixed:32 --output-len fixed:64
+  profiled "$name" b1 loadgen "$name" "$port" b1 --concurrency 1 --requests "$B1_REQUESTS" --prompt-len fixed:32 --output-len "fixed:$B_TOKENS"
   snap "$name" "$port" b1-after
   say "$name: batch-16 decode"
   snap "$name" "$port" b16-before
-  profiled "$name" b16 loadgen "$name" "$port" b16 --concurrency 16 --requests 16 --prompt-len fixed:32 --output-len fixed:64
+  profiled "$name" b16 loadgen "$name" "$port" b16 --concurrency "$B16" --requests "$B16" --prompt-len fixed:32 --output-len "fixed:$B_TOKENS"
   snap "$name" "$port" b16-after
   if [[ "${3:-}" == ttft ]]; then
     say "$name: TTFT with a shared prefix vs none, and of a 2048-token prompt"
     python3 bench/ttft_probe.py --url "http://127.0.0.1:$port" --model bench --vocab "$VOCAB" \
-      --json "$OUT/$name-ttft.json" || say "$name: ttft probe failed"
+      "${TTFT_ARGS[@]}" --json "$OUT/$name-ttft.json" || say "$name: ttft probe failed"
   fi
 }
 
@@ -186,5 +193,5 @@ if [[ "${BENCH_ONLY:-hf}" != engine ]]; then
 fi
 
 echo "after: $(cat /proc/loadavg)" >>"$OUT/loadavg.txt"
-python3 bench/compare.py "$OUT" | tee "$OUT/summary.txt"
+python3 bench/compare.py "$OUT" | tee "$OUT/summary.txt" || say "compare failed"
 say "results in $OUT"
