@@ -89,9 +89,17 @@ impl EngineCore {
             });
         }
         let dev = self.model.device;
+        let n_kv = self.model.cfg.kv_heads() as i64;
+        let slots_per_head = self.kv.slots() as i64;
+        // Head-major KV rows: head h of slot s is row h * slots + s.
+        let head_major = |slots: &[i64], out: &mut Vec<i64>| {
+            for h in 0..n_kv {
+                out.extend(slots.iter().map(|s| h * slots_per_head + s));
+            }
+        };
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
-        let mut slots = Vec::new();
+        let mut write_index = Vec::new();
         let mut prefills = Vec::new();
         let mut dec_rows = Vec::new();
         let mut dec_slots: Vec<Vec<i64>> = Vec::new();
@@ -106,16 +114,24 @@ impl EngineCore {
                     .map(|&t| t as i64),
             );
             positions.extend((it.start..it.start + it.len).map(|p| p as i64));
-            slots.extend(self.sched.slots(it.seq, it.start..it.start + it.len));
-            let ctx = self.sched.slots(it.seq, 0..it.start + it.len);
+            for s in self.sched.slots(it.seq, it.start..it.start + it.len) {
+                write_index.extend((0..n_kv).map(|h| h * slots_per_head + s));
+            }
             if it.len == 1 {
                 dec_rows.push(row);
-                dec_slots.push(ctx);
+                dec_slots.push(self.sched.slots(it.seq, 0..it.start + 1));
             } else {
+                let ctx_index = (it.start > 0).then(|| {
+                    let ctx = self.sched.slots(it.seq, 0..it.start + it.len);
+                    let mut idx = Vec::with_capacity(ctx.len() * n_kv as usize);
+                    head_major(&ctx, &mut idx);
+                    Tensor::from_slice(&idx).to_device(dev)
+                });
                 prefills.push(PrefillSeq {
                     start: row,
                     len: it.len as i64,
-                    ctx_slots: Tensor::from_slice(&ctx).to_device(dev),
+                    ctx_len: (it.start + it.len) as i64,
+                    ctx_index,
                 });
             }
             if it.wants_logits {
@@ -129,20 +145,21 @@ impl EngineCore {
         } else {
             let lmax = dec_slots.iter().map(Vec::len).max().unwrap_or(1);
             let b = dec_slots.len();
-            let mut flat = Vec::with_capacity(b * lmax);
-            let mut mask = Vec::with_capacity(b * lmax);
+            let mut index = Vec::with_capacity(b * n_kv as usize * lmax);
+            let mut bias = Vec::with_capacity(b * lmax);
             for s in &dec_slots {
-                flat.extend_from_slice(s);
-                mask.extend(std::iter::repeat_n(true, s.len()));
-                flat.extend(std::iter::repeat_n(0i64, lmax - s.len()));
-                mask.extend(std::iter::repeat_n(false, lmax - s.len()));
+                // Pad with the sequence's own first slot: a real row, masked out.
+                let mut padded = s.clone();
+                padded.resize(lmax, s.first().copied().unwrap_or(0));
+                head_major(&padded, &mut index);
+                bias.extend(std::iter::repeat_n(0f32, s.len()));
+                bias.extend(std::iter::repeat_n(f32::NEG_INFINITY, lmax - s.len()));
             }
             Some(DecodeGroup {
                 rows: Tensor::from_slice(&dec_rows).to_device(dev),
-                slots: Tensor::from_slice(&flat)
-                    .view([b as i64, lmax as i64])
-                    .to_device(dev),
-                mask: Tensor::from_slice(&mask)
+                lmax: lmax as i64,
+                index: Tensor::from_slice(&index).to_device(dev),
+                bias: Tensor::from_slice(&bias)
                     .view([b as i64, 1, 1, lmax as i64])
                     .to_device(dev),
             })
@@ -151,7 +168,7 @@ impl EngineCore {
         let batch = StepBatch {
             tokens: Tensor::from_slice(&tokens).to_device(dev),
             positions: Tensor::from_slice(&positions).to_device(dev),
-            slots: Tensor::from_slice(&slots).to_device(dev),
+            write_index: Tensor::from_slice(&write_index).to_device(dev),
             prefills,
             decode,
             logit_rows: Tensor::from_slice(&logit_rows).to_device(dev),

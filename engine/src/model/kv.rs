@@ -1,7 +1,11 @@
-//! The paged KV cache's storage: per layer, one K and one V tensor of shape
-//! `[num_blocks * block_size, kv_heads, head_dim]`. A token's slot is
-//! `block * block_size + offset`; the block allocator (in `sched`) decides
-//! which blocks a sequence owns, this module only holds the numbers.
+//! The paged KV cache's storage: per layer, one K and one V tensor laid out
+//! head-major, `[kv_heads * slots, head_dim]` with `slots = num_blocks *
+//! block_size`: row `head * slots + slot` holds one head of one token. A
+//! token's slot is `block * block_size + offset`; the block allocator (in
+//! `sched`) decides which blocks a sequence owns, this module only holds the
+//! numbers. Head-major rows let one `index_select` gather a batch's context
+//! as `[batch, kv_heads, len, head_dim]`, contiguous, ready for a grouped
+//! matmul: no permute copy, no repeat of KV heads to query heads.
 
 use tch::{Device, Kind, Tensor};
 
@@ -24,7 +28,7 @@ impl KvCache {
         kind: Kind,
     ) -> Self {
         let slots = (num_blocks * block_size) as i64;
-        let shape = [slots, cfg.kv_heads() as i64, cfg.head_dim() as i64];
+        let shape = [cfg.kv_heads() as i64 * slots, cfg.head_dim() as i64];
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| {
                 (
@@ -38,6 +42,11 @@ impl KvCache {
             num_blocks,
             block_size,
         }
+    }
+
+    /// Slots per head (`num_blocks * block_size`).
+    pub fn slots(&self) -> usize {
+        self.num_blocks * self.block_size
     }
 
     /// Bytes one token's K and V take across all layers.

@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 use super::{ModelError, Result};
 
 extern "C" {
+    fn steward_sdp_use_cudnn(enabled: i32);
     fn steward_onednn_available() -> i32;
     fn steward_onednn_reorder_linear_weight(
         w: *const torch_sys::C_tensor,
@@ -73,6 +74,14 @@ impl WeightLayout {
             WeightLayout::Both => "both",
         }
     }
+}
+
+/// Turns the cuDNN backend of scaled-dot-product attention on or off (see
+/// `csrc/onednn_linear.cpp`: it builds a plan per input shape, and decode
+/// shapes change every step).
+pub fn sdp_use_cudnn(enabled: bool) {
+    // SAFETY: sets a flag in libtorch's global context.
+    unsafe { steward_sdp_use_cudnn(i32::from(enabled)) }
 }
 
 /// True when libtorch has the oneDNN linear operators (CPU builds with

@@ -75,26 +75,35 @@ pub struct PrefillSeq {
     pub start: i64,
     /// Number of new tokens.
     pub len: i64,
-    /// Slots of all its tokens, old and new (`[ctx_len]`).
-    pub ctx_slots: Tensor,
+    /// Tokens of context (cached and new).
+    pub ctx_len: i64,
+    /// KV-cache rows of its whole context, head-major
+    /// (`[kv_heads * ctx_len]`: `head * slots + slot`); `None` when the
+    /// context is only this chunk (its K/V come straight from the chunk).
+    pub ctx_index: Option<Tensor>,
 }
 
 /// All single-token decodes of a step, attended as one padded batch.
 pub struct DecodeGroup {
-    /// Rows of these tokens in the flattened batch (`[B]`).
+    /// Rows of these tokens in the flattened batch (`[B]`), ascending;
+    /// when the step has no prefill they are exactly `0..B`.
     pub rows: Tensor,
-    /// Slots of each sequence's context, padded (`[B, Lmax]`).
-    pub slots: Tensor,
-    /// True where a slot is real (`[B, 1, 1, Lmax]`).
-    pub mask: Tensor,
+    /// Longest context in the group.
+    pub lmax: i64,
+    /// KV-cache rows of each sequence's context, head-major and padded
+    /// (`[B * kv_heads * lmax]`, ordered batch, head, position).
+    pub index: Tensor,
+    /// 0 where a position is real, -inf where it is padding (`[B, 1, 1, lmax]`, f32).
+    pub bias: Tensor,
 }
 
 /// The input of one engine step.
 pub struct StepBatch {
     pub tokens: Tensor,
     pub positions: Tensor,
-    /// Where each new token's K/V is written.
-    pub slots: Tensor,
+    /// KV-cache rows each new token's K/V heads are written to, head-major
+    /// (`[T * kv_heads]`, ordered token, head).
+    pub write_index: Tensor,
     pub prefills: Vec<PrefillSeq>,
     pub decode: Option<DecodeGroup>,
     /// Rows whose logits are wanted (`[n]`).
@@ -156,6 +165,10 @@ impl Llama {
         }
         let kind = dtype.kind();
         let layout = layout.resolve(device, kind);
+        if device.is_cuda() {
+            // Shapes change every step: no per-shape cuDNN attention plans.
+            super::linear::sdp_use_cudnn(false);
+        }
         let lin = |w: Tensor| Linear::new(w, layout);
         let _guard = tch::no_grad_guard();
         let mut w = load_tensors(dir, device, kind)?;
@@ -252,6 +265,7 @@ impl Llama {
         let cos = self.cos.index_select(0, &batch.positions).unsqueeze(1);
         let sin = self.sin.index_select(0, &batch.positions).unsqueeze(1);
         let mut h = self.embed.index_select(0, &batch.tokens);
+        let dec_bias = batch.decode.as_ref().map(|d| d.bias.to_kind(self.kind));
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = rms_norm(&h, &layer.input_norm, eps);
             let qkv = layer.wqkv.forward(&xn);
@@ -266,26 +280,32 @@ impl Llama {
                 .narrow(1, (n_heads + n_kv) * hd, n_kv * hd)
                 .view([t, n_kv, hd]);
             let (kc, vc) = &mut kv.layers[li];
-            let _ = kc.index_copy_(0, &batch.slots, &k);
-            let _ = vc.index_copy_(0, &batch.slots, &v);
+            let _ = kc.index_copy_(0, &batch.write_index, &k.reshape([t * n_kv, hd]));
+            let _ = vc.index_copy_(0, &batch.write_index, &v.reshape([t * n_kv, hd]));
 
-            let mut out = Tensor::zeros([t, n_heads, hd], (self.kind, self.device));
+            let decode_only = batch.prefills.is_empty();
+            let mut out = if decode_only {
+                None
+            } else {
+                Some(Tensor::zeros([t, n_heads, hd], (self.kind, self.device)))
+            };
             for p in &batch.prefills {
                 let qs = q.narrow(0, p.start, p.len).permute([1, 0, 2]).unsqueeze(0);
-                let ctx = p.ctx_slots.size()[0];
-                let ks = kc
-                    .index_select(0, &p.ctx_slots)
-                    .permute([1, 0, 2])
-                    .repeat_interleave_self_int(groups, 0, None::<i64>)
-                    .unsqueeze(0);
-                let vs = vc
-                    .index_select(0, &p.ctx_slots)
-                    .permute([1, 0, 2])
-                    .repeat_interleave_self_int(groups, 0, None::<i64>)
-                    .unsqueeze(0);
+                let ctx = p.ctx_len;
+                // [1, kv_heads, ctx, hd]: from the cache, or the chunk itself.
+                let (ks, vs) = match &p.ctx_index {
+                    Some(idx) => (
+                        kc.index_select(0, idx).view([1, n_kv, ctx, hd]),
+                        vc.index_select(0, idx).view([1, n_kv, ctx, hd]),
+                    ),
+                    None => (
+                        k.narrow(0, p.start, p.len).permute([1, 0, 2]).unsqueeze(0),
+                        v.narrow(0, p.start, p.len).permute([1, 0, 2]).unsqueeze(0),
+                    ),
+                };
                 let o = if ctx == p.len {
                     Tensor::scaled_dot_product_attention::<Tensor>(
-                        &qs, &ks, &vs, None, 0.0, true, scale, false,
+                        &qs, &ks, &vs, None, 0.0, true, scale, true,
                     )
                 } else {
                     // Query i sits at position ctx - len + i and sees keys up to it.
@@ -301,39 +321,45 @@ impl Llama {
                         0.0,
                         false,
                         scale,
-                        false,
+                        true,
                     )
                 };
-                out.narrow(0, p.start, p.len)
-                    .copy_(&o.squeeze_dim(0).permute([1, 0, 2]));
+                if let Some(out) = &mut out {
+                    out.narrow(0, p.start, p.len)
+                        .copy_(&o.squeeze_dim(0).permute([1, 0, 2]));
+                }
             }
+            let mut decoded = None;
             if let Some(d) = &batch.decode {
-                let sz = d.slots.size();
-                let (b, lmax) = (sz[0], sz[1]);
-                let qd = q.index_select(0, &d.rows).unsqueeze(2);
-                let flat = d.slots.view([-1]);
-                let kd = kc
-                    .index_select(0, &flat)
-                    .view([b, lmax, n_kv, hd])
-                    .permute([0, 2, 1, 3])
-                    .repeat_interleave_self_int(groups, 1, None::<i64>);
-                let vd = vc
-                    .index_select(0, &flat)
-                    .view([b, lmax, n_kv, hd])
-                    .permute([0, 2, 1, 3])
-                    .repeat_interleave_self_int(groups, 1, None::<i64>);
-                let o = Tensor::scaled_dot_product_attention(
-                    &qd,
-                    &kd,
-                    &vd,
-                    Some(&d.mask),
-                    0.0,
-                    false,
-                    scale,
-                    false,
-                );
-                let _ = out.index_copy_(0, &d.rows, &o.squeeze_dim(2));
+                let b = d.rows.size()[0];
+                let lmax = d.lmax;
+                // Grouped attention: query head j*groups + i reads KV head j.
+                let qd = if decode_only {
+                    q.shallow_clone()
+                } else {
+                    q.index_select(0, &d.rows)
+                };
+                let qd = (qd * scale).reshape([b, n_kv, groups, hd]);
+                let kd = kc.index_select(0, &d.index).view([b, n_kv, lmax, hd]);
+                let vd = vc.index_select(0, &d.index).view([b, n_kv, lmax, hd]);
+                let mut scores = qd.matmul(&kd.transpose(-1, -2));
+                if let Some(bias) = &dec_bias {
+                    scores += bias;
+                }
+                let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
+                let o = probs.matmul(&vd).reshape([b, n_heads, hd]);
+                match &mut out {
+                    Some(out) => {
+                        let _ = out.index_copy_(0, &d.rows, &o);
+                    }
+                    None => decoded = Some(o),
+                }
             }
+            let out = match (out, decoded) {
+                (Some(out), _) => out,
+                (None, Some(o)) => o,
+                (None, None) => Tensor::zeros([t, n_heads, hd], (self.kind, self.device)),
+            };
             let attn = layer.wo.forward(&out.view([t, n_heads * hd]));
             h += attn;
             let xn = rms_norm(&h, &layer.post_norm, eps);
