@@ -3,7 +3,7 @@
 # folder outside the repo, idempotently, each step timed. Versions come from
 # tools/versions.env only.
 #
-#   tools/setup.sh [all|kube|libtorch|prometheus|python]...
+#   tools/setup.sh [all|kube|libtorch|prometheus|promcrds|python]...
 #
 # Prints `export` lines for the environment on the last lines when called with
 # --print-env. The cache root is $STEWARD_CACHE, else $XDG_CACHE_HOME/steward,
@@ -19,6 +19,7 @@ mkdir -p "$CACHE"
 KUBE_DIR="$CACHE/kube-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 LIBTORCH_DIR="$CACHE/libtorch-$TORCH_VERSION-cpu"
 PY_DIR="$CACHE/py-torch-$TORCH_VERSION-tf-$TRANSFORMERS_VERSION"
+PROMCRD_DIR="$CACHE/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
 DL_DIR="$CACHE/downloads"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
@@ -194,6 +195,31 @@ install_prometheus() {
   ($SUDO service prometheus stop >/dev/null 2>&1 || true)
 }
 
+# ------------------------------------------------------------ promcrds ------
+# The prometheus-operator CRDs (PrometheusRule, PodMonitor, ServiceMonitor)
+# for the local cluster, copied from the prometheus-operator Go module that
+# the Go module proxy serves. Tests install them to prove the operator's
+# PrometheusRule and the chart's monitors against the real schemas.
+fetch_promcrds() {
+  if [[ -f "$PROMCRD_DIR/.complete" ]]; then
+    say "promcrds: cached in $PROMCRD_DIR"; return
+  fi
+  need go "install Go 1.24 or newer (https://go.dev/doc/install or 'apt-get install golang')"
+  local mod="github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION"
+  say "promcrds: downloading $mod"
+  local json; json=$(cd /tmp && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$mod")
+  local src; src=$(python3 -c 'import json,sys;d=json.loads(sys.stdin.read());print(d.get("Dir",""))' <<<"$json")
+  [[ -d "$src/example/prometheus-operator-crd" ]] || die "the $mod module has no example/prometheus-operator-crd"
+  local tmp="$PROMCRD_DIR.tmp"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  for k in prometheusrules podmonitors servicemonitors; do
+    cp "$src/example/prometheus-operator-crd/monitoring.coreos.com_$k.yaml" "$tmp/"
+  done
+  chmod u+w "$tmp"/*.yaml
+  rm -rf "$PROMCRD_DIR"; mv "$tmp" "$PROMCRD_DIR"
+  touch "$PROMCRD_DIR/.complete"
+}
+
 # -------------------------------------------------------------- python ------
 # Hugging Face transformers on the same torch, for the engine's correctness
 # test and the benchmark baseline. The venv reuses the downloaded torch wheel.
@@ -284,6 +310,7 @@ print_env() {
   echo "export LIBTORCH_BYPASS_VERSION_CHECK=1"
   echo "export LD_LIBRARY_PATH='$LIBTORCH_DIR/lib':\"\${LD_LIBRARY_PATH:-}\""
   echo "export STEWARD_PYTHON='$PY_DIR/bin/python'"
+  echo "export STEWARD_PROMETHEUS_CRDS='$PROMCRD_DIR'"
 }
 
 main() {
@@ -291,13 +318,14 @@ main() {
   [[ ${#steps[@]} -eq 0 ]] && steps=(all)
   for s in "${steps[@]}"; do
     case "$s" in
-      all) timed kube build_kube; timed libtorch build_libtorch; timed prometheus install_prometheus ;;
+      all) timed kube build_kube; timed libtorch build_libtorch; timed prometheus install_prometheus; timed promcrds fetch_promcrds ;;
       kube) timed kube build_kube ;;
       libtorch) timed libtorch build_libtorch ;;
       prometheus) timed prometheus install_prometheus ;;
+      promcrds) timed promcrds fetch_promcrds ;;
       python) timed python build_python ;;
       --print-env) print_env ;;
-      *) die "unknown set-up step '$s' (all|kube|libtorch|prometheus|python|--print-env)" ;;
+      *) die "unknown set-up step '$s' (all|kube|libtorch|prometheus|promcrds|python|--print-env)" ;;
     esac
   done
 }

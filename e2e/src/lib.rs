@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cluster;
 pub mod node;
 pub mod proc;
+pub mod prometheus;
 pub mod testing;
 pub mod tools;
 

@@ -96,7 +96,7 @@ async fn up_serves_the_sample_through_the_router_and_stops_cleanly_on_ctrl_c() {
         async move {
             let v: serde_json::Value = http
                 .get(format!("http://{prom}/api/v1/query"))
-                .query(&[("query", "up{service=\"chat\",role=\"serving\"}")])
+                .query(&[("query", "up{service=\"chat\",rotation=\"serving\"}")])
                 .send()
                 .await
                 .ok()?

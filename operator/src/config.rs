@@ -29,6 +29,44 @@ pub struct Cli {
     pub leader: LeaderArgs,
     #[command(flatten)]
     pub pods: PodArgs,
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
+}
+
+/// Where signals come from.
+#[derive(Args, Debug, Clone)]
+pub struct PrometheusArgs {
+    /// Prometheus base URL (e.g. http://prometheus.monitoring:9090). Unset:
+    /// signals are unavailable (alarms read NoData, never zero).
+    #[arg(long, env = "STEWARD_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// Limit of one Prometheus query (also capped at the analysis interval).
+    #[arg(long, env = "STEWARD_PROMETHEUS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub prometheus_timeout: Duration,
+    /// Prometheus queries in flight at once, over all InferenceServices.
+    #[arg(long, env = "STEWARD_PROMETHEUS_MAX_IN_FLIGHT", default_value_t = 32)]
+    pub prometheus_max_in_flight: usize,
+    /// Prefix of the runbook_url of generated alerts (the alert name and
+    /// `.md` are appended).
+    #[arg(
+        long,
+        env = "STEWARD_RUNBOOK_BASE_URL",
+        default_value = "docs/runbooks/"
+    )]
+    pub runbook_base_url: String,
+}
+
+impl PrometheusArgs {
+    /// The client settings, when an address is configured.
+    pub fn config(&self) -> Option<crate::controller::prometheus::PrometheusConfig> {
+        self.prometheus_url
+            .as_ref()
+            .map(|url| crate::controller::prometheus::PrometheusConfig {
+                url: url.clone(),
+                timeout: self.prometheus_timeout,
+                max_in_flight: self.prometheus_max_in_flight,
+            })
+    }
 }
 
 /// Leader election.

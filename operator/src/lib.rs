@@ -7,10 +7,12 @@
 //! what differs). Everything before `controller` is pure and unit tested;
 //! `leader`, `http`, `metrics` and `run` wrap the process around it.
 
+pub mod alarm;
 pub mod children;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod dashboard;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -18,5 +20,7 @@ pub mod observe;
 pub mod revision;
 pub mod roles;
 pub mod rollout;
+pub mod rules;
 pub mod run;
+pub mod signals;
 pub mod status;

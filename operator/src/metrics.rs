@@ -32,6 +32,14 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `prometheus_queries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `value`, `no_data`, `invalid` (Prometheus refused the query) or
+    /// `error` (unreachable, 5xx, timeout).
+    pub outcome: &'static str,
+}
+
 /// The operator's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +49,10 @@ pub struct Metrics {
     api_writes: Family<WriteLabels, Counter>,
     leader: Gauge,
     writes_total: AtomicU64,
+    prom_queries: Family<OutcomeLabels, Counter>,
+    prom_duration: Histogram,
+    pollers: Gauge,
+    wakes_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +91,30 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let prom_queries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "prometheus_queries",
+            "Prometheus queries sent by the signal pollers, by outcome",
+            prom_queries.clone(),
+        );
+        let prom_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "prometheus_query_duration_seconds",
+            "Time one Prometheus query took, answer or not",
+            prom_duration.clone(),
+        );
+        let pollers = Gauge::default();
+        registry.register(
+            "signal_pollers",
+            "Signal pollers running (one per InferenceService)",
+            pollers.clone(),
+        );
+        let wakes_dropped = Counter::default();
+        registry.register(
+            "signal_wakes_dropped",
+            "Reconcile wake-ups after a signal change dropped because the queue was full",
+            wakes_dropped.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -87,7 +123,36 @@ impl Metrics {
             api_writes,
             leader,
             writes_total: AtomicU64::new(0),
+            prom_queries,
+            prom_duration,
+            pollers,
+            wakes_dropped,
         }
+    }
+
+    /// A Prometheus query ended with `outcome` after `took`.
+    pub fn prometheus_query(&self, outcome: &'static str, took: Duration) {
+        self.prom_queries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.prom_duration.observe(took.as_secs_f64());
+    }
+
+    /// Queries that ended with `outcome` so far.
+    pub fn prometheus_queries(&self, outcome: &'static str) -> u64 {
+        self.prom_queries
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    }
+
+    /// The number of running signal pollers.
+    pub fn pollers_running(&self, n: usize) {
+        self.pollers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A wake-up was dropped (queue full).
+    pub fn poller_wake_dropped(&self) {
+        self.wakes_dropped.inc();
     }
 
     /// A reconcile pass started.

@@ -36,7 +36,7 @@ fn minimal_manifest_gets_the_documented_defaults() {
     assert_eq!(spec.slo.availability, "99.9");
     assert_eq!(spec.draining.window.to_string(), "45s");
     assert_eq!(spec.rollout.steps.len(), 3);
-    assert!(spec.rollout.analysis.rollback_on.to_alarm().is_ok());
+    assert!(steward_operator::alarm::compile(&spec).is_ok());
     assert!(spec.limits.per_tenant.is_none());
 }
 

@@ -1,6 +1,8 @@
 //! steward-crdgen: writes the InferenceService CRD generated from the Rust
 //! types to `crds/inferenceservice.yaml` and the Helm chart's copy
-//! `charts/steward/crds/inferenceservice.yaml` (or stdout with `--stdout`).
+//! `charts/steward/crds/inferenceservice.yaml` (or stdout with `--stdout`),
+//! and the Grafana dashboard generated from the signal builders to
+//! `charts/steward/dashboards/steward-inferenceservice.json`.
 
 use std::path::PathBuf;
 
@@ -19,6 +21,13 @@ struct Args {
         default_value = "crds/inferenceservice.yaml,charts/steward/crds/inferenceservice.yaml"
     )]
     out: Vec<PathBuf>,
+    /// Where to write the Grafana dashboard (empty: not written).
+    #[arg(
+        long,
+        env = "STEWARD_DASHBOARD_OUT",
+        default_value = "charts/steward/dashboards/steward-inferenceservice.json"
+    )]
+    dashboard_out: PathBuf,
     /// Print to stdout instead of writing the file.
     #[arg(long, env = "STEWARD_CRD_STDOUT")]
     stdout: bool,
@@ -32,6 +41,15 @@ fn main() -> anyhow::Result<()> {
     } else {
         for out in &args.out {
             std::fs::write(out, &yaml).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {}", out.display());
+        }
+        if !args.dashboard_out.as_os_str().is_empty() {
+            let out = &args.dashboard_out;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(out, steward_operator::dashboard::dashboard_json())
+                .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {}", out.display());
         }
     }

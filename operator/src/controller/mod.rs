@@ -6,7 +6,10 @@
 //! the watches and the controller; `reconcile` holds the pass itself.
 
 mod events;
+pub mod poller;
+pub mod prometheus;
 mod reconcile;
+pub mod rules;
 mod writes;
 
 use std::sync::Arc;

@@ -4,9 +4,10 @@
 //! `query`). A CRD schema cannot be recursive, so the wire types spell out
 //! three levels ([`AlarmExpr`] → [`AlarmTerm`] → [`AlarmLeaf`]), which covers
 //! every combination in the design (`any: [..., all: [a, b]]`) and `not` at
-//! each level. CEL makes every node set exactly one key. [`Alarm`] is the
-//! recursive domain form that evaluation code uses; nothing past the edge
-//! looks at the wire types.
+//! each level. CEL makes every node set exactly one key. Any node may carry
+//! `for:` (how long it must hold before it fires). This is the wire shape
+//! only: `alarm::compile` turns it into the evaluable tree, and nothing
+//! past that edge looks at these types.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,10 @@ pub struct AlarmLeaf {
     /// A PromQL alarm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<QueryAlarm>,
+    /// How long this node's condition must hold before it fires (a query
+    /// leaf's own `for` applies when this is unset).
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<GoDuration>,
 }
 
 /// Middle level: a leaf, or any / all / not over leaves.
@@ -101,6 +106,10 @@ pub struct AlarmTerm {
     /// A PromQL alarm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<QueryAlarm>,
+    /// How long this node's condition must hold before it fires (a query
+    /// leaf's own `for` applies when this is unset).
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<GoDuration>,
     /// Fires when any term fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16))]
@@ -128,6 +137,10 @@ pub struct AlarmExpr {
     /// A PromQL alarm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<QueryAlarm>,
+    /// How long this node's condition must hold before it fires (a query
+    /// leaf's own `for` applies when this is unset).
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<GoDuration>,
     /// Fires when any term fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16))]
@@ -141,105 +154,7 @@ pub struct AlarmExpr {
     pub not: Option<Box<AlarmTerm>>,
 }
 
-/// The recursive domain form of a rollback alarm.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Alarm {
-    /// An SLO alarm.
-    Slo(SloSignal),
-    /// A built-in alarm.
-    Builtin(AlarmKind),
-    /// A PromQL alarm.
-    Query(QueryAlarm),
-    /// Fires when any child fires.
-    Any(Vec<Alarm>),
-    /// Fires when all children fire.
-    All(Vec<Alarm>),
-    /// Fires when the child does not.
-    Not(Box<Alarm>),
-}
-
-/// A node that does not set exactly one key (only possible for objects
-/// that bypassed the API server's validation).
-#[derive(Debug, thiserror::Error, PartialEq)]
-#[error(
-    "a rollbackOn node must set exactly one of slo, alarm, query, any, all, not (found {found})"
-)]
-pub struct AlarmShapeError {
-    found: usize,
-}
-
-fn leaf(
-    slo: Option<SloSignal>,
-    alarm: Option<AlarmKind>,
-    query: &Option<QueryAlarm>,
-) -> Vec<Alarm> {
-    let mut out = Vec::new();
-    out.extend(slo.map(Alarm::Slo));
-    out.extend(alarm.map(Alarm::Builtin));
-    out.extend(query.clone().map(Alarm::Query));
-    out
-}
-
-fn exactly_one(mut found: Vec<Alarm>) -> Result<Alarm, AlarmShapeError> {
-    if found.len() == 1 {
-        if let Some(a) = found.pop() {
-            return Ok(a);
-        }
-    }
-    Err(AlarmShapeError { found: found.len() })
-}
-
-impl AlarmLeaf {
-    /// The domain form.
-    pub fn to_alarm(&self) -> Result<Alarm, AlarmShapeError> {
-        exactly_one(leaf(self.slo, self.alarm, &self.query))
-    }
-}
-
-/// Adds the `any` and `all` groups of one level, converting each member
-/// with `to_alarm` (the member type is one level down).
-fn push_groups<T>(
-    found: &mut Vec<Alarm>,
-    any: &Option<Vec<T>>,
-    all: &Option<Vec<T>>,
-    to_alarm: impl Fn(&T) -> Result<Alarm, AlarmShapeError>,
-) -> Result<(), AlarmShapeError> {
-    if let Some(v) = any {
-        found.push(Alarm::Any(
-            v.iter().map(&to_alarm).collect::<Result<_, _>>()?,
-        ));
-    }
-    if let Some(v) = all {
-        found.push(Alarm::All(
-            v.iter().map(&to_alarm).collect::<Result<_, _>>()?,
-        ));
-    }
-    Ok(())
-}
-
-impl AlarmTerm {
-    /// The domain form.
-    pub fn to_alarm(&self) -> Result<Alarm, AlarmShapeError> {
-        let mut found = leaf(self.slo, self.alarm, &self.query);
-        push_groups(&mut found, &self.any, &self.all, AlarmLeaf::to_alarm)?;
-        if let Some(n) = &self.not {
-            found.push(Alarm::Not(Box::new(n.to_alarm()?)));
-        }
-        exactly_one(found)
-    }
-}
-
 impl AlarmExpr {
-    /// The domain form.
-    pub fn to_alarm(&self) -> Result<Alarm, AlarmShapeError> {
-        let mut found = leaf(self.slo, self.alarm, &self.query);
-        push_groups(&mut found, &self.any, &self.all, AlarmTerm::to_alarm)?;
-        if let Some(n) = &self.not {
-            found.push(Alarm::Not(Box::new(n.to_alarm()?)));
-        }
-        exactly_one(found)
-    }
-
     /// `any` over plain SLO / built-in leaves; used for the default.
     pub(crate) fn any_of_defaults(items: &[(Option<SloSignal>, Option<AlarmKind>)]) -> Self {
         Self {
@@ -255,43 +170,5 @@ impl AlarmExpr {
             ),
             ..Self::default()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn design_sketch_rollback_tree_becomes_domain_alarm() {
-        let yaml = r#"
-any:
-  - slo: ttftP99
-  - alarm: errorRate
-  - all: [ { alarm: latencySpike }, { alarm: errorRise } ]
-  - query: { promql: "rate(x[1m])", above: 0.2, for: 1m }
-  - not: { alarm: kvCacheSaturation }
-"#;
-        let expr: AlarmExpr = serde_yaml::from_str(yaml).unwrap();
-        let alarm = expr.to_alarm().unwrap();
-        let Alarm::Any(children) = alarm else {
-            panic!("not any: {alarm:?}")
-        };
-        assert_eq!(children.len(), 5);
-        assert_eq!(children[0], Alarm::Slo(SloSignal::TtftP99));
-        assert_eq!(
-            children[2],
-            Alarm::All(vec![
-                Alarm::Builtin(AlarmKind::LatencySpike),
-                Alarm::Builtin(AlarmKind::ErrorRise)
-            ])
-        );
-        assert!(matches!(&children[3], Alarm::Query(q) if q.above == Some(0.2)));
-    }
-
-    #[test]
-    fn node_with_two_keys_is_a_shape_error() {
-        let expr: AlarmExpr = serde_yaml::from_str("{ slo: ttftP99, alarm: errorRate }").unwrap();
-        assert_eq!(expr.to_alarm(), Err(AlarmShapeError { found: 2 }));
     }
 }

@@ -9,9 +9,7 @@ mod duration;
 mod spec;
 mod status;
 
-pub use alarm::{
-    Alarm, AlarmExpr, AlarmKind, AlarmLeaf, AlarmShapeError, AlarmTerm, QueryAlarm, SloSignal,
-};
+pub use alarm::{AlarmExpr, AlarmKind, AlarmLeaf, AlarmTerm, QueryAlarm, SloSignal};
 pub use duration::{DurationParseError, GoDuration, DURATION_MESSAGE};
 pub use spec::{
     AnalysisSpec, AutoscalingSpec, DrainingSpec, EngineResources, EngineSpec, GoldenSetRef,

@@ -6,7 +6,7 @@
 //! Everything here is computed as a value by `status::compute` and written
 //! only when it differs from what is stored.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -64,27 +64,49 @@ pub struct ReplicaStatus {
     pub desired: i32,
 }
 
-/// The state of one alarm during analysis.
+/// The state of one alarm node (docs/alarms.md).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlarmState {
     /// Within bounds.
     Ok,
-    /// Firing.
+    /// Out of bounds, but not yet for the node's `for:` time.
+    Pending,
+    /// Out of bounds (for at least `for:`).
     Firing,
-    /// No data.
-    Unknown,
+    /// No value: no series, a failed query, or signals unavailable or stale.
+    NoData,
+    /// Too few requests in the window to decide.
+    Inconclusive,
 }
 
-/// One alarm's last evaluation.
+/// One alarm node's last evaluation for one revision.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct AlarmStatus {
-    /// The alarm (an SLO name, a built-in alarm name or `query-N`).
+    /// The node: an SLO name (`ttftP99`), a built-in alarm (`errorRate`),
+    /// `query-N`, or `any-N` / `all-N` / `not-N` for groups with `for:`.
     pub name: String,
+    /// The revision judged.
+    #[serde(default)]
+    pub revision: String,
     /// Its state.
     pub state: AlarmState,
-    /// The last value, formatted for people.
+    /// The revision's value, formatted for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// The stable revision's value, for relative alarms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_value: Option<String>,
+    /// What the value is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<String>,
+    /// When the node entered this state (pending timers resume from it
+    /// after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// Why the state is NoData or Inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the operator does with one revision.
@@ -156,7 +178,8 @@ pub struct InferenceServiceStatus {
     /// Each revision that still has a Deployment.
     #[serde(default)]
     pub revisions: Vec<RevisionStatus>,
-    /// Alarm states during analysis.
+    /// Every alarm node of every judged revision (leaves, and groups with
+    /// `for:`), from the latest signals.
     #[serde(default)]
     pub alarms: Vec<AlarmStatus>,
     /// Ready, Progressing, Degraded (and RolledBack once rollback exists).
