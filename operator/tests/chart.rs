@@ -95,3 +95,76 @@ async fn rendered_chart_passes_server_side_dry_run() {
         }
     }
 }
+
+const MONITORING_APIS: [&str; 4] = [
+    "--api-versions",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+];
+
+#[test]
+fn monitors_render_only_where_the_prometheus_operator_api_exists() {
+    let plain = render("steward-system", &[]);
+    assert!(!plain.contains("kind: PodMonitor"), "{plain}");
+    assert!(!plain.contains("kind: ServiceMonitor"));
+    assert!(
+        plain.contains("steward-inferenceservice.json: |-"),
+        "the dashboard ConfigMap is always there"
+    );
+    let with = render("steward-system", &MONITORING_APIS);
+    assert_eq!(with.matches("kind: PodMonitor").count(), 1, "{with}");
+    assert_eq!(with.matches("kind: ServiceMonitor").count(), 2);
+    // The engine monitor relabels to the labels the operator's PromQL uses.
+    for label in ["namespace", "pod", "service", "revision", "rotation"] {
+        assert!(
+            with.contains(&format!("targetLabel: {label}\n")),
+            "{label} missing"
+        );
+    }
+    let off = render(
+        "steward-system",
+        &[
+            &MONITORING_APIS[..],
+            &["--set", "monitoring.podMonitor.enabled=false"],
+        ]
+        .concat(),
+    );
+    assert!(!off.contains("kind: PodMonitor"));
+}
+
+#[tokio::test]
+async fn monitors_pass_the_real_prometheus_operator_schemas() {
+    let env = env("chartmon").await;
+    steward_e2e::prometheus::install_monitoring_crds(&env.kubeconfig)
+        .expect("prometheus-operator CRDs install (tools/setup.sh promcrds)");
+    let manifests = render(&env.ns, &MONITORING_APIS);
+    let mut child = Command::new(tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .args(["apply", "--dry-run=server", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(manifests.as_bytes())
+        .expect("write manifests");
+    let out = child.wait_with_output().expect("kubectl finishes");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "dry run refused: {text}");
+    assert!(text.contains("podmonitor.monitoring.coreos.com/"), "{text}");
+    assert!(
+        text.contains("servicemonitor.monitoring.coreos.com/"),
+        "{text}"
+    );
+    assert!(text.contains("configmap/"), "{text}");
+}
