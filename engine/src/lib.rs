@@ -8,6 +8,9 @@
 pub mod admission;
 pub mod api;
 pub mod executor;
+pub mod faults;
+pub mod health;
+pub mod listen;
 pub mod make_model;
 pub mod metrics;
 pub mod model;

@@ -22,6 +22,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabel {
+    pub fault: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub class: String,
 }
@@ -118,6 +123,10 @@ pub struct EngineMetrics {
     pub startup_seconds: FGauge,
     pub draining: Gauge,
     pub drain_cut_streams: Counter,
+    pub fault_injection_enabled: Gauge,
+    pub faults_injected: Family<FaultLabel, Counter>,
+    pub connections_open: Gauge,
+    pub connections_limited: Counter,
 }
 
 fn latency_hist() -> Histogram {
@@ -170,6 +179,10 @@ impl EngineMetrics {
             startup_seconds: FGauge::default(),
             draining: Gauge::default(),
             drain_cut_streams: Counter::default(),
+            fault_injection_enabled: Gauge::default(),
+            faults_injected: Family::default(),
+            connections_open: Gauge::default(),
+            connections_limited: Counter::default(),
         };
         r.register(
             "requests_running",
@@ -322,6 +335,26 @@ impl EngineMetrics {
             "Streams cut because the drain window ended",
             m.drain_cut_streams.clone(),
         );
+        r.register(
+            "fault_injection_enabled",
+            "1 when --enable-fault-injection is on (a test replica)",
+            m.fault_injection_enabled.clone(),
+        );
+        r.register(
+            "faults_injected",
+            "Faults injected by the --fault-* test aids, by fault",
+            m.faults_injected.clone(),
+        );
+        r.register(
+            "http_connections",
+            "Open HTTP connections",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "http_connections_limited",
+            "Times the accept loop waited because --max-connections were open",
+            m.connections_limited.clone(),
+        );
         let vllm = vllm_names.then(|| {
             let labels =
                 std::iter::once((Cow::Borrowed("model_name"), Cow::Owned(model.to_string())));
@@ -397,6 +430,12 @@ impl EngineMetrics {
     pub fn response(&self, status: u16) {
         let class = format!("{}xx", status / 100);
         self.responses.get_or_create(&StatusLabel { class }).inc();
+    }
+
+    pub fn fault(&self, f: crate::faults::Fault) {
+        self.faults_injected
+            .get_or_create(&FaultLabel { fault: f.as_str() })
+            .inc();
     }
 
     pub fn finish(&self, reason: &str) {

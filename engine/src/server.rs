@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::admission::{AdmissionLimits, TenantSlots};
-use crate::api::routes::{router, AppState, Loaded};
+use crate::api::routes::{router, AppState, BodyLimits, Loaded};
 use crate::api::validate::Limits;
 use crate::executor::{spawn, ActorConfig, EngineCore};
+use crate::faults::{FaultArgs, FaultPlan};
+use crate::health::HealthLimits;
+use crate::listen::ListenConfig;
 use crate::metrics::EngineMetrics;
 use crate::model::{pick_device, DType, Llama, WeightLayout};
 use crate::sched::SchedulerConfig;
@@ -90,6 +93,36 @@ pub struct AdmissionArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Largest request body in bytes (413 request_too_large beyond it);
+    /// the router's default, so both answer alike.
+    #[arg(long, env = "STEWARD_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest time to receive a request body (408 request_timeout).
+    #[arg(long, env = "STEWARD_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Longest time to receive a request's headers; the connection is
+    /// closed after it (slow clients cannot hold connections).
+    #[arg(long, env = "STEWARD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Most open HTTP connections; more wait to be accepted.
+    #[arg(long, env = "STEWARD_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// /ready and /health fail when the engine loop has not come around for
+    /// this long (a hung step).
+    #[arg(long, env = "STEWARD_STEP_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub step_timeout: Duration,
+    /// /ready fails after this many model steps failed in a row (until a
+    /// step or a probe step succeeds).
+    #[arg(long, env = "STEWARD_UNREADY_AFTER_STEP_FAILURES", default_value_t = 3)]
+    pub unready_after_step_failures: u32,
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Hugging Face-style model directory.
     #[arg(long, env = "STEWARD_MODEL")]
@@ -110,6 +143,15 @@ pub struct ServeArgs {
     /// Longest a drain waits for in-flight streams before cutting them.
     #[arg(long, env = "STEWARD_DRAIN_WINDOW", default_value = "45s", value_parser = humantime::parse_duration)]
     pub drain_window: Duration,
+    /// File holding the secret `POST /drain` must carry as
+    /// `Authorization: Bearer <secret>`. Without it, draining over HTTP is
+    /// off; SIGTERM (the pod's own lifecycle) always drains.
+    #[arg(long, env = "STEWARD_DRAIN_TOKEN_FILE")]
+    pub drain_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Also expose the core metrics under vLLM's names.
     #[arg(long, env = "STEWARD_VLLM_METRICS")]
     pub vllm_metrics: bool,
@@ -127,6 +169,8 @@ pub struct ServeArgs {
     /// the weight memory; CPU bf16: packed), plain, packed or both.
     #[arg(long, env = "STEWARD_WEIGHT_LAYOUT", value_enum, default_value_t = WeightLayout::Auto)]
     pub weight_layout: WeightLayout,
+    #[command(flatten)]
+    pub faults: FaultArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -166,10 +210,32 @@ pub enum ServeError {
     Http(#[source] std::io::Error),
     #[error("the loader task panicked")]
     LoaderPanicked,
+    #[error("fault injection: {0}")]
+    Faults(#[from] crate::faults::FaultError),
+    #[error("reading the drain token file {path}: {reason}")]
+    DrainToken { path: PathBuf, reason: String },
+}
+
+fn read_drain_token(path: &std::path::Path) -> Result<String, ServeError> {
+    let err = |reason: String| ServeError::DrainToken {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let t = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let t = t.trim();
+    if t.len() < 16 {
+        return Err(err("the token must be at least 16 characters".into()));
+    }
+    Ok(t.to_string())
 }
 
 /// Runs the server until it has drained. `process_start` is when main began.
 pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeError> {
+    let faults = FaultPlan::from_args(&args.faults)?;
+    let drain_token = match &args.drain_token_file {
+        Some(p) => Some(read_drain_token(p)?),
+        None => None,
+    };
     let threads = crate::threads::plan(&crate::threads::facts(
         args.threads.torch_threads,
         args.threads.cpu_limit.as_deref(),
@@ -182,6 +248,10 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
             .unwrap_or_else(|| "model".into())
     });
     let metrics = Arc::new(EngineMetrics::new(&served, args.vllm_metrics));
+    if args.faults.enable_fault_injection {
+        metrics.fault_injection_enabled.set(1);
+        tracing::warn!(faults = %faults.describe(), "FAULT INJECTION ENABLED: this replica is a test aid and misbehaves on purpose");
+    }
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -213,6 +283,23 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         in_flight: Arc::new(AtomicUsize::new(0)),
         retry_after_secs: args.admission.retry_after_secs,
         keep_alive: args.sse_keep_alive,
+        drain_token,
+        health: HealthLimits {
+            step_timeout: args.health.step_timeout,
+            max_consecutive_failures: args.health.unready_after_step_failures,
+        },
+        body: BodyLimits {
+            max_bytes: args.http.max_body_bytes,
+            read_timeout: args.http.body_read_timeout,
+        },
+        prep_permits: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2),
+        )),
+        faults: faults.clone(),
+        fault_rng: std::sync::Mutex::new(fault_rng(faults.seed, 0)),
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -223,11 +310,19 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
     let shutdown = Arc::new(Notify::new());
     let shutdown2 = shutdown.clone();
     let app = router(state.clone());
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown2.notified().await })
-            .await
-    });
+    let listen_cfg = ListenConfig {
+        header_read_timeout: args.http.header_read_timeout,
+        max_connections: args.http.max_connections,
+        max_header_bytes: 64 << 10,
+    };
+    let mut server = tokio::spawn(crate::listen::serve(
+        listener,
+        app,
+        listen_cfg,
+        metrics.clone(),
+        async move { shutdown2.notified().await },
+        FLUSH_WINDOW,
+    ));
     spawn_sigterm(state.clone());
 
     let (device, cuda_backend) = pick_device();
@@ -308,6 +403,7 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
             eos_ids,
             shed_kv_usage: args.admission.shed_kv_usage,
             command_queue: args.admission.max_waiting.max(1) * 2,
+            faults: faults.clone(),
         },
     )
     .map_err(ServeError::Thread)?;
@@ -317,6 +413,14 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         codec,
         limits,
     });
+    if state.draining.load(Ordering::SeqCst) {
+        if let Some(l) = state.loaded.get() {
+            l.handle
+                .shared
+                .refuse_unstarted
+                .store(true, Ordering::SeqCst);
+        }
+    }
     let startup = process_start.elapsed();
     metrics.startup_seconds.set(startup.as_secs_f64());
     tracing::info!(
@@ -332,12 +436,10 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
     if !state.draining.load(Ordering::SeqCst) {
         tokio::select! {
             _ = &mut drained => {}
-            r = &mut server => {
-                return match r {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(ServeError::Http(e)),
-                    Err(_) => Err(ServeError::LoaderPanicked),
-                };
+            _ = &mut server => {
+                return Err(ServeError::Http(std::io::Error::other(
+                    "the HTTP server stopped",
+                )));
             }
         }
     }
@@ -355,9 +457,10 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
                 cut_streams = 0,
                 "drained; exiting"
             );
-            // Let the last bytes of finished streams go out.
+            // Stop accepting; wait until every connection has written its
+            // last bytes (final chunks and [DONE]) and closed.
             shutdown.notify_one();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tokio::time::timeout(FLUSH_WINDOW + Duration::from_secs(1), &mut server).await;
             stop_engine(&state).await;
             return Ok(());
         }
@@ -367,10 +470,30 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
                 cut_streams = n,
                 "drain window ended; cutting streams and exiting"
             );
+            // Stopping the engine ends every stream with a `stream_cut`
+            // event; let those go out before exiting.
             stop_engine(&state).await;
+            shutdown.notify_one();
+            let _ = tokio::time::timeout(CUT_FLUSH_WINDOW, &mut server).await;
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Longest the server waits, after a drain, for connections to finish
+/// writing their last responses.
+const FLUSH_WINDOW: Duration = Duration::from_secs(5);
+/// The same after the drain window cut streams (only error events to send).
+const CUT_FLUSH_WINDOW: Duration = Duration::from_secs(2);
+
+/// The RNG of fault decisions: seeded when `--fault-seed` is given (each
+/// user of it gets its own stream), else from the OS.
+pub fn fault_rng(seed: Option<u64>, stream: u64) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    match seed {
+        Some(s) => rand::rngs::StdRng::seed_from_u64(s.wrapping_add(stream)),
+        None => rand::rngs::StdRng::from_os_rng(),
     }
 }
 

@@ -73,6 +73,11 @@ impl TextCodec {
         self.tok.decode(ids, true).unwrap_or_default()
     }
 
+    /// One token's text, special tokens included (`logprobs` entries).
+    pub fn token_text(&self, id: u32) -> String {
+        self.tok.decode(&[id], false).unwrap_or_default()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tok.get_vocab_size(true)
     }

@@ -384,29 +384,46 @@ async fn repeated_prompt_hits_the_prefix_cache() {
     assert!(metric(&m, "steward_engine_prefix_cache_hits_total", &[]).unwrap() >= 1.0);
 }
 
+/// A queued stream gets its 200 head only when it enters the running
+/// batch (so a drain can still refuse it with a retryable 503; issue 13
+/// fault 6), then streams normally.
 #[tokio::test]
-async fn waiting_stream_gets_sse_comment_keep_alives() {
-    let e = Engine::start(&["--max-num-seqs", "1", "--sse-keep-alive", "100ms"]).await;
+async fn a_queued_stream_gets_its_head_only_when_it_starts() {
+    let e = Engine::start(&[
+        "--max-num-seqs",
+        "1",
+        "--enable-fault-injection",
+        "--fault-token-delay",
+        "5ms",
+    ])
+    .await;
     let r = e
         .post("/v1/completions", json!({"model": MODEL, "prompt": "first", "max_tokens": 1000, "ignore_eos": true, "stream": true}))
         .await;
     let mut first = SseReader::new(r);
     assert!(first.next_data().await.is_some());
     // The second stream waits behind the first (one running sequence).
-    let r = e
-        .post(
-            "/v1/completions",
-            json!({"model": MODEL, "prompt": "second", "max_tokens": 4, "stream": true}),
-        )
-        .await;
+    let client = e.client.clone();
+    let url = e.url("/v1/completions");
+    let mut second = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"model": MODEL, "prompt": "second", "max_tokens": 4, "ignore_eos": true, "stream": true}))
+            .send()
+            .await
+    });
+    let early = tokio::time::timeout(Duration::from_millis(800), &mut second).await;
+    assert!(early.is_err(), "no head while the stream waits");
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the head arrives once the first stream is gone")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let mut second = SseReader::new(r);
-    let got = tokio::time::timeout(Duration::from_secs(20), second.raw_until(": keep-alive")).await;
-    assert_eq!(
-        got.ok(),
-        Some(true),
-        "a comment keep-alive arrives while the stream waits"
-    );
+    let (_, finish, done) = SseReader::new(r).finish().await;
+    assert!(done);
+    assert_eq!(finish.as_deref(), Some("length"));
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
     ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -32,6 +32,8 @@ pub const ENGINE_CONTAINER: &str = "engine";
 pub const HTTP_PORT_NAME: &str = "http";
 /// Where `pvc://claim/...` models are mounted.
 pub const MODELS_ROOT: &str = "/models";
+/// preStop sleep before the kubelet's SIGTERM starts the engine's drain.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 2;
 
 /// Knobs of the pod template that are operator settings, not spec fields.
 #[derive(Clone, Debug)]
@@ -266,14 +268,15 @@ pub fn pod_template(
             ..http_probe("/health", 10, 6)
         }),
         lifecycle: Some(Lifecycle {
-            // Moves the engine into draining (refuse new work with 503, finish
-            // streams); SIGTERM after it drains as well, bounded by the grace
-            // period below.
+            // The engine drains on SIGTERM (refuses new work with 503, finishes
+            // its streams, exits), bounded by the grace period below; nobody
+            // else can drain it (its /drain needs a token this pod does not
+            // carry). The short sleep first lets the router and Endpoints see
+            // the pod terminating, so new requests stop arriving before it
+            // starts refusing them.
             pre_stop: Some(LifecycleHandler {
-                http_get: Some(HTTPGetAction {
-                    path: Some("/drain".to_owned()),
-                    port: IntOrString::String(HTTP_PORT_NAME.to_owned()),
-                    ..HTTPGetAction::default()
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
                 }),
                 ..LifecycleHandler::default()
             }),
@@ -469,11 +472,11 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(live.path.as_deref(), Some("/health"));
+        // Regression (issue 13, fault 2): no hook calls /drain over HTTP;
+        // the engine drains on the kubelet's SIGTERM after a short sleep.
         let pre = c.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
-        assert_eq!(
-            pre.http_get.as_ref().unwrap().path.as_deref(),
-            Some("/drain")
-        );
+        assert!(pre.http_get.is_none() && pre.exec.is_none());
+        assert_eq!(pre.sleep.as_ref().unwrap().seconds, PRE_STOP_SLEEP_SECONDS);
         let gpus = &c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"];
         assert_eq!(gpus.0, "2");
         let labels = ds.template.metadata.unwrap().labels.unwrap();

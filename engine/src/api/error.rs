@@ -24,6 +24,12 @@ pub enum ApiError {
     RequestTooLarge(String),
     #[error("{0}")]
     Refused(Refusal, u64),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -42,6 +48,9 @@ impl ApiError {
             | ApiError::ContextLength(_)
             | ApiError::RequestTooLarge(_) => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Refused(Refusal::TenantLimit, _) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Refused(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -54,7 +63,9 @@ impl ApiError {
             ApiError::InvalidRequest { .. } => "invalid_request_error",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::ContextLength(_) => "context_length_exceeded",
-            ApiError::RequestTooLarge(_) => "request_too_large",
+            ApiError::RequestTooLarge(_) | ApiError::BodyTooLarge(_) => "request_too_large",
+            ApiError::BodyTimeout(_) => "request_timeout",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Refused(r, _) => r.as_str(),
             ApiError::Internal(_) => "internal_error",
         }

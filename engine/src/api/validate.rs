@@ -47,11 +47,21 @@ pub struct Common {
     pub seed: Option<u64>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// vLLM's extension: logprob entries name tokens as `token_id:<id>`
+    /// instead of their text, so a client can score exact token ids.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
+    /// Top-k log-probabilities per token (0 = only the chosen token's).
+    pub logprobs: Option<i64>,
+    /// Return the prompt before the completion (with its log-probabilities
+    /// when `logprobs` is set: teacher-forced scoring).
+    #[serde(default)]
+    pub echo: bool,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -80,6 +90,11 @@ pub struct ChatMessage {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// Return the log-probability of each generated token.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// Alternatives per token (0-20); needs `logprobs: true`.
+    pub top_logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -108,6 +123,69 @@ pub struct ValidRequest {
     pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// Top-k log-probabilities for each generated token.
+    pub logprobs: Option<usize>,
+    /// Echo the prompt (completions); with `prompt_logprobs`, scored.
+    pub echo: Option<EchoPrompt>,
+    /// Name tokens `token_id:<id>` in logprob entries.
+    pub tokens_as_ids: bool,
+}
+
+/// The prompt a response echoes back.
+#[derive(Debug, Clone)]
+pub struct EchoPrompt {
+    /// The prompt as text (the client's string, or decoded tokens).
+    pub text: String,
+    /// Top-k log-probabilities wanted for each prompt token.
+    pub logprobs: Option<usize>,
+}
+
+/// What a request asked for besides the text: checked here, applied by
+/// `validate`.
+#[derive(Debug, Clone, Default)]
+pub struct LogprobOptions {
+    pub logprobs: Option<usize>,
+    /// The echoed prompt's text, when `echo` was asked for.
+    pub echo_text: Option<String>,
+}
+
+fn top_k_param(v: i64, param: &'static str) -> Result<usize, ApiError> {
+    let max = crate::executor::score::MAX_TOP_LOGPROBS as i64;
+    if (0..=max).contains(&v) {
+        Ok(v as usize)
+    } else {
+        Err(ApiError::invalid(
+            format!("{param} must be between 0 and {max}, got {v}"),
+            Some(param),
+        ))
+    }
+}
+
+/// `logprobs` (integer) and `echo` of a completion request.
+pub fn completion_logprobs(
+    logprobs: Option<i64>,
+    echo: bool,
+    prompt_text: impl FnOnce() -> String,
+) -> Result<LogprobOptions, ApiError> {
+    Ok(LogprobOptions {
+        logprobs: logprobs.map(|v| top_k_param(v, "logprobs")).transpose()?,
+        echo_text: echo.then(prompt_text),
+    })
+}
+
+/// `logprobs` (bool) and `top_logprobs` of a chat request.
+pub fn chat_logprobs(logprobs: bool, top: Option<i64>) -> Result<LogprobOptions, ApiError> {
+    let top = top.map(|v| top_k_param(v, "top_logprobs")).transpose()?;
+    if top.is_some() && !logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs needs logprobs: true",
+            Some("top_logprobs"),
+        ));
+    }
+    Ok(LogprobOptions {
+        logprobs: logprobs.then_some(top.unwrap_or(0)),
+        echo_text: None,
+    })
 }
 
 /// Parses a JSON body, naming what is wrong on failure.
@@ -230,6 +308,23 @@ pub fn validate(
     default_max_tokens: Option<usize>,
     limits: &Limits,
 ) -> Result<ValidRequest, ApiError> {
+    validate_with(
+        c,
+        prompt,
+        default_max_tokens,
+        limits,
+        LogprobOptions::default(),
+    )
+}
+
+/// `validate` with the log-probability options of the request.
+pub fn validate_with(
+    c: Common,
+    prompt: Vec<u32>,
+    default_max_tokens: Option<usize>,
+    limits: &Limits,
+    lp: LogprobOptions,
+) -> Result<ValidRequest, ApiError> {
     if c.model != limits.served_model {
         return Err(ApiError::ModelNotFound(c.model));
     }
@@ -292,6 +387,8 @@ pub fn validate(
     }
     let room = (window - prompt_len).min(limits.max_tokens_cap);
     let asked = match c.max_completion_tokens.or(c.max_tokens) {
+        // Scoring a prompt without generating (OpenAI's echo + max_tokens 0).
+        Some(0) if lp.echo_text.is_some() => Some(0),
         Some(m) if m <= 0 => {
             return Err(ApiError::invalid(
                 format!("max_tokens must be at least 1, got {m}"),
@@ -320,6 +417,12 @@ pub fn validate(
         ignore_eos: c.ignore_eos,
         stream: c.stream,
         include_usage: c.stream_options.is_some_and(|o| o.include_usage),
+        logprobs: lp.logprobs,
+        echo: lp.echo_text.map(|text| EchoPrompt {
+            text,
+            logprobs: lp.logprobs,
+        }),
+        tokens_as_ids: c.return_tokens_as_token_ids,
     })
 }
 
@@ -389,6 +492,52 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.kind(), "context_length_exceeded");
+    }
+
+    #[test]
+    fn max_tokens_zero_is_allowed_only_to_score_an_echoed_prompt() {
+        let echo = || completion_logprobs(Some(1), true, || "p".into()).unwrap();
+        let v = validate_with(
+            common(r#"{"model":"m","max_tokens":0}"#),
+            vec![1, 2],
+            Some(16),
+            &limits(),
+            echo(),
+        )
+        .unwrap();
+        assert_eq!(v.max_tokens, 0);
+        let e = v.echo.unwrap();
+        assert_eq!((e.text.as_str(), e.logprobs), ("p", Some(1)));
+        assert!(validate(
+            common(r#"{"model":"m","max_tokens":0}"#),
+            vec![1],
+            Some(16),
+            &limits()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn logprob_counts_outside_zero_to_twenty_are_rejected_with_the_field_named() {
+        for (r, param) in [
+            (
+                completion_logprobs(Some(21), false, String::new),
+                "logprobs",
+            ),
+            (
+                completion_logprobs(Some(-1), false, String::new),
+                "logprobs",
+            ),
+            (chat_logprobs(true, Some(99)), "top_logprobs"),
+            (chat_logprobs(false, Some(2)), "top_logprobs"),
+        ] {
+            match r {
+                Err(ApiError::InvalidRequest { param: Some(p), .. }) => assert_eq!(p, param),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(chat_logprobs(true, None).unwrap().logprobs, Some(0));
+        assert_eq!(chat_logprobs(false, None).unwrap().logprobs, None);
     }
 
     #[test]

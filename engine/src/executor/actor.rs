@@ -6,14 +6,19 @@
 //! published through `Shared` atomics after each step.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::core::EngineCore;
+use super::score::{logprobs_of, TokenLogprob};
+use crate::admission::Refusal;
+use crate::faults::{Fault, FaultPlan};
+use crate::health::{HealthSample, PROBE_INTERVAL};
 use crate::metrics::{EngineMetrics, StepKind, StepTimes};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::sched::SeqId;
@@ -41,6 +46,18 @@ impl FinishReason {
 /// What the engine streams back for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The request entered the running batch (its first step ran). Until
+    /// then it has sent nothing to its client and can still be refused.
+    Started,
+    /// Refused before it started (the replica began draining): the client
+    /// gets a 503 it can retry elsewhere, never a cut stream.
+    Refused(Refusal),
+    /// Log-probabilities of prompt tokens (positions 1..), in order, for a
+    /// request that asked for them (`echo` with `logprobs`); all of them
+    /// come before the first generated token.
+    PromptLogprobs(Vec<TokenLogprob>),
+    /// The log-probability of the next generated token (before its text).
+    Logprob(TokenLogprob),
     Delta(String),
     Done {
         finish: FinishReason,
@@ -58,6 +75,10 @@ pub struct Submission {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// Top-k log-probabilities wanted for each generated token.
+    pub logprobs: Option<usize>,
+    /// Top-k log-probabilities wanted for each prompt token (scoring).
+    pub prompt_logprobs: Option<usize>,
     pub arrived: Instant,
     /// Unbounded on purpose: the engine thread must never block on a slow
     /// client; a sequence sends at most `max_tokens + 1` events, so the
@@ -69,8 +90,8 @@ pub enum Command {
     Submit(Box<Submission>),
 }
 
-/// Gauges shared with the HTTP side.
-#[derive(Debug, Default)]
+/// Gauges and health shared with the HTTP side.
+#[derive(Debug)]
 pub struct Shared {
     pub running: AtomicUsize,
     /// Submitted but not yet taken in by the actor.
@@ -86,6 +107,38 @@ pub struct Shared {
     pub stop_requested: AtomicBool,
     /// Set by the loop when it has stopped and dropped every stream.
     pub stopped: AtomicBool,
+    /// Set by the server when a drain begins: requests that have not
+    /// started are refused (503 `draining`) instead of being run.
+    pub refuse_unstarted: AtomicBool,
+    /// True while the engine thread runs (cleared by a guard on exit or
+    /// panic).
+    pub alive: AtomicBool,
+    /// When the loop last came around, in ms since `epoch`.
+    pub beat_ms: AtomicU64,
+    /// Model steps failed in a row (0 after any successful step).
+    pub consecutive_failures: AtomicU32,
+    epoch: Instant,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            running: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            kv_usage_bits: AtomicU64::new(0),
+            utilization_bits: AtomicU64::new(0),
+            kv_high_for_ms: AtomicU64::new(0),
+            blocks_used: AtomicUsize::new(0),
+            stop_requested: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            refuse_unstarted: AtomicBool::new(false),
+            alive: AtomicBool::new(false),
+            beat_ms: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Shared {
@@ -101,6 +154,37 @@ impl Shared {
     }
     pub fn utilization(&self) -> f64 {
         f64::from_bits(self.utilization_bits.load(Ordering::Relaxed))
+    }
+
+    /// Records that the loop came around now.
+    pub fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.beat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// What the health verdict (`crate::health::judge`) looks at.
+    pub fn health_sample(&self) -> HealthSample {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        HealthSample {
+            alive: self.alive.load(Ordering::SeqCst),
+            stopped_on_purpose: self.stop_requested.load(Ordering::SeqCst),
+            since_beat: Duration::from_millis(
+                now.saturating_sub(self.beat_ms.load(Ordering::Relaxed)),
+            ),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Clears `Shared::alive` when the engine thread ends, however it ends.
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
+        if std::thread::panicking() {
+            tracing::error!("the engine thread panicked; this replica can no longer serve");
+        }
     }
 }
 
@@ -141,6 +225,8 @@ pub struct ActorConfig {
     /// KV usage above which the shedding clock runs.
     pub shed_kv_usage: f64,
     pub command_queue: usize,
+    /// Test aids (`--fault-*`); empty in production.
+    pub faults: FaultPlan,
 }
 
 struct Active {
@@ -168,6 +254,8 @@ struct Actor {
     seen_hits: u64,
     seen_lookups: u64,
     rss_read_at: Instant,
+    fault_rng: StdRng,
+    last_probe: Option<Instant>,
 }
 
 const UTIL_WINDOW: Duration = Duration::from_secs(5);
@@ -181,6 +269,9 @@ pub fn spawn(
 ) -> std::io::Result<EngineHandle> {
     let (tx, rx) = mpsc::sync_channel(cfg.command_queue.max(1));
     let shared = Arc::new(Shared::default());
+    let cfg_seed = cfg.faults.seed;
+    let mut core = core;
+    core.logit_noise = cfg.faults.logit_noise;
     let mut actor = Actor {
         core,
         codec,
@@ -198,16 +289,25 @@ pub fn spawn(
         rss_read_at: Instant::now()
             .checked_sub(Duration::from_secs(2))
             .unwrap_or_else(Instant::now),
+        fault_rng: crate::server::fault_rng(cfg_seed, 1),
+        last_probe: None,
     };
+    shared.beat();
+    shared.alive.store(true, Ordering::SeqCst);
+    let guard = AliveGuard(shared.clone());
     std::thread::Builder::new()
         .name("engine-step".into())
-        .spawn(move || actor.run(rx))?;
+        .spawn(move || {
+            let _alive = guard;
+            actor.run(rx)
+        })?;
     Ok(EngineHandle { tx, shared })
 }
 
 impl Actor {
     fn run(&mut self, rx: Receiver<Command>) {
         loop {
+            self.shared.beat();
             if self.shared.stop_requested.load(Ordering::Relaxed) {
                 tracing::info!(cut = self.active.len(), "engine loop stopping");
                 self.active.clear();
@@ -217,6 +317,7 @@ impl Actor {
                 match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(cmd) => self.intake(cmd),
                     Err(RecvTimeoutError::Timeout) => {
+                        self.probe_if_failing();
                         self.publish();
                         continue;
                     }
@@ -228,22 +329,20 @@ impl Actor {
                 self.intake(cmd);
             }
             self.cancel_gone();
-            let core = &mut self.core;
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.step()))
-                .unwrap_or_else(|p| {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "model step panicked".into());
-                    Err(tch::TchError::Torch(msg))
-                });
+            if self.shared.refuse_unstarted.load(Ordering::SeqCst) {
+                self.refuse_unstarted();
+            }
+            let result = self.step();
             match result {
                 Ok(out) => {
                     let ran = !out.plan.items.is_empty();
                     if ran {
+                        self.shared.consecutive_failures.store(0, Ordering::Relaxed);
                         self.metrics.batch_size.observe(out.plan.items.len() as f64);
                         self.busy_window.push_back((Instant::now(), out.busy));
+                        // Gauges before events: a client that sees its first
+                        // token and asks /load finds itself running.
+                        self.publish();
                     }
                     let t_sample = Instant::now();
                     let now = t_sample;
@@ -254,11 +353,23 @@ impl Actor {
                                 self.metrics
                                     .queue_wait
                                     .observe(now.duration_since(a.sub.arrived).as_secs_f64());
+                                let _ = a.sub.events.send(Event::Started);
                             }
                         }
                     }
-                    for (seq, logits) in out.logits {
-                        self.on_logits(seq, &logits);
+                    for (seq, lps) in out.prompt_logprobs {
+                        if self.cfg.faults.logit_noise > 0.0 {
+                            for _ in &lps {
+                                self.metrics.fault(Fault::LogitNoise);
+                            }
+                        }
+                        if let Some(a) = self.active.get(&seq) {
+                            let _ = a.sub.events.send(Event::PromptLogprobs(lps));
+                        }
+                    }
+                    let produced = !out.logits.is_empty();
+                    for (seq, mut logits) in out.logits {
+                        self.on_logits(seq, &mut logits);
                     }
                     if ran {
                         let sample = t_sample.elapsed();
@@ -273,11 +384,25 @@ impl Actor {
                             StepKind::of(out.prefill_tokens, out.tokens - out.prefill_tokens);
                         self.metrics
                             .step(kind, times, out.prefill_tokens, out.tokens);
+                        // Test aid: a slower accelerator, after the gauges
+                        // were published and outside the step's own times.
+                        if produced {
+                            if let Some(pause) = self.cfg.faults.token_pause(&mut self.fault_rng)
+                            {
+                                self.metrics.fault(Fault::TokenDelay);
+                                std::thread::sleep(pause);
+                            }
+                        }
                         continue;
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "model step failed; failing its requests");
+                    let n = self
+                        .shared
+                        .consecutive_failures
+                        .fetch_add(1, Ordering::Relaxed)
+                        + 1;
+                    tracing::error!(error = %e, consecutive_failures = n, "model step failed; failing its requests");
                     let ids: Vec<SeqId> = self.active.keys().copied().collect();
                     for id in ids {
                         if let Some(a) = self.active.remove(&id) {
@@ -292,13 +417,90 @@ impl Actor {
         self.shared.stopped.store(true, Ordering::Relaxed);
     }
 
+    /// Drain began: every request that has not started yet is refused, so
+    /// its client gets a 503 to retry elsewhere instead of a stream cut at
+    /// the end of the window.
+    fn refuse_unstarted(&mut self) {
+        let unstarted: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| !a.scheduled)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unstarted {
+            if let Some(a) = self.active.remove(&id) {
+                let _ = a.sub.events.send(Event::Refused(Refusal::Draining));
+            }
+            self.core.sched.remove(id);
+        }
+    }
+
+    /// While idle after failed steps, tries a small probe step every
+    /// `PROBE_INTERVAL`, so a replica that recovered turns ready again even
+    /// though, unready, it gets no traffic to prove it.
+    fn probe_if_failing(&mut self) {
+        if self.shared.consecutive_failures.load(Ordering::Relaxed) == 0
+            || self
+                .last_probe
+                .is_some_and(|t| t.elapsed() < PROBE_INTERVAL)
+        {
+            return;
+        }
+        self.last_probe = Some(Instant::now());
+        let injected = self.cfg.faults.fail_step(&mut self.fault_rng);
+        let core = &mut self.core;
+        let ok = !injected
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.warm_up()))
+                .is_ok_and(|r| r.is_ok());
+        // A failed warm-up may leave its probe sequence behind.
+        self.core.sched.remove(SeqId::MAX);
+        if injected {
+            self.metrics.fault(Fault::StepError);
+        }
+        if ok {
+            self.shared.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::info!("probe step succeeded; the engine is healthy again");
+        } else {
+            let n = self
+                .shared
+                .consecutive_failures
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
+            tracing::warn!(consecutive_failures = n, "probe step failed");
+        }
+    }
+
+    /// One model step; a panic inside it is an error, not a dead thread.
+    /// The step-error test aid fails the step before it runs.
+    fn step(&mut self) -> Result<super::core::StepOutput, tch::TchError> {
+        if !self.active.is_empty() && self.cfg.faults.fail_step(&mut self.fault_rng) {
+            self.metrics.fault(Fault::StepError);
+            tracing::info!(fault = Fault::StepError.as_str(), "injected fault");
+            return Err(tch::TchError::Torch(
+                "injected fault (--fault-step-error-rate)".into(),
+            ));
+        }
+        let core = &mut self.core;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| core.step())).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "model step panicked".into());
+            Err(tch::TchError::Torch(msg))
+        })
+    }
+
     fn intake(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(sub) => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.metrics.prompt_tokens.inc_by(sub.prompt.len() as u64);
-                self.core.sched.add(id, sub.prompt.clone());
+                match sub.prompt_logprobs {
+                    Some(k) => self.core.add_scored(id, sub.prompt.clone(), k),
+                    None => self.core.sched.add(id, sub.prompt.clone()),
+                }
                 // Count it as queued before it stops counting as submitted,
                 // so admission never sees a gap.
                 self.shared
@@ -341,12 +543,45 @@ impl Actor {
         }
     }
 
-    fn on_logits(&mut self, seq: SeqId, logits: &[f32]) {
+    fn on_logits(&mut self, seq: SeqId, logits: &mut [f32]) {
         let Some(a) = self.active.get_mut(&seq) else {
             return;
         };
-        let tok = a.sampler.sample(logits);
         let now = Instant::now();
+        if a.sub.max_tokens == 0 {
+            // Scoring only (`echo` with `max_tokens: 0`): the prompt is
+            // done, nothing is generated.
+            self.metrics
+                .e2e
+                .observe(now.duration_since(a.sub.arrived).as_secs_f64());
+            self.metrics.finish(FinishReason::Length.as_str());
+            let _ = a.sub.events.send(Event::Done {
+                finish: FinishReason::Length,
+                prompt_tokens: a.sub.prompt.len(),
+                completion_tokens: 0,
+            });
+            self.active.remove(&seq);
+            self.core.sched.remove(seq);
+            return;
+        }
+        let faults = &self.cfg.faults;
+        if faults.perturb_logits(logits, &mut self.fault_rng) {
+            self.metrics.fault(Fault::LogitNoise);
+        }
+        let mut tok = a.sampler.sample(logits);
+        if let Some(t) =
+            faults.corrupt_token(tok, logits.len(), &self.cfg.eos_ids, &mut self.fault_rng)
+        {
+            self.metrics.fault(Fault::CorruptToken);
+            tok = t;
+        }
+        let is_eos = !a.sub.ignore_eos && self.cfg.eos_ids.contains(&tok);
+        if let (Some(k), false) = (a.sub.logprobs, is_eos) {
+            let _ = a
+                .sub
+                .events
+                .send(Event::Logprob(logprobs_of(logits, tok, k)));
+        }
         match a.last_token_at {
             None => self
                 .metrics
@@ -358,7 +593,7 @@ impl Actor {
                 .observe(now.duration_since(prev).as_secs_f64()),
         }
         a.last_token_at = Some(now);
-        let finish = if !a.sub.ignore_eos && self.cfg.eos_ids.contains(&tok) {
+        let finish = if is_eos {
             a.generated += 1;
             let rest = a.stop.flush();
             if !rest.is_empty() {

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use tch::{Device, Kind, Tensor};
 
+use std::collections::HashMap;
+
+use super::score::{score_rows, ScoreRequest, ScoreRows, TokenLogprob};
 use crate::model::{DecodeGroup, KvCache, Llama, PrefillSeq, StepBatch};
 use crate::sched::{Scheduler, SchedulerConfig, SeqId, StepPlan};
 
@@ -15,6 +18,10 @@ pub struct EngineCore {
     model: Llama,
     kv: KvCache,
     pub sched: Scheduler,
+    /// Sequences whose prompt positions are scored (`add_scored`).
+    scoring: HashMap<SeqId, ScoreRequest>,
+    /// Test aid (`--fault-logit-noise`): noise on scored logits.
+    pub logit_noise: f64,
 }
 
 /// What one step did.
@@ -30,6 +37,9 @@ pub struct StepOutput {
     pub tokens: usize,
     /// Of `tokens`, how many were prompt (or recomputed) tokens.
     pub prefill_tokens: usize,
+    /// Log-probabilities of prompt tokens of scored sequences (positions
+    /// 1.. of the prompt, in order, possibly over several steps).
+    pub prompt_logprobs: Vec<(SeqId, Vec<TokenLogprob>)>,
 }
 
 impl EngineCore {
@@ -45,7 +55,25 @@ impl EngineCore {
             model,
             kv,
             sched: Scheduler::new(cfg),
+            scoring: HashMap::new(),
+            logit_noise: 0.0,
         }
+    }
+
+    /// Queues a sequence whose prompt tokens are scored: each prompt
+    /// position is computed (no prefix-cache reuse) and the step outputs
+    /// the log-probability of every prompt token after the first, with the
+    /// `top_k` alternatives.
+    pub fn add_scored(&mut self, id: SeqId, prompt: Vec<u32>, top_k: usize) {
+        self.scoring.insert(
+            id,
+            ScoreRequest {
+                top_k,
+                prompt_len: prompt.len(),
+                next: 1,
+            },
+        );
+        self.sched.add_with(id, prompt, false);
     }
 
     /// Runs a short prefill and two decode steps so the first real request
@@ -86,6 +114,7 @@ impl EngineCore {
                 schedule: t_plan.elapsed(),
                 tokens: 0,
                 prefill_tokens: 0,
+                prompt_logprobs: Vec::new(),
             });
         }
         let dev = self.model.device;
@@ -105,6 +134,12 @@ impl EngineCore {
         let mut dec_slots: Vec<Vec<i64>> = Vec::new();
         let mut logit_rows = Vec::new();
         let mut logit_seqs = Vec::new();
+        let mut score = ScoreRows::default();
+        let mut score_logit_rows = Vec::new();
+        if !self.scoring.is_empty() {
+            let sched = &self.sched;
+            self.scoring.retain(|id, _| !sched.tokens(*id).is_empty());
+        }
         for it in &plan.items {
             let row = tokens.len() as i64;
             let seq_tokens = self.sched.tokens(it.seq);
@@ -138,8 +173,23 @@ impl EngineCore {
                 logit_rows.push(row + it.len as i64 - 1);
                 logit_seqs.push(it.seq);
             }
+            if let Some(sc) = self.scoring.get_mut(&it.seq) {
+                // Row of position p predicts the prompt token at p + 1.
+                for p in it.start..it.start + it.len {
+                    let t = p + 1;
+                    if t >= sc.next && t < sc.prompt_len {
+                        score_logit_rows.push(row + (p - it.start) as i64);
+                        score.seqs.push(it.seq);
+                        score.targets.push(seq_tokens[t]);
+                        score.top_k.push(sc.top_k);
+                    }
+                }
+                sc.next = sc.next.max((it.start + it.len + 1).min(sc.prompt_len));
+            }
         }
         let dec_count = dec_rows.len();
+        let n_sample = logit_rows.len() as i64;
+        logit_rows.extend_from_slice(&score_logit_rows);
         let decode = if dec_rows.is_empty() {
             None
         } else {
@@ -175,7 +225,17 @@ impl EngineCore {
         };
         let schedule = t_plan.elapsed();
         let t0 = Instant::now();
-        let logits = self.model.forward(&mut self.kv, &batch);
+        let all_logits = self.model.forward(&mut self.kv, &batch);
+        let prompt_logprobs = if score.is_empty() {
+            Vec::new()
+        } else {
+            score_rows(
+                &all_logits.narrow(0, n_sample, score.len() as i64),
+                &score,
+                self.logit_noise,
+            )?
+        };
+        let logits = all_logits.narrow(0, 0, n_sample);
         let vocab = self.model.cfg.vocab_size;
         let flat = Vec::<f32>::try_from(
             logits
@@ -198,6 +258,7 @@ impl EngineCore {
             schedule,
             tokens: n_tokens,
             prefill_tokens,
+            prompt_logprobs,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod core;
+pub mod score;
 
 pub use self::actor::{spawn, ActorConfig, EngineHandle, Event, FinishReason, Submission};
 pub use self::core::{EngineCore, StepOutput};

@@ -46,6 +46,9 @@ struct Seq {
     blocks: Vec<BlockId>,
     /// Prefix hashes of the leading full blocks already registered/looked up.
     hashes: Vec<u64>,
+    /// False for a sequence whose every prompt position must be computed
+    /// (prompt scoring needs the logits of each one).
+    reuse_prefix: bool,
 }
 
 /// One sequence's share of a step: tokens `[start, start + len)` of it.
@@ -94,6 +97,12 @@ impl Scheduler {
 
     /// Queues a new sequence with its prompt.
     pub fn add(&mut self, id: SeqId, prompt: Vec<u32>) {
+        self.add_with(id, prompt, true);
+    }
+
+    /// Queues a new sequence; with `reuse_prefix` false it never takes
+    /// cached prefix blocks, so every prompt position is computed.
+    pub fn add_with(&mut self, id: SeqId, prompt: Vec<u32>, reuse_prefix: bool) {
         self.seqs.insert(
             id,
             Seq {
@@ -101,6 +110,7 @@ impl Scheduler {
                 computed: 0,
                 blocks: Vec::new(),
                 hashes: Vec::new(),
+                reuse_prefix,
             },
         );
         self.waiting.push_back(id);
@@ -207,7 +217,7 @@ impl Scheduler {
         }
         let bs = self.cfg.block_size;
         let Some(s) = self.seqs.get(&id) else { return };
-        if !s.blocks.is_empty() {
+        if !s.blocks.is_empty() || !s.reuse_prefix {
             return;
         }
         let max_blocks = s.tokens.len().saturating_sub(1) / bs;
@@ -653,6 +663,27 @@ mod tests {
             }
             assert_eq!(s.blocks_used(), 0);
         }
+    }
+
+    #[test]
+    fn a_sequence_added_without_prefix_reuse_computes_its_whole_prompt() {
+        let mut s = Scheduler::new(cfg(64, 64));
+        let prompt: Vec<u32> = (0..10).collect();
+        s.add(1, prompt.clone());
+        step(&mut s);
+        s.remove(1);
+        s.add_with(2, prompt, false);
+        let p = step(&mut s);
+        assert_eq!(
+            p.items[0],
+            PlanItem {
+                seq: 2,
+                start: 0,
+                len: 10,
+                wants_logits: true
+            }
+        );
+        assert_eq!(s.prefix_stats().hits, 0);
     }
 
     #[test]

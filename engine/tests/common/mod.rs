@@ -27,7 +27,7 @@ pub fn tiny_model() -> PathBuf {
     .clone()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -46,12 +46,23 @@ impl Engine {
     pub async fn start(extra: &[&str]) -> Engine {
         let mut args = vec!["--torch-threads", "1"];
         args.extend_from_slice(extra);
-        Self::start_with(&args, &[]).await
+        Self::spawn(&args, &[], Stdio::inherit()).await
     }
 
     /// Starts an engine with exactly these extra flags and environment
     /// variables (no thread count of its own) and waits until /ready.
     pub async fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Engine {
+        Self::spawn(extra, env, Stdio::inherit()).await
+    }
+
+    /// Like `start`, with the engine's stderr going to `stderr`.
+    pub async fn start_with_stderr(extra: &[&str], stderr: Stdio) -> Engine {
+        let mut args = vec!["--torch-threads", "1"];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &[], stderr).await
+    }
+
+    async fn spawn(extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Engine {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_steward-engine"))
             .arg("serve")
@@ -63,7 +74,7 @@ impl Engine {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn steward-engine");
         let e = Engine {
@@ -250,4 +261,73 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Sends SIGTERM to the engine (what the kubelet does after preStop).
+pub fn sigterm(e: &Engine) {
+    // SAFETY: sending a signal to our own child process.
+    let rc = unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM sent");
+}
+
+/// The engine's port.
+pub fn port(e: &Engine) -> u16 {
+    e.base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port in base url")
+}
+
+/// A blocking loopback TCP connection whose receive buffer is set to
+/// `rcvbuf` bytes before connecting (a client that reads slowly, with no
+/// large kernel buffer to hide it).
+pub fn connect_with_rcvbuf(port: u16, rcvbuf: i32) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we own; it is handed to
+    // TcpStream, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &rcvbuf as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "SO_RCVBUF");
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect");
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// A raw HTTP/1.1 POST with a JSON body (`Connection: close`).
+pub fn raw_post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Resident memory of a process in MiB (VmRSS), if it can be read.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
