@@ -144,7 +144,9 @@ async fn token_delay_with_jitter_raises_inter_token_latency() {
         &["fault=\"token_delay\""],
     )
     .unwrap_or(0.0);
-    assert!(n >= 12.0, "one pause per step that produced a token: {n}");
+    // One pause per step that produced a token; the last one may still be
+    // running (and uncounted) when the response has arrived.
+    assert!(n >= 11.0, "one pause per step that produced a token: {n}");
 }
 
 #[tokio::test]

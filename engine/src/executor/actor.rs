@@ -387,8 +387,7 @@ impl Actor {
                         // Test aid: a slower accelerator, after the gauges
                         // were published and outside the step's own times.
                         if produced {
-                            if let Some(pause) = self.cfg.faults.token_pause(&mut self.fault_rng)
-                            {
+                            if let Some(pause) = self.cfg.faults.token_pause(&mut self.fault_rng) {
                                 self.metrics.fault(Fault::TokenDelay);
                                 std::thread::sleep(pause);
                             }
