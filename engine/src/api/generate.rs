@@ -90,11 +90,12 @@ async fn read_body(headers: &HeaderMap, body: Body, l: &BodyLimits) -> Result<By
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
     if declared.is_some_and(|n| n > l.max_bytes as u64) {
+        linger(&mut body, l, 0).await;
         return Err(ApiError::BodyTooLarge(l.max_bytes));
     }
     let read = async {
-        let mut body = body;
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
@@ -102,16 +103,45 @@ async fn read_body(headers: &HeaderMap, body: Body, l: &BodyLimits) -> Result<By
             })?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > l.max_bytes {
-                    return Err(ApiError::BodyTooLarge(l.max_bytes));
+                    return Err(ApiError::BodyTooLarge(buf.len() + data.len()));
                 }
                 buf.extend_from_slice(&data);
             }
         }
         Ok(buf.freeze())
     };
-    tokio::time::timeout(l.read_timeout, read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout(l.read_timeout))?
+    match tokio::time::timeout(l.read_timeout, read).await {
+        Err(_) => Err(ApiError::BodyTimeout(l.read_timeout)),
+        Ok(Err(ApiError::BodyTooLarge(seen))) => {
+            linger(&mut body, l, seen).await;
+            Err(ApiError::BodyTooLarge(l.max_bytes))
+        }
+        Ok(r) => r,
+    }
+}
+
+/// Reads and discards the rest of a refused body, up to `LINGER_FACTOR` ×
+/// the limit and at most `LINGER_TIME`, before the 413 is sent. A client is
+/// usually still writing when the refusal is decided; answering and closing
+/// at once makes the kernel reset the connection, and the client then sees
+/// a broken pipe instead of the 413 (a lingering close, as nginx does).
+/// Bodies beyond the bound are cut, as before.
+async fn linger(body: &mut Body, l: &BodyLimits, already: usize) {
+    const LINGER_FACTOR: usize = 4;
+    const LINGER_TIME: Duration = Duration::from_secs(2);
+    let cap = l.max_bytes.saturating_mul(LINGER_FACTOR);
+    let drain = async {
+        let mut seen = already;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > cap {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME.min(l.read_timeout), drain).await;
 }
 
 /// Parse, tokenise (chat template included) and validate: CPU work that
