@@ -10,14 +10,17 @@
 //! gets an error event, then the response is aborted so the client cannot
 //! mistake it for a complete one.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures::stream;
-use http_body_util::BodyExt;
+use http_body::Frame;
 use hyper::body::Incoming;
 
+use crate::endpoints::{EjectCause, EjectPolicy, EndpointState, Outcome};
 use crate::error::error_body;
 use crate::metrics::{Metrics, ReasonLabels, RouteLabels};
 use crate::sse::SseCounter;
@@ -43,6 +46,13 @@ impl StreamError {
     }
 }
 
+/// The endpoint whose answer this is, to tell its passive health how it ended.
+pub struct EndpointHealth {
+    pub state: std::sync::Arc<EndpointState>,
+    pub addr: std::net::SocketAddr,
+    pub policy: EjectPolicy,
+}
+
 /// What the body needs to record its metrics.
 pub struct BodyContext {
     pub metrics: Metrics,
@@ -51,20 +61,38 @@ pub struct BodyContext {
     pub idle_timeout: Duration,
     pub sse: bool,
     pub holds: Holds,
+    /// `None` when the response head already said how it went (e.g. a 500).
+    pub health: Option<EndpointHealth>,
 }
 
 struct State {
-    body: Incoming,
     ctx: BodyContext,
     counter: SseCounter,
     first_byte_seen: bool,
     finished: bool,
-    abort_next: bool,
 }
 
 impl State {
+    /// Tells the endpoint's passive health how this answer ended (once).
+    fn outcome(&mut self, outcome: Outcome) {
+        let Some(h) = self.ctx.health.take() else {
+            return;
+        };
+        if h.state.record_outcome(outcome, Instant::now(), &h.policy) {
+            self.ctx.metrics.ejected(EjectCause::Errors);
+            tracing::warn!(endpoint = %h.addr, service = %self.ctx.labels.service, revision = %self.ctx.labels.revision,
+                errors = h.policy.consecutive_errors, "endpoint ejected after a run of errors");
+        }
+    }
+
     fn finish(&mut self) {
         self.finished = true;
+        let in_band_error = self.ctx.sse && self.counter.error_events() > 0;
+        self.outcome(if in_band_error {
+            Outcome::Error
+        } else {
+            Outcome::Success
+        });
         self.ctx
             .metrics
             .request_duration
@@ -107,70 +135,147 @@ impl Drop for State {
     }
 }
 
+/// Where the body is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Streaming,
+    /// The in-band error event went out; yield once so hyper writes it, then fail.
+    AbortAfterYield,
+    Abort,
+    Done,
+}
+
+/// The engine's body as the client's body (see the module docs).
+pub struct ProxyBody {
+    inner: Incoming,
+    st: State,
+    phase: Phase,
+    /// When the next chunk must have arrived.
+    deadline: tokio::time::Instant,
+    /// Created only when the engine makes us wait (small answers never do).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ProxyBody {
+    fn fail(&mut self, err: StreamError) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.st.finished = true;
+        self.st.outcome(Outcome::Error);
+        let l = &self.st.ctx.labels;
+        self.st
+            .ctx
+            .metrics
+            .stream_errors
+            .get_or_create(&ReasonLabels {
+                namespace: l.namespace.clone(),
+                service: l.service.clone(),
+                revision: l.revision.clone(),
+                reason: err.reason().to_string(),
+            })
+            .inc();
+        tracing::warn!(service = %l.service, revision = %l.revision, error = %err, "stream cut after first byte; not retried");
+        if self.st.ctx.sse {
+            self.phase = Phase::AbortAfterYield;
+            let event = format!(
+                "data: {}\n\n",
+                error_body(&err.to_string(), "upstream_stream_error")
+            );
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
+        }
+        self.phase = Phase::Done;
+        Poll::Ready(Some(Err(std::io::Error::other(err))))
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        loop {
+            match this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::AbortAfterYield => {
+                    this.phase = Phase::Abort;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Phase::Abort => {
+                    this.phase = Phase::Done;
+                    return Poll::Ready(Some(Err(std::io::Error::other(
+                        "stream aborted after upstream error",
+                    ))));
+                }
+                Phase::Streaming => {}
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.st.on_data(&data);
+                        if this.inner.is_end_stream() {
+                            // A sized body may not be polled again once complete.
+                            this.st.finish();
+                            this.phase = Phase::Done;
+                        } else {
+                            this.deadline = tokio::time::Instant::now() + this.st.ctx.idle_timeout;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Err(_) => continue, // trailers: not forwarded
+                },
+                Poll::Ready(None) => {
+                    this.st.finish();
+                    this.phase = Phase::Done;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => return this.fail(StreamError::Upstream(e)),
+                Poll::Pending => {
+                    let deadline = this.deadline;
+                    let idle = this
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if idle.deadline() != deadline {
+                        idle.as_mut().reset(deadline);
+                    }
+                    if idle.as_mut().poll(cx).is_ready() {
+                        let timeout = this.st.ctx.idle_timeout;
+                        return this.fail(StreamError::Idle(timeout));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.phase {
+            Phase::Streaming => self.inner.size_hint(),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+}
+
 /// Wraps the engine's body for the client.
 pub fn stream_body(body: Incoming, ctx: BodyContext) -> Body {
-    let state = State {
-        body,
+    let deadline = tokio::time::Instant::now() + ctx.idle_timeout;
+    let st = State {
         ctx,
         counter: SseCounter::default(),
         first_byte_seen: false,
         finished: false,
-        abort_next: false,
     };
-    let s = stream::unfold(state, |mut st| async move {
-        if st.abort_next {
-            // After the in-band error event: abort rather than end cleanly.
-            // Yield once first so hyper flushes the event before it sees the error.
-            st.abort_next = false;
-            tokio::task::yield_now().await;
-            return Some((
-                Err(std::io::Error::other("stream aborted after upstream error")),
-                st,
-            ));
-        }
-        if st.finished {
-            return None;
-        }
-        loop {
-            let next = tokio::time::timeout(st.ctx.idle_timeout, st.body.frame()).await;
-            let err = match next {
-                Ok(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        st.on_data(&data);
-                        return Some((Ok(data), st));
-                    }
-                    Err(_) => continue, // trailers: not forwarded
-                },
-                Ok(None) => {
-                    st.finish();
-                    return None;
-                }
-                Ok(Some(Err(e))) => StreamError::Upstream(e),
-                Err(_) => StreamError::Idle(st.ctx.idle_timeout),
-            };
-            st.finished = true;
-            let l = &st.ctx.labels;
-            st.ctx
-                .metrics
-                .stream_errors
-                .get_or_create(&ReasonLabels {
-                    namespace: l.namespace.clone(),
-                    service: l.service.clone(),
-                    revision: l.revision.clone(),
-                    reason: err.reason().to_string(),
-                })
-                .inc();
-            tracing::warn!(service = %l.service, revision = %l.revision, error = %err, "stream cut after first byte; not retried");
-            if st.ctx.sse {
-                st.abort_next = true;
-                let event = format!(
-                    "data: {}\n\n",
-                    error_body(&err.to_string(), "upstream_stream_error")
-                );
-                return Some((Ok(Bytes::from(event)), st));
-            }
-            return Some((Err(std::io::Error::other(err)), st));
-        }
-    });
-    Body::from_stream(s)
+    Body::new(ProxyBody {
+        inner: body,
+        st,
+        phase: Phase::Streaming,
+        deadline,
+        idle: None,
+    })
 }

@@ -13,7 +13,16 @@ use crate::retry::BudgetConfig;
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     pub connect_timeout: Duration,
+    /// Until a streaming request's response head.
     pub first_byte_timeout: Duration,
+    /// Until a non-streaming request's response head (the whole generation).
+    pub response_timeout: Duration,
+    /// Until the whole request body has arrived.
+    pub body_read_timeout: Duration,
+    /// Bytes all request bodies being buffered may hold together.
+    pub max_buffered_body_bytes: usize,
+    /// Consecutive engine errors that eject an endpoint (0: never).
+    pub eject_after_errors: u32,
     pub idle_timeout: Duration,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
@@ -39,6 +48,10 @@ impl Default for ProxyConfig {
         Self {
             connect_timeout: Duration::from_secs(1),
             first_byte_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(600),
+            body_read_timeout: Duration::from_secs(30),
+            max_buffered_body_bytes: 128 << 20,
+            eject_after_errors: 5,
             idle_timeout: Duration::from_secs(60),
             max_body_bytes: 4 << 20,
             max_header_bytes: 64 << 10,
@@ -56,6 +69,34 @@ impl Default for ProxyConfig {
             prefix_tolerance: 1.0,
             prefix_block_bytes: 256,
             no_endpoint_retry_after: 1,
+        }
+    }
+}
+
+/// The HTTP server in front of the proxy: connections and shutdown.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Most client connections open at once; beyond it, accepting pauses.
+    pub max_connections: usize,
+    /// Until a request's headers have arrived (slow-header clients are cut).
+    pub header_read_timeout: Duration,
+    /// Largest request head (hyper's read buffer is sized from it).
+    pub max_header_bytes: usize,
+    /// After SIGTERM: keep serving (readiness false, `Connection: close`)
+    /// while load balancers and clients stop sending here.
+    pub shutdown_delay: Duration,
+    /// Then: stop accepting and let open requests and streams finish, at most this long.
+    pub drain_window: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+            shutdown_delay: Duration::from_secs(5),
+            drain_window: Duration::from_secs(60),
         }
     }
 }
@@ -105,6 +146,25 @@ pub struct Cli {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Client connections and shutdown.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Most client connections open at once; beyond it the router stops accepting until one closes.
+    #[arg(long, env = "STEWARD_ROUTER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive; slower connections are closed.
+    #[arg(long, env = "STEWARD_ROUTER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// After SIGTERM, keep serving this long (readiness false, responses carry `Connection: close`) while endpoints update.
+    #[arg(long, env = "STEWARD_ROUTER_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Then stop accepting and let open requests and streams finish, at most this long.
+    #[arg(long, env = "STEWARD_ROUTER_DRAIN_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
 }
 
 /// Where to find InferenceServices and pods.
@@ -133,9 +193,21 @@ pub struct ProxyArgs {
     /// TCP connect timeout to an engine.
     #[arg(long, env = "STEWARD_ROUTER_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
-    /// Time allowed until the engine's response head.
+    /// Time allowed until the engine's response head of a streaming request.
     #[arg(long, env = "STEWARD_ROUTER_FIRST_BYTE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub first_byte_timeout: Duration,
+    /// Time allowed until the response of a non-streaming request (it comes when generation ends).
+    #[arg(long, env = "STEWARD_ROUTER_RESPONSE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub response_timeout: Duration,
+    /// Time allowed for the whole request body to arrive (408 after).
+    #[arg(long, env = "STEWARD_ROUTER_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Bytes all request bodies being read may hold together (503 + Retry-After beyond).
+    #[arg(long, env = "STEWARD_ROUTER_MAX_BUFFERED_BODY_BYTES", default_value_t = 128 << 20)]
+    pub max_buffered_body_bytes: usize,
+    /// Consecutive engine errors (5xx but 503, in-band error events, cut or stalled streams) that eject an endpoint; 0 never ejects on errors.
+    #[arg(long, env = "STEWARD_ROUTER_EJECT_AFTER_ERRORS", default_value_t = 5)]
+    pub eject_after_errors: u32,
     /// Longest gap between two body chunks of a response.
     #[arg(long, env = "STEWARD_ROUTER_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
@@ -152,7 +224,7 @@ pub struct ProxyArgs {
         default_value = "x-session-key"
     )]
     pub session_header: String,
-    /// Endpoint ejection after a connect failure (doubles on repeats, up to 8x).
+    /// Endpoint ejection time after a connect failure or a run of errors (doubles on repeats, up to 8x).
     #[arg(long, env = "STEWARD_ROUTER_EJECT_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub eject_duration: Duration,
     /// Prefer the endpoint owning the prompt's first block when loads are close.
@@ -215,6 +287,10 @@ impl Cli {
         ProxyConfig {
             connect_timeout: self.proxy.connect_timeout,
             first_byte_timeout: self.proxy.first_byte_timeout,
+            response_timeout: self.proxy.response_timeout,
+            body_read_timeout: self.proxy.body_read_timeout,
+            max_buffered_body_bytes: self.proxy.max_buffered_body_bytes,
+            eject_after_errors: self.proxy.eject_after_errors,
             idle_timeout: self.proxy.idle_timeout,
             max_body_bytes: self.proxy.max_body_bytes,
             max_header_bytes: self.proxy.max_header_bytes,
@@ -239,6 +315,16 @@ impl Cli {
         }
     }
 
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            max_connections: self.server.max_connections,
+            header_read_timeout: self.server.header_read_timeout,
+            max_header_bytes: self.proxy.max_header_bytes,
+            shutdown_delay: self.server.shutdown_delay,
+            drain_window: self.server.drain_window,
+        }
+    }
+
     pub fn poll_config(&self) -> PollConfig {
         PollConfig {
             interval: self.discovery.load_poll_interval,
@@ -259,6 +345,26 @@ mod tests {
         assert_eq!(p.connect_timeout, d.connect_timeout);
         assert_eq!(p.retry_budget, d.retry_budget);
         assert_eq!(p.max_body_bytes, d.max_body_bytes);
+        assert_eq!(p.response_timeout, d.response_timeout);
+        assert_eq!(p.body_read_timeout, d.body_read_timeout);
+        assert_eq!(p.max_buffered_body_bytes, d.max_buffered_body_bytes);
+        assert_eq!(p.eject_after_errors, d.eject_after_errors);
+        let s = cli.server_config();
+        let ds = ServerConfig::default();
+        assert_eq!(
+            (
+                s.max_connections,
+                s.header_read_timeout,
+                s.shutdown_delay,
+                s.drain_window
+            ),
+            (
+                ds.max_connections,
+                ds.header_read_timeout,
+                ds.shutdown_delay,
+                ds.drain_window
+            )
+        );
         assert_eq!(cli.discovery.resync_interval, Duration::from_secs(30));
         assert_eq!(cli.poll_config().interval, Duration::from_millis(500));
     }

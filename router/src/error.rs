@@ -22,6 +22,16 @@ pub enum ProxyError {
     NoRoute { method: String, path: String },
     #[error("the model `{0}` does not exist")]
     UnknownModel(String),
+    #[error("the model name `{model}` belongs to the older InferenceService {owner}; the claim in namespace `{namespace}` gets no traffic")]
+    ModelNameConflict {
+        model: String,
+        namespace: String,
+        owner: String,
+    },
+    #[error("could not read the request body: {0}")]
+    BodyUnreadable(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("the model `{model}` has no serving endpoint right now")]
     NoEndpoint {
         model: String,
@@ -29,8 +39,11 @@ pub enum ProxyError {
     },
     #[error("tenant `{tenant}` is over its limit ({})", throttle.reason.as_str())]
     TenantThrottled { tenant: String, throttle: Throttled },
-    #[error("the router is at its concurrency limit")]
-    Overloaded { retry_after_secs: u64 },
+    #[error("the router is at its limit ({})", reason.as_str())]
+    Overloaded {
+        retry_after_secs: u64,
+        reason: crate::limits::ThrottleReason,
+    },
     #[error("upstream failed before responding: {reason}")]
     UpstreamUnavailable {
         reason: &'static str,
@@ -47,6 +60,9 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute { .. } | Self::UnknownModel(_) => StatusCode::NOT_FOUND,
+            Self::ModelNameConflict { .. } => StatusCode::CONFLICT,
+            Self::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NoEndpoint { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TenantThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
@@ -62,6 +78,9 @@ impl ProxyError {
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::NoRoute { .. } => "not_found",
             Self::UnknownModel(_) => "model_not_found",
+            Self::ModelNameConflict { .. } => "model_name_conflict",
+            Self::BodyUnreadable(_) => "invalid_request_error",
+            Self::BodyTimeout(_) => "request_timeout",
             Self::NoEndpoint { .. } => "no_endpoint",
             Self::TenantThrottled { .. } => "rate_limit_exceeded",
             Self::Overloaded { .. } => "overloaded",
@@ -75,7 +94,9 @@ impl ProxyError {
             Self::NoEndpoint {
                 retry_after_secs, ..
             }
-            | Self::Overloaded { retry_after_secs }
+            | Self::Overloaded {
+                retry_after_secs, ..
+            }
             | Self::UpstreamUnavailable {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
@@ -101,7 +122,10 @@ impl IntoResponse for ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, Self::BodyTooLarge { .. }) {
+        if matches!(
+            self,
+            Self::BodyTooLarge { .. } | Self::BodyTimeout(_) | Self::BodyUnreadable(_)
+        ) {
             // The unread rest of the body makes the connection unusable.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -56,6 +56,9 @@ pub struct TrafficWeight {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceView {
     pub key: ObjKey,
+    /// `metadata.creationTimestamp` in Unix seconds: the age of the model
+    /// name claim (docs/router.md, "Model names"). `None` only for static routes.
+    pub created: Option<i64>,
     /// `spec.model.name`: what clients put in the request's `model`.
     pub model: String,
     /// `status.traffic`.
@@ -68,6 +71,9 @@ pub struct ServiceView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView {
     pub key: ObjKey,
+    /// `metadata.uid`: the identity of the endpoint, so a new pod that gets
+    /// a dead pod's IP starts with fresh load and health state.
+    pub uid: String,
     /// Label `serving.steward.dev/service`.
     pub service: String,
     /// Label `serving.steward.dev/revision`.
@@ -178,9 +184,26 @@ impl SharedIndex {
         };
         let out = f(&mut index);
         let table = Arc::new(index.table());
-        match self.inner.table.write() {
-            Ok(mut t) => *t = table,
-            Err(poisoned) => *poisoned.into_inner() = table,
+        let previous = match self.inner.table.write() {
+            Ok(mut t) => std::mem::replace(&mut *t, table.clone()),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), table.clone()),
+        };
+        if previous.conflicts != table.conflicts {
+            for c in table
+                .conflicts
+                .iter()
+                .filter(|c| !previous.conflicts.contains(c))
+            {
+                tracing::warn!(model = %c.model, claim = %c.claim, owner = %c.owner,
+                    "model name already owned by an older InferenceService; this claim gets no traffic");
+            }
+            for c in previous
+                .conflicts
+                .iter()
+                .filter(|c| !table.conflicts.contains(c))
+            {
+                tracing::info!(model = %c.model, claim = %c.claim, "model name conflict resolved");
+            }
         }
         out
     }
@@ -218,6 +241,7 @@ pub(crate) mod fixtures {
     pub fn service(ns: &str, name: &str, model: &str, traffic: &[(&str, u32)]) -> ServiceView {
         ServiceView {
             key: ObjKey::new(ns, name),
+            created: Some(0),
             model: model.to_string(),
             traffic: traffic
                 .iter()
@@ -233,6 +257,7 @@ pub(crate) mod fixtures {
     pub fn pod(ns: &str, name: &str, service: &str, revision: &str, ip: [u8; 4]) -> PodView {
         PodView {
             key: ObjKey::new(ns, name),
+            uid: format!("uid-{ns}-{name}"),
             service: service.to_string(),
             revision: revision.to_string(),
             serving: true,

@@ -7,7 +7,9 @@
 //! by load ([`endpoints`]); [`proxy`] streams the engine's answer back, with
 //! [`retry`] deciding whether a failure before the first byte is tried again.
 //! [`discovery`] feeds the index from the API server, [`load`] polls the
-//! engines' `/load`, [`metrics`] exports `steward_router_*`.
+//! engines' `/load`, [`metrics`] exports `steward_router_*`; [`serve`]
+//! accepts connections, reads request bodies through [`upload`] and runs
+//! the shutdown sequence.
 //!
 //! Decisions ([`index`], [`table`], [`pick`], [`limits`], [`retry`], [`sse`])
 //! are pure and unit tested; I/O lives in [`proxy`], [`upstream`], [`load`],
@@ -27,7 +29,9 @@ pub mod pick;
 pub mod proxy;
 pub mod request;
 pub mod retry;
+pub mod serve;
 pub mod server;
 pub mod sse;
 pub mod table;
+pub mod upload;
 pub mod upstream;

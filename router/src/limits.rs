@@ -57,6 +57,8 @@ pub enum ThrottleReason {
     TenantConcurrency,
     TenantTableFull,
     GlobalConcurrency,
+    /// The bytes of request bodies being read would exceed their budget.
+    BodyBudget,
 }
 
 impl ThrottleReason {
@@ -66,6 +68,7 @@ impl ThrottleReason {
             Self::TenantConcurrency => "tenant_concurrency",
             Self::TenantTableFull => "tenant_table_full",
             Self::GlobalConcurrency => "global_concurrency",
+            Self::BodyBudget => "body_budget",
         }
     }
 }

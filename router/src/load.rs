@@ -18,9 +18,10 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::PollConfig;
-use crate::endpoints::{EndpointState, EndpointStates, LoadReport};
+use crate::endpoints::{EjectCause, EndpointState, EndpointStates, LoadReport};
 use crate::index::SharedIndex;
 use crate::metrics::Metrics;
+use crate::table::Endpoint;
 use crate::upstream::UpstreamClient;
 
 /// Why one poll failed.
@@ -66,11 +67,13 @@ impl Poller {
         self.endpoints.retain(&live);
         self.metrics.endpoints.set(live.len() as i64);
         self.metrics.services.set(table.models().count() as i64);
-        join_all(live.iter().map(|&addr| self.poll_one(addr))).await;
+        self.metrics.set_conflicts(&table.conflicts);
+        join_all(live.iter().map(|ep| self.poll_one(ep))).await;
     }
 
-    async fn poll_one(&self, addr: SocketAddr) {
-        let state: Arc<EndpointState> = self.endpoints.get(addr);
+    async fn poll_one(&self, ep: &Endpoint) {
+        let addr = ep.addr;
+        let state: Arc<EndpointState> = self.endpoints.get(ep);
         match tokio::time::timeout(self.cfg.timeout, fetch(&self.client, addr)).await {
             Ok(Ok(report)) => state.record_load(report),
             Ok(Err(e)) => {
@@ -79,7 +82,7 @@ impl Poller {
                 if matches!(e, PollError::Connect)
                     && state.record_connect_failure(Instant::now(), self.eject_duration)
                 {
-                    self.metrics.endpoint_ejections.inc();
+                    self.metrics.ejected(EjectCause::Connect);
                     tracing::warn!(endpoint = %addr, "endpoint ejected: /load connect failed");
                 }
             }

@@ -1,13 +1,12 @@
 //! steward-router binary: flags → discovery + load poller + HTTP server.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::Parser;
 use steward_router::config::{Cli, LogFormat};
 use steward_router::discovery::{self, static_routes, DiscoveryConfig};
 use steward_router::index::SharedIndex;
-use steward_router::server::{app, nodelay, RouterState};
+use steward_router::serve::{serve, ShutdownHandle};
+use steward_router::server::{serve_parts, RouterState};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the proxy allocates small, short-lived buffers per request;
@@ -52,12 +51,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
     tracing::info!(listen = %cli.listen, namespace = ?cli.discovery.namespace, "steward-router serving");
-    axum::serve(nodelay(listener), app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
-    // Give open streams a moment; the Deployment's grace period bounds the rest.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shutdown = ShutdownHandle::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.trigger();
+        }
+    });
+    let report = serve(listener, cli.server_config(), serve_parts(&state, shutdown)).await;
+    tracing::info!(cut = report.cut, took = ?report.drained_in, "steward-router stopped");
     Ok(())
 }
 
@@ -74,5 +77,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
-    tracing::info!("shutting down");
+    tracing::info!("termination signal received");
 }

@@ -44,6 +44,22 @@ pub struct ThrottleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectLabels {
+    /// `connect` or `errors`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    /// The conflicting InferenceService (it gets no traffic).
+    pub namespace: String,
+    pub service: String,
+    pub model: String,
+    /// The owner of the name, `namespace/name`.
+    pub owner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiscoveryLabels {
     pub kind: String,
     pub event: String,
@@ -67,7 +83,14 @@ pub struct Metrics {
     pub throttled: Family<ThrottleLabels, Counter>,
     pub in_flight: Family<RouteLabels, Gauge>,
     pub retry_budget_exhausted: Counter,
-    pub endpoint_ejections: Counter,
+    pub endpoint_ejections: Family<EjectLabels, Counter>,
+    pub model_name_conflicts: Family<ConflictLabels, Gauge>,
+    /// The conflict series set now, so an update removes only stale ones.
+    conflicts_set: std::sync::Arc<std::sync::Mutex<Vec<ConflictLabels>>>,
+    pub buffered_body_bytes: Gauge,
+    pub body_read_timeouts: Counter,
+    pub shutting_down: Gauge,
+    pub connections: Gauge,
     pub endpoints: Gauge,
     pub services: Gauge,
     pub load_poll_failures: Counter,
@@ -90,7 +113,13 @@ impl Metrics {
             throttled: Family::default(),
             in_flight: Family::default(),
             retry_budget_exhausted: Counter::default(),
-            endpoint_ejections: Counter::default(),
+            endpoint_ejections: Family::default(),
+            model_name_conflicts: Family::default(),
+            conflicts_set: Default::default(),
+            buffered_body_bytes: Gauge::default(),
+            body_read_timeouts: Counter::default(),
+            shutting_down: Gauge::default(),
+            connections: Gauge::default(),
             endpoints: Gauge::default(),
             services: Gauge::default(),
             load_poll_failures: Counter::default(),
@@ -157,8 +186,34 @@ impl Metrics {
         );
         r.register(
             "endpoint_ejections",
-            "Endpoints ejected after a connect failure",
+            "Endpoints ejected, by reason (connect failure or a run of errors)",
             m.endpoint_ejections.clone(),
+        );
+        r.register(
+            "model_name_conflicts",
+            "InferenceServices refused their model name because an older one owns it",
+            m.model_name_conflicts.clone(),
+        );
+        r.register_with_unit(
+            "buffered_body",
+            "Request body bytes held in memory now (bounded by --max-buffered-body-bytes)",
+            Unit::Bytes,
+            m.buffered_body_bytes.clone(),
+        );
+        r.register(
+            "body_read_timeouts",
+            "Requests answered 408 because their body did not arrive within --body-read-timeout",
+            m.body_read_timeouts.clone(),
+        );
+        r.register(
+            "connections",
+            "Client connections open now (bounded by --max-connections)",
+            m.connections.clone(),
+        );
+        r.register(
+            "shutting_down",
+            "1 from SIGTERM until exit (serving through the shutdown delay, then draining)",
+            m.shutting_down.clone(),
         );
         r.register(
             "endpoints",
@@ -186,6 +241,43 @@ impl Metrics {
             m.discovery_malformed.clone(),
         );
         m
+    }
+}
+
+impl Metrics {
+    /// Counts one ejection.
+    pub fn ejected(&self, cause: crate::endpoints::EjectCause) {
+        self.endpoint_ejections
+            .get_or_create(&EjectLabels {
+                reason: cause.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Replaces the conflict series with the routing table's current conflicts.
+    pub fn set_conflicts(&self, conflicts: &[crate::table::Conflict]) {
+        let now: Vec<ConflictLabels> = conflicts
+            .iter()
+            .map(|c| ConflictLabels {
+                namespace: c.claim.namespace.clone(),
+                service: c.claim.name.clone(),
+                model: c.model.clone(),
+                owner: c.owner.to_string(),
+            })
+            .collect();
+        let Ok(mut set) = self.conflicts_set.lock() else {
+            return;
+        };
+        if *set == now {
+            return;
+        }
+        for stale in set.iter().filter(|l| !now.contains(l)) {
+            self.model_name_conflicts.remove(stale);
+        }
+        for l in &now {
+            self.model_name_conflicts.get_or_create(l).set(1);
+        }
+        *set = now;
     }
 }
 

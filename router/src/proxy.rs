@@ -1,19 +1,22 @@
 //! The proxy: admit, pick, forward, retry once if allowed, stream back.
 //!
-//! Order of checks for one request: header and body size → parse → model
-//! lookup (404 if unknown) → any endpoint at all (503 + Retry-After if not)
-//! → global cap (503) → tenant limits (429) → pick revision and endpoint →
-//! send. A failure before the response head may be retried once on a
-//! different endpoint when [`retry::is_retryable`] says so and the retry
-//! budget has a token; after the head, the body streams through
-//! [`body::stream_body`] and is never retried.
+//! Order of checks for one request: header size (431) → global cap (503,
+//! taken before a byte of the body is read, so slow uploads count against
+//! it) → body, read under [`upload`]'s size limit (413), byte budget (503)
+//! and deadline (408) → parse (400) → model resolution (404, 409 for a
+//! conflicting qualified name) → any endpoint at all (503 + Retry-After if
+//! not) → tenant limits (429) → pick revision and endpoint → send. A failure
+//! before the response head may be retried once on a different endpoint
+//! when [`retry::is_retryable`] says so and the retry budget has a token;
+//! after the head, the body streams through [`body::stream_body`] and is
+//! never retried. How each attempt ended feeds the endpoint's passive
+//! health ([`endpoints::Outcome`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::HeaderMap;
 use http::HeaderValue;
@@ -21,9 +24,9 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 
-use crate::body::{stream_body, BodyContext, Holds};
+use crate::body::{stream_body, BodyContext, EndpointHealth, Holds};
 use crate::config::ProxyConfig;
-use crate::endpoints::EndpointStates;
+use crate::endpoints::{self, EjectCause, EjectPolicy, EndpointStates, Outcome};
 use crate::error::ProxyError;
 use crate::hashing::fnv1a;
 use crate::index::{SharedIndex, TenantLimits};
@@ -34,7 +37,8 @@ use crate::metrics::{
 use crate::pick::{pick_endpoint, pick_revision, Affinity, Candidate, RevisionChoice};
 use crate::request::{self, ValidRequest};
 use crate::retry::{self, EarlyFailure, RetryBudget};
-use crate::table::ServiceRoute;
+use crate::table::{Endpoint, Resolved, ServiceRoute};
+use crate::upload::{self, BodyBudget, ReadLimits};
 use crate::upstream::{self, UpstreamClient};
 
 /// Shared state of the proxy.
@@ -47,6 +51,8 @@ pub struct Proxy {
     tenants: Arc<TenantLimiter>,
     global: GlobalLimit,
     budget: Mutex<RetryBudget>,
+    body_budget: BodyBudget,
+    eject: EjectPolicy,
     /// Tenant limits for services that set none.
     default_limits: TenantLimits,
 }
@@ -63,7 +69,7 @@ impl Drop for InFlight {
 /// Where one attempt went.
 struct Target {
     revision: String,
-    addr: SocketAddr,
+    endpoint: Endpoint,
 }
 
 impl Proxy {
@@ -78,6 +84,14 @@ impl Proxy {
             tenants: TenantLimiter::new(cfg.max_tenants),
             global: GlobalLimit::new(cfg.max_concurrency),
             budget: Mutex::new(RetryBudget::new(cfg.retry_budget, Instant::now())),
+            body_budget: BodyBudget::new(
+                cfg.max_buffered_body_bytes,
+                metrics.buffered_body_bytes.clone(),
+            ),
+            eject: EjectPolicy {
+                base: cfg.eject_duration,
+                consecutive_errors: cfg.eject_after_errors,
+            },
             default_limits: TenantLimits {
                 requests_per_second: cfg.default_tenant_rps,
                 burst: cfg.default_tenant_burst,
@@ -92,7 +106,7 @@ impl Proxy {
     }
 
     /// Serves one OpenAI request.
-    pub async fn handle(self: Arc<Self>, req: Request) -> Response {
+    pub async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response {
         let start = Instant::now();
         let mut labels = RouteLabels::default();
         match self.route(req, start, &mut labels).await {
@@ -130,7 +144,7 @@ impl Proxy {
 
     async fn route(
         &self,
-        req: Request,
+        req: http::Request<Incoming>,
         start: Instant,
         labels: &mut RouteLabels,
     ) -> Result<Response, ProxyError> {
@@ -146,10 +160,41 @@ impl Proxy {
                 limit: self.cfg.max_header_bytes,
             });
         }
-        let limit = self.cfg.max_body_bytes;
-        let body = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| ProxyError::BodyTooLarge { limit })?;
+        // The cap first: a request whose body is still arriving holds a unit of it.
+        let global = self.global.try_acquire().map_err(|t| {
+            self.throttled(labels, t.reason.as_str());
+            ProxyError::Overloaded {
+                retry_after_secs: t.retry_after_secs,
+                reason: t.reason,
+            }
+        })?;
+        let content_length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let read_limits = ReadLimits {
+            max_bytes: self.cfg.max_body_bytes,
+            deadline: start + self.cfg.body_read_timeout,
+            timeout: self.cfg.body_read_timeout,
+        };
+        let buffered =
+            match upload::read(body, content_length, read_limits, &self.body_budget).await {
+                Ok(b) => b,
+                Err(e) => {
+                    match &e {
+                        ProxyError::Overloaded { reason, .. } => {
+                            self.throttled(labels, reason.as_str())
+                        }
+                        ProxyError::BodyTimeout(_) => {
+                            self.metrics.body_read_timeouts.inc();
+                        }
+                        _ => {}
+                    }
+                    return Err(e);
+                }
+            };
+        let body = buffered.bytes.clone();
         let valid: ValidRequest = request::parse(
             &body,
             if self.cfg.prefix_affinity {
@@ -160,10 +205,24 @@ impl Proxy {
         )?;
 
         let table = self.index.table();
-        let svc = table
-            .lookup(&valid.model)
-            .cloned()
-            .ok_or_else(|| ProxyError::UnknownModel(valid.model.clone()))?;
+        let svc = match table.resolve(&valid.model) {
+            Resolved::Route(s) => s.clone(),
+            Resolved::Conflict { owner } => {
+                let namespace = valid
+                    .model
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                return Err(ProxyError::ModelNameConflict {
+                    model: valid.model.clone(),
+                    namespace,
+                    owner: owner.to_string(),
+                });
+            }
+            Resolved::Unknown => return Err(ProxyError::UnknownModel(valid.model.clone())),
+        };
+        drop(table);
         labels.namespace = svc.key.namespace.clone();
         labels.service = svc.key.name.clone();
         let no_endpoint = || ProxyError::NoEndpoint {
@@ -174,12 +233,6 @@ impl Proxy {
             return Err(no_endpoint());
         }
 
-        let global = self.global.try_acquire().map_err(|t| {
-            self.throttled(labels, t.reason.as_str());
-            ProxyError::Overloaded {
-                retry_after_secs: t.retry_after_secs,
-            }
-        })?;
         let tenant = header_str(&parts.headers, &self.cfg.tenant_header).unwrap_or("anonymous");
         let limits = svc.tenant_limits.as_ref().unwrap_or(&self.default_limits);
         let tenant_permit = self
@@ -208,39 +261,60 @@ impl Proxy {
             .map(|p| p.as_str())
             .unwrap_or("/");
         let fwd_headers = upstream::forward_headers(&parts.headers);
+        // Non-streaming answers come whole when generation ends: they get the
+        // long response timeout, not the stream-head timeout.
+        let head_timeout = if valid.stream {
+            self.cfg.first_byte_timeout
+        } else {
+            self.cfg.response_timeout
+        };
 
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(2);
         let mut target = self.pick(&svc, &affinity, &tried).ok_or_else(no_endpoint)?;
         loop {
             labels.revision = target.revision.clone();
-            let ep = self.endpoints.get(target.addr);
+            let addr = target.endpoint.addr;
+            let ep = self.endpoints.get(&target.endpoint);
             let ep_guard = ep.start_request();
-            tried.push(target.addr);
+            tried.push(addr);
             let sent = upstream::send(
                 &self.client,
-                target.addr,
+                addr,
                 parts.method.clone(),
                 path,
                 &fwd_headers,
                 body.clone(),
-                self.cfg.first_byte_timeout,
+                head_timeout,
             )
             .await;
             let (failure, engine_resp) = match sent {
                 Ok(resp) => {
                     let code = resp.status().as_u16();
+                    let evidence = Outcome::of_status(code);
+                    if let Some(o) = evidence {
+                        self.record_outcome(&ep, addr, labels, o);
+                    }
                     if !retry::is_retryable(EarlyFailure::Status(code)) {
+                        drop(buffered);
+                        let health = evidence.is_none().then(|| EndpointHealth {
+                            state: ep.clone(),
+                            addr,
+                            policy: self.eject,
+                        });
                         let holds: Holds = vec![
                             Box::new(global),
                             Box::new(tenant_permit),
                             Box::new(ep_guard),
                         ];
-                        return Ok(self.respond(resp, labels, start, holds));
+                        return Ok(self.respond(resp, labels, start, holds, health));
                     }
                     (EarlyFailure::Status(code), Some(resp))
                 }
                 Err(f) => (f, None),
             };
+            if failure == EarlyFailure::FirstByteTimeout {
+                self.record_outcome(&ep, addr, labels, Outcome::Error);
+            }
             self.metrics
                 .upstream_failures
                 .get_or_create(&reason_labels(labels, failure.as_str()))
@@ -250,8 +324,8 @@ impl Proxy {
                 EarlyFailure::Connect | EarlyFailure::ClosedBeforeResponse
             ) && ep.record_connect_failure(Instant::now(), self.cfg.eject_duration)
             {
-                self.metrics.endpoint_ejections.inc();
-                tracing::warn!(endpoint = %target.addr, service = %labels.service, reason = failure.as_str(), "endpoint ejected");
+                self.metrics.ejected(EjectCause::Connect);
+                tracing::warn!(endpoint = %addr, service = %labels.service, reason = failure.as_str(), "endpoint ejected");
             }
             drop(ep_guard);
             let next = if tried.len() < 2 && retry::is_retryable(failure) {
@@ -275,7 +349,7 @@ impl Proxy {
                         .retries
                         .get_or_create(&reason_labels(labels, failure.as_str()))
                         .inc();
-                    tracing::info!(from = %target.addr, to = %n.addr, service = %labels.service, reason = failure.as_str(), "retrying on another endpoint");
+                    tracing::info!(from = %addr, to = %n.endpoint.addr, service = %labels.service, reason = failure.as_str(), "retrying on another endpoint");
                     let wait = retry::backoff(self.cfg.retry_backoff, rand::rng().random::<f64>());
                     tokio::time::sleep(wait).await;
                     target = n;
@@ -285,7 +359,7 @@ impl Proxy {
                         // The engine's own 503/429 goes to the client as is (with its Retry-After).
                         (Some(resp), _) => {
                             let holds: Holds = vec![Box::new(global), Box::new(tenant_permit)];
-                            Ok(self.respond(resp, labels, start, holds))
+                            Ok(self.respond(resp, labels, start, holds, None))
                         }
                         (None, EarlyFailure::FirstByteTimeout) => Err(ProxyError::UpstreamTimeout),
                         (None, f) => Err(ProxyError::UpstreamUnavailable {
@@ -314,10 +388,10 @@ impl Proxy {
                 endpoints: r
                     .endpoints
                     .iter()
-                    .map(|&addr| {
-                        let st = self.endpoints.get(addr);
+                    .map(|ep| {
+                        let st = self.endpoints.get(ep);
                         Candidate {
-                            addr,
+                            addr: ep.addr,
                             score: st.score(),
                             available: st.available(now),
                         }
@@ -338,8 +412,23 @@ impl Proxy {
         )?;
         Some(Target {
             revision: svc.revisions[ri].name.clone(),
-            addr: choices[ri].endpoints[ei].addr,
+            endpoint: svc.revisions[ri].endpoints[ei].clone(),
         })
+    }
+
+    /// Feeds one outcome to the endpoint's passive health; counts and logs an ejection.
+    fn record_outcome(
+        &self,
+        ep: &endpoints::EndpointState,
+        addr: SocketAddr,
+        labels: &RouteLabels,
+        outcome: Outcome,
+    ) {
+        if ep.record_outcome(outcome, Instant::now(), &self.eject) {
+            self.metrics.ejected(EjectCause::Errors);
+            tracing::warn!(endpoint = %addr, service = %labels.service, revision = %labels.revision,
+                errors = self.eject.consecutive_errors, "endpoint ejected after a run of errors");
+        }
     }
 
     fn respond(
@@ -348,6 +437,7 @@ impl Proxy {
         labels: &RouteLabels,
         start: Instant,
         mut holds: Holds,
+        health: Option<EndpointHealth>,
     ) -> Response {
         let status = resp.status();
         self.count(labels, status.as_u16());
@@ -369,6 +459,7 @@ impl Proxy {
                 idle_timeout: self.cfg.idle_timeout,
                 sse,
                 holds,
+                health,
             },
         );
         let mut out = Response::new(body);

@@ -1,28 +1,30 @@
 //! Assembling the router: state, HTTP routes, background tasks.
 //!
-//! Routes: `POST /v1/*` (proxied), `GET /v1/models` (from the routing
-//! table), `GET /metrics`, `GET /healthz` (alive), `GET /readyz` (the
-//! index has been filled by discovery at least once).
+//! Routes: `POST /v1/*` (proxied; [`crate::serve`] sends these straight to
+//! the proxy), `GET /v1/models` (from the routing table), `GET /metrics`,
+//! `GET /healthz` (alive), `GET /readyz` (the index has been filled by
+//! discovery at least once, and no shutdown has begun).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::{PollConfig, ProxyConfig};
+use crate::config::{PollConfig, ProxyConfig, ServerConfig};
 use crate::endpoints::EndpointStates;
 use crate::error::ProxyError;
 use crate::index::SharedIndex;
 use crate::load::Poller;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::serve::{self, DrainReport, ServeParts, ShutdownHandle};
 use crate::upstream;
 
 /// The assembled router.
@@ -31,6 +33,8 @@ pub struct RouterState {
     pub proxy: Arc<Proxy>,
     pub registry: Arc<Registry>,
     pub ready: Arc<AtomicBool>,
+    /// Set once a shutdown begins: `/readyz` answers 503 from then on.
+    pub closing: Arc<AtomicBool>,
 }
 
 impl RouterState {
@@ -54,6 +58,7 @@ impl RouterState {
                 proxy,
                 registry: Arc::new(registry),
                 ready: Arc::new(AtomicBool::new(false)),
+                closing: Arc::new(AtomicBool::new(false)),
             },
             poller,
         )
@@ -72,18 +77,11 @@ impl RouterState {
 pub fn app(state: RouterState) -> axum::Router {
     axum::Router::new()
         .route("/v1/models", get(models))
-        .route("/v1/{*rest}", post(proxy))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(no_route)
-        // The proxy enforces its own body limit while reading.
-        .layer(DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-async fn proxy(State(s): State<RouterState>, req: Request) -> Response {
-    s.proxy.clone().handle(req).await
 }
 
 async fn no_route(req: Request) -> Response {
@@ -117,53 +115,70 @@ async fn metrics(State(s): State<RouterState>) -> Response {
 }
 
 async fn readyz(State(s): State<RouterState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
+    if s.closing.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "discovery has not synced").into_response()
     }
 }
 
-/// Sets TCP_NODELAY on every accepted connection: SSE events are small
-/// writes that Nagle's algorithm would otherwise hold back until an ACK.
-pub fn nodelay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    })
+/// The parts [`serve::serve`] needs to serve `state`.
+pub fn serve_parts(state: &RouterState, shutdown: ShutdownHandle) -> ServeParts {
+    ServeParts {
+        proxy: state.proxy.clone(),
+        routes: app(state.clone()),
+        metrics: state.proxy.metrics.clone(),
+        closing: state.closing.clone(),
+        shutdown,
+    }
 }
 
 /// A router serving on a bound listener, with its poller running.
 pub struct RunningRouter {
     pub addr: SocketAddr,
     pub state: RouterState,
-    server: JoinHandle<()>,
+    pub shutdown: ShutdownHandle,
+    server: JoinHandle<DrainReport>,
     poller: JoinHandle<()>,
 }
 
 impl RunningRouter {
-    /// Serves `state` on `listener` and starts `poller`.
+    /// Serves `state` on `listener` with default server settings and starts `poller`.
     pub fn start(
         listener: TcpListener,
         state: RouterState,
         poller: Arc<Poller>,
     ) -> std::io::Result<Self> {
+        Self::start_with(listener, state, poller, ServerConfig::default())
+    }
+
+    /// Serves `state` on `listener` under `cfg` and starts `poller`.
+    pub fn start_with(
+        listener: TcpListener,
+        state: RouterState,
+        poller: Arc<Poller>,
+        cfg: ServerConfig,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let router = app(state.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(nodelay(listener), router).await {
-                tracing::error!(error = %e, "router server stopped");
-            }
-        });
+        let shutdown = ShutdownHandle::new();
+        let parts = serve_parts(&state, shutdown.clone());
+        let server = tokio::spawn(serve::serve(listener, cfg, parts));
         let poller = tokio::spawn(poller.run());
         Ok(Self {
             addr,
             state,
+            shutdown,
             server,
             poller,
         })
+    }
+
+    /// Triggers the shutdown sequence and waits for it to end.
+    pub async fn shut_down(mut self) -> Option<DrainReport> {
+        self.shutdown.trigger();
+        (&mut self.server).await.ok()
     }
 }
 

@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
-use steward_e2e::{create_namespace, ClusterOptions, LocalCluster};
+use steward_e2e::create_namespace;
+use steward_e2e::testing::shared;
 use steward_router::discovery::{self, watch::inference_service_resource, DiscoveryConfig};
 use steward_router::index::SharedIndex;
 
@@ -30,9 +31,12 @@ async fn install_crd(client: &kube::Client) {
     let text = std::fs::read_to_string(path).expect("read CRD yaml");
     let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("parse CRD yaml");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.create(&PostParams::default(), &crd)
-        .await
-        .expect("create CRD");
+    match api.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        // Another test of this binary installed it on the shared cluster.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("create CRD: {e}"),
+    }
     let name = crd.metadata.name.clone().expect("CRD name");
     let established = eventually_async(Duration::from_secs(20), || async {
         api.get(&name)
@@ -121,16 +125,14 @@ fn endpoints_of(index: &SharedIndex, revision: &str) -> Vec<SocketAddr> {
             s.revisions
                 .iter()
                 .find(|r| r.name == revision)
-                .map(|r| r.endpoints.clone())
+                .map(|r| r.endpoints.iter().map(|e| e.addr).collect())
         })
         .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_follows_the_api_server_and_weight_changes_apply_within_a_second() {
-    let cluster = LocalCluster::start(ClusterOptions::default())
-        .await
-        .expect("local cluster starts");
+    let cluster = &shared().await.expect("shared local cluster").cluster;
     let client = cluster.client().await.expect("client");
     install_crd(&client).await;
     let ns = format!("router-disc-{:06x}", rand::random::<u32>() & 0xff_ffff);
@@ -294,4 +296,140 @@ async fn index_follows_the_api_server_and_weight_changes_apply_within_a_second()
 
 fn client_http() -> reqwest::Client {
     common::client()
+}
+
+async fn create_isvc(client: &kube::Client, ns: &str, name: &str, model: &str) {
+    let isvcs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &inference_service_resource());
+    let obj = DynamicObject::new(name, &inference_service_resource()).data(json!({
+        "spec": {"model": {"name": model, "uri": "pvc://models/x"}}
+    }));
+    isvcs
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create InferenceService");
+    isvcs
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"traffic": [{"revision": "r1", "weight": 100}]}})),
+        )
+        .await
+        .expect("patch traffic");
+}
+
+async fn create_pod_in(client: &kube::Client, ns: &str, name: &str, addr: SocketAddr) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    create_pod(&pods, name, "r1", addr, false).await;
+}
+
+/// Fault 1 (issue 13): a newer InferenceService in another namespace that
+/// claims a model name already taken must not capture its traffic, even
+/// when its namespace sorts first; the conflict is counted, a qualified
+/// `namespace/model` name reaches only its own namespace, and the name
+/// passes to the next claim when the owner goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_claim_in_another_namespace_cannot_take_a_model_name() {
+    let cluster = &shared().await.expect("shared local cluster").cluster;
+    let client = cluster.client().await.expect("client");
+    install_crd(&client).await;
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    // The victim's namespace sorts after the newcomer's.
+    let (old_ns, new_ns) = (format!("router-zz-{tag}"), format!("router-aa-{tag}"));
+    for ns in [&old_ns, &new_ns] {
+        create_namespace(&client, ns).await.expect("namespace");
+    }
+    let model = format!("shared-model-{tag}");
+    let victim = TestEngine::start("victim", 43).await;
+    let thief = TestEngine::start("thief", 44).await;
+    let index = SharedIndex::new();
+    let router = start_router(proxy_config(), index.clone()).await;
+    let watch = tokio::spawn(discovery::run(
+        client.clone(),
+        DiscoveryConfig {
+            namespace: None,
+            resync_interval: Duration::from_secs(30),
+        },
+        index.clone(),
+        router.state.proxy.metrics.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
+    create_isvc(&client, &old_ns, "chat", &model).await;
+    create_pod_in(&client, &old_ns, "chat-r1-v", victim.addr).await;
+    // creationTimestamp has one-second resolution: make the newcomer strictly newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create_isvc(&client, &new_ns, "chat", &model).await;
+    create_pod_in(&client, &new_ns, "chat-r1-t", thief.addr).await;
+    let both_seen = eventually(Duration::from_secs(15), || {
+        index.update(|i| {
+            i.services().filter(|s| s.model == model).count() == 2
+                && i.pods()
+                    .filter(|p| p.key.namespace == old_ns || p.key.namespace == new_ns)
+                    .count()
+                    == 2
+        })
+    })
+    .await;
+    assert!(both_seen, "the index never saw both claims and their pods");
+
+    let url = format!("http://{}/v1/completions", router.addr);
+    let http = client_http();
+    for _ in 0..10 {
+        let r = http
+            .post(&url)
+            .json(&json!({"model": model, "prompt": "hi", "max_tokens": 1}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        (victim.requests(), thief.requests()),
+        (10, 0),
+        "the newer claim in {new_ns} captured traffic of {old_ns}"
+    );
+    // Qualified names reach only their own namespace's claim.
+    let r = http
+        .post(&url)
+        .json(&json!({"model": format!("{old_ns}/{model}"), "prompt": "hi", "max_tokens": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(&url)
+        .json(&json!({"model": format!("{new_ns}/{model}"), "prompt": "hi", "max_tokens": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 409);
+    let body = r.text().await.unwrap_or_default();
+    assert!(body.contains("model_name_conflict"), "{body}");
+    assert_eq!(thief.requests(), 0);
+    let conflicts = eventually(Duration::from_secs(3), || {
+        metric(
+            &router.state.metrics_text(),
+            "steward_router_model_name_conflicts",
+            &[&format!("namespace=\"{new_ns}\"")],
+        ) == 1.0
+    })
+    .await;
+    assert!(conflicts, "{}", router.state.metrics_text());
+
+    // The owner goes: the next claim takes the name.
+    let old_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &old_ns, &inference_service_resource());
+    old_api
+        .delete("chat", &DeleteParams::default())
+        .await
+        .expect("delete owner");
+    let moved = eventually(Duration::from_secs(5), || {
+        index
+            .table()
+            .lookup(&model)
+            .is_some_and(|s| s.key.namespace == new_ns)
+    })
+    .await;
+    assert!(moved, "the name did not pass to the remaining claim");
+    watch.abort();
 }

@@ -12,9 +12,14 @@ use steward_router::index::{SharedIndex, TenantLimits};
 
 /// Waits until the router's poller has seen `engine`'s reported load.
 async fn wait_for_load(router: &steward_router::server::RunningRouter, engine: &TestEngine) {
-    let state = router.state.proxy.endpoints.get(engine.addr);
     assert!(
-        eventually(Duration::from_secs(10), || state.load().running > 0).await,
+        eventually(Duration::from_secs(10), || router
+            .state
+            .proxy
+            .endpoints
+            .find_addr(engine.addr)
+            .is_some_and(|s| s.load().running > 0))
+        .await,
         "the load poller never saw {}'s load",
         engine.state.name
     );

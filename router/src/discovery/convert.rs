@@ -138,6 +138,11 @@ pub fn service_view(obj: &DynamicObject) -> Result<ServiceView, ConvertError> {
         });
     Ok(ServiceView {
         key,
+        created: obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
         model: data.spec.model.name,
         traffic,
         tenant_limits,
@@ -187,8 +192,16 @@ pub fn pod_view(pod: &Pod) -> Result<PodView, ConvertError> {
             port,
         )),
     };
+    // The API server always sets a UID; without one, the pod's name stands in.
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| key.to_string());
     Ok(PodView {
         key,
+        uid,
         service,
         revision,
         serving,
@@ -218,6 +231,7 @@ mod tests {
         }));
         let v = service_view(&o).expect("valid");
         assert_eq!(v.key, ObjKey::new("team-a", "chat"));
+        assert_eq!(v.created, None);
         assert_eq!(v.model, "chat-small");
         assert_eq!(v.traffic.len(), 2);
         assert_eq!(v.traffic[1].weight, 25);
@@ -225,6 +239,18 @@ mod tests {
         assert_eq!(l.requests_per_second, Some(20.0));
         assert_eq!(l.burst, Some(40));
         assert_eq!(l.max_concurrent, Some(8));
+    }
+
+    #[test]
+    fn service_view_reads_the_creation_timestamp_as_the_age_of_its_claim() {
+        let o = isvc(json!({
+            "metadata": {"name": "a", "namespace": "n", "creationTimestamp": "2026-11-27T10:00:01Z"},
+            "spec": {"model": {"name": "m"}}
+        }));
+        assert_eq!(
+            service_view(&o).expect("valid").created,
+            Some(1_795_773_601)
+        );
     }
 
     #[test]
@@ -254,13 +280,14 @@ mod tests {
     #[test]
     fn pod_view_reads_labels_readiness_deletion_and_named_port() {
         let p = pod(json!({
-            "metadata": {"name": "chat-7c9f1a-x", "namespace": "team-a",
+            "metadata": {"name": "chat-7c9f1a-x", "namespace": "team-a", "uid": "u-1",
                 "labels": {"serving.steward.dev/service": "chat", "serving.steward.dev/revision": "7c9f1a", "serving.steward.dev/role": "serving"}},
             "spec": {"containers": [{"name": "engine", "ports": [{"name": "metrics", "containerPort": 9000}, {"name": "http", "containerPort": 8001}]}]},
             "status": {"podIP": "127.0.1.5", "conditions": [{"type": "Ready", "status": "True"}]}
         }));
         let v = pod_view(&p).expect("valid");
         assert!(v.routable());
+        assert_eq!(v.uid, "u-1");
         assert_eq!(v.addr, Some(SocketAddr::from(([127, 0, 1, 5], 8001))));
         assert_eq!(v.revision, "7c9f1a");
     }

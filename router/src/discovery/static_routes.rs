@@ -65,6 +65,8 @@ pub fn parse(text: &str) -> Result<(Vec<ServiceView>, Vec<PodView>), StaticRoute
         .into_iter()
         .map(|s| ServiceView {
             key: ObjKey::new(s.namespace, s.name),
+            // No creation time: static claims sort after real ones, then by namespace/name.
+            created: None,
             model: s.model,
             traffic: s
                 .traffic
@@ -84,6 +86,10 @@ pub fn parse(text: &str) -> Result<(Vec<ServiceView>, Vec<PodView>), StaticRoute
             key: ObjKey::new(
                 e.namespace.clone(),
                 format!("{}-{}-{}", e.service, e.revision, e.addr),
+            ),
+            uid: format!(
+                "static:{}/{}/{}/{}",
+                e.namespace, e.service, e.revision, e.addr
             ),
             service: e.service,
             revision: e.revision,

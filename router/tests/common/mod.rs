@@ -8,7 +8,9 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +42,13 @@ pub enum Mode {
     DieBeforeFirstByte,
     /// Stream this many chunks, then die.
     DieAfterChunks(usize),
+    /// A broken engine that still answers: streams get a 200 head and then
+    /// an in-band `{"error": ...}` event and `[DONE]`; non-streaming
+    /// requests get a 500. Both come back at once (it fails fast).
+    InBandError,
+    /// Wait this long before the response head (non-streaming: the whole
+    /// answer, as a real engine does when generation takes long).
+    SlowHead(Duration),
 }
 
 pub struct EngineState {
@@ -67,7 +76,18 @@ impl TestEngine {
     /// An engine on 127.0.0.`ip_last` whose streams send `chunks` events `chunk_delay` apart.
     pub async fn start_with(name: &str, ip_last: u8, chunks: usize, chunk_delay: Duration) -> Self {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, ip_last));
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind test engine");
+        Self::start_at(name, SocketAddr::new(ip, 0), chunks, chunk_delay).await
+    }
+
+    /// An engine on exactly `addr` (port 0: any), e.g. a new pod that got a
+    /// dead pod's IP and port.
+    pub async fn start_at(
+        name: &str,
+        addr: SocketAddr,
+        chunks: usize,
+        chunk_delay: Duration,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind test engine");
         let addr = listener.local_addr().expect("local addr");
         let (kill, _) = watch::channel(false);
         let state = Arc::new(EngineState {
@@ -87,6 +107,8 @@ impl TestEngine {
             .route("/load", get(load))
             .route("/v1/completions", post(completions))
             .route("/v1/chat/completions", post(completions))
+            // The engine's body limit is the router's (4 MiB): they agree.
+            .layer(axum::extract::DefaultBodyLimit::max(4 << 20))
             .with_state(state.clone());
         let mut killed = state.kill.subscribe();
         let conn_kill = state.kill.clone();
@@ -179,6 +201,18 @@ async fn completions(State(s): State<Arc<EngineState>>, body: Bytes) -> Response
             s.kill.send_replace(true);
             std::future::pending::<()>().await;
         }
+        Mode::InBandError if stream => {
+            let body = "data: {\"error\":{\"message\":\"step failed\",\"type\":\"internal_error\",\"param\":null,\"code\":500}}\n\ndata: [DONE]\n\n";
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(Body::from(body))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
+        Mode::InBandError => {
+            let body = serde_json::json!({"error":{"message":"step failed","type":"internal_error","code":500}});
+            return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
+        }
+        Mode::SlowHead(d) => tokio::time::sleep(d).await,
         _ => {}
     }
     if !stream {
@@ -233,6 +267,7 @@ pub const MODEL: &str = "chat-small";
 pub fn service(traffic: &[(&str, u32)], limits: Option<TenantLimits>) -> ServiceView {
     ServiceView {
         key: ObjKey::new(NS, SVC),
+        created: Some(1_700_000_000),
         model: MODEL.to_string(),
         traffic: traffic
             .iter()
@@ -248,6 +283,7 @@ pub fn service(traffic: &[(&str, u32)], limits: Option<TenantLimits>) -> Service
 pub fn pod(name: &str, revision: &str, addr: SocketAddr) -> PodView {
     PodView {
         key: ObjKey::new(NS, name),
+        uid: format!("uid-{name}"),
         service: SVC.to_string(),
         revision: revision.to_string(),
         serving: true,
@@ -315,4 +351,160 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+pub fn router_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_steward-router")
+}
+
+/// A real `steward-router` process over a static routes file.
+pub struct RouterProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RouterProcess {
+    /// Starts the binary routing model [`MODEL`] to `engine`, with extra
+    /// environment (flags as `STEWARD_ROUTER_*`).
+    pub fn start(engine: SocketAddr, env: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "steward-router-test-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let routes = dir.join("routes.json");
+        std::fs::write(
+            &routes,
+            serde_json::json!({
+                "services": [{"namespace": NS, "name": SVC, "model": MODEL,
+                              "traffic": [{"revision": "r1", "weight": 100}]}],
+                "endpoints": [{"namespace": NS, "service": SVC, "revision": "r1", "addr": engine.to_string()}]
+            })
+            .to_string(),
+        )
+        .expect("write routes");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = Command::new(router_bin());
+        cmd.arg("--listen")
+            .arg(addr.to_string())
+            .arg("--static-routes")
+            .arg(&routes)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start steward-router");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        Self { child, addr, log }
+    }
+
+    pub async fn wait_healthy(&self) {
+        let url = format!("http://{}/healthz", self.addr);
+        let ok = eventually_async(Duration::from_secs(20), || async {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(
+            ok,
+            "router never became healthy: {:?}",
+            self.log.lock().map(|l| l.clone())
+        );
+    }
+
+    pub fn sigterm(&self) {
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        assert!(st.success());
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn eventually_async<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl RouterProcess {
+    /// Resident memory of the process now (bytes), from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Lines the process logged that report a panic.
+    pub fn panics(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|l| l.contains("panicked"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
