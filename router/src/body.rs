@@ -20,13 +20,20 @@ use bytes::Bytes;
 use http_body::Frame;
 use hyper::body::Incoming;
 
-use crate::endpoints::{EjectCause, EjectPolicy, EndpointState, Outcome};
+use crate::endpoints::{EjectCause, EjectPolicy, EndpointState, InflightGuard, Outcome};
 use crate::error::error_body;
-use crate::metrics::{Metrics, ReasonLabels, RouteLabels};
+use crate::limits::TenantPermit;
+use crate::metrics::{Metrics, ReasonLabels, RouteMetrics};
 use crate::sse::SseCounter;
 
-/// Things held until the response ends.
-pub type Holds = Vec<Box<dyn Send + Sync>>;
+/// Things held until the response ends: a unit of the global cap, of the
+/// tenant's concurrency, and of the endpoint's in-flight count.
+#[derive(Default)]
+pub struct Holds {
+    pub global: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub tenant: Option<TenantPermit>,
+    pub endpoint: Option<InflightGuard>,
+}
 
 /// Why a stream was cut.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +63,8 @@ pub struct EndpointHealth {
 /// What the body needs to record its metrics.
 pub struct BodyContext {
     pub metrics: Metrics,
-    pub labels: RouteLabels,
+    /// This request's series (its labels are namespace, service, revision).
+    pub route: std::sync::Arc<RouteMetrics>,
     pub start: Instant,
     pub idle_timeout: Duration,
     pub sse: bool,
@@ -80,7 +88,8 @@ impl State {
         };
         if h.state.record_outcome(outcome, Instant::now(), &h.policy) {
             self.ctx.metrics.ejected(EjectCause::Errors);
-            tracing::warn!(endpoint = %h.addr, service = %self.ctx.labels.service, revision = %self.ctx.labels.revision,
+            let l = &self.ctx.route.labels;
+            tracing::warn!(endpoint = %h.addr, service = %l.service, revision = %l.revision,
                 errors = h.policy.consecutive_errors, "endpoint ejected after a run of errors");
         }
     }
@@ -94,9 +103,8 @@ impl State {
             Outcome::Success
         });
         self.ctx
-            .metrics
+            .route
             .request_duration
-            .get_or_create(&self.ctx.labels)
             .observe(self.ctx.start.elapsed().as_secs_f64());
     }
 
@@ -104,19 +112,14 @@ impl State {
         if !self.first_byte_seen && !data.is_empty() {
             self.first_byte_seen = true;
             self.ctx
-                .metrics
+                .route
                 .ttft
-                .get_or_create(&self.ctx.labels)
                 .observe(self.ctx.start.elapsed().as_secs_f64());
         }
         if self.ctx.sse {
             let n = self.counter.feed(data);
             if n > 0 {
-                self.ctx
-                    .metrics
-                    .streamed_tokens
-                    .get_or_create(&self.ctx.labels)
-                    .inc_by(n);
+                self.ctx.route.streamed_tokens.inc_by(n);
             }
         }
     }
@@ -124,13 +127,11 @@ impl State {
 
 impl Drop for State {
     fn drop(&mut self) {
+        self.ctx.route.in_flight.dec();
         if !self.finished {
-            self.ctx
-                .metrics
-                .client_disconnects
-                .get_or_create(&self.ctx.labels)
-                .inc();
-            tracing::debug!(service = %self.ctx.labels.service, revision = %self.ctx.labels.revision, "client went away mid-response; upstream closed");
+            self.ctx.route.client_disconnects.inc();
+            let l = &self.ctx.route.labels;
+            tracing::debug!(service = %l.service, revision = %l.revision, "client went away mid-response; upstream closed");
         }
     }
 }
@@ -160,7 +161,7 @@ impl ProxyBody {
     fn fail(&mut self, err: StreamError) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.st.finished = true;
         self.st.outcome(Outcome::Error);
-        let l = &self.st.ctx.labels;
+        let l = &self.st.ctx.route.labels;
         self.st
             .ctx
             .metrics
@@ -262,8 +263,9 @@ impl http_body::Body for ProxyBody {
     }
 }
 
-/// Wraps the engine's body for the client.
+/// Wraps the engine's body for the client; counts it in flight until it ends.
 pub fn stream_body(body: Incoming, ctx: BodyContext) -> Body {
+    ctx.route.in_flight.inc();
     let deadline = tokio::time::Instant::now() + ctx.idle_timeout;
     let st = State {
         ctx,

@@ -153,6 +153,11 @@ pub struct Cli {
 /// Client connections and shutdown.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// Server threads, each with its own event loop, listener (SO_REUSEPORT)
+    /// and connection pool to the engines, so a request is handled on one
+    /// thread from accept to response; default: the CPUs this process may use.
+    #[arg(long, env = "STEWARD_ROUTER_WORKERS")]
+    pub workers: Option<usize>,
     /// Most client connections open at once; beyond it the router stops accepting until one closes.
     #[arg(long, env = "STEWARD_ROUTER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -69,9 +69,48 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 18))
 }
 
+/// The series of one (namespace, service, revision), looked up once per
+/// request instead of once per metric (each lookup hashes the labels).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub labels: RouteLabels,
+    /// `requests_total` by status class `1xx`..`5xx`, created on first use.
+    requests: [std::sync::OnceLock<Counter>; 5],
+    family: Family<StatusLabels, Counter>,
+    pub ttft: Histogram,
+    pub request_duration: Histogram,
+    pub streamed_tokens: Counter,
+    pub in_flight: Gauge,
+    pub client_disconnects: Counter,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request by its status.
+    pub fn count(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class]
+            .get_or_init(|| {
+                self.family
+                    .get_or_create(&StatusLabels {
+                        namespace: self.labels.namespace.clone(),
+                        service: self.labels.service.clone(),
+                        revision: self.labels.revision.clone(),
+                        class: status_class(status),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+}
+
+type RouteCache = std::sync::Arc<
+    std::sync::RwLock<std::collections::HashMap<RouteLabels, std::sync::Arc<RouteMetrics>>>,
+>;
+
 /// All router metrics.
 #[derive(Clone)]
 pub struct Metrics {
+    routes: RouteCache,
     pub requests: Family<StatusLabels, Counter>,
     pub ttft: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -102,6 +141,7 @@ impl Metrics {
     /// Creates the metrics and registers them in `registry` under `steward_router_`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            routes: RouteCache::default(),
             requests: Family::default(),
             ttft: Family::new_with_constructor(latency),
             request_duration: Family::new_with_constructor(latency),
@@ -245,6 +285,31 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// The series of `labels` (created on first use, then shared).
+    pub fn route(&self, labels: &RouteLabels) -> std::sync::Arc<RouteMetrics> {
+        if let Ok(m) = self.routes.read() {
+            if let Some(r) = m.get(labels) {
+                return r.clone();
+            }
+        }
+        let make = || {
+            std::sync::Arc::new(RouteMetrics {
+                labels: labels.clone(),
+                requests: Default::default(),
+                family: self.requests.clone(),
+                ttft: self.ttft.get_or_create(labels).clone(),
+                request_duration: self.request_duration.get_or_create(labels).clone(),
+                streamed_tokens: self.streamed_tokens.get_or_create(labels).clone(),
+                in_flight: self.in_flight.get_or_create(labels).clone(),
+                client_disconnects: self.client_disconnects.get_or_create(labels).clone(),
+            })
+        };
+        match self.routes.write() {
+            Ok(mut m) => m.entry(labels.clone()).or_insert_with(make).clone(),
+            Err(_) => make(),
+        }
+    }
+
     /// Counts one ejection.
     pub fn ejected(&self, cause: crate::endpoints::EjectCause) {
         self.endpoint_ejections

@@ -21,7 +21,6 @@ use axum::response::{IntoResponse, Response};
 use http::header::HeaderMap;
 use http::HeaderValue;
 use hyper::body::Incoming;
-use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 
 use crate::body::{stream_body, BodyContext, EndpointHealth, Holds};
@@ -31,9 +30,7 @@ use crate::error::ProxyError;
 use crate::hashing::fnv1a;
 use crate::index::{SharedIndex, TenantLimits};
 use crate::limits::{GlobalLimit, TenantLimiter};
-use crate::metrics::{
-    status_class, Metrics, ReasonLabels, RouteLabels, StatusLabels, ThrottleLabels,
-};
+use crate::metrics::{Metrics, ReasonLabels, RouteLabels, ThrottleLabels};
 use crate::pick::{pick_endpoint, pick_revision, Affinity, Candidate, RevisionChoice};
 use crate::request::{self, ValidRequest};
 use crate::retry::{self, EarlyFailure, RetryBudget};
@@ -47,7 +44,6 @@ pub struct Proxy {
     pub index: SharedIndex,
     pub endpoints: EndpointStates,
     pub metrics: Metrics,
-    client: UpstreamClient,
     tenants: Arc<TenantLimiter>,
     global: GlobalLimit,
     budget: Mutex<RetryBudget>,
@@ -55,15 +51,6 @@ pub struct Proxy {
     eject: EjectPolicy,
     /// Tenant limits for services that set none.
     default_limits: TenantLimits,
-}
-
-/// Decrements the in-flight gauge when dropped.
-struct InFlight(Gauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// Where one attempt went.
@@ -78,7 +65,6 @@ impl Proxy {
         index: SharedIndex,
         endpoints: EndpointStates,
         metrics: Metrics,
-        client: UpstreamClient,
     ) -> Self {
         Self {
             tenants: TenantLimiter::new(cfg.max_tenants),
@@ -101,15 +87,19 @@ impl Proxy {
             index,
             endpoints,
             metrics,
-            client,
         }
     }
 
-    /// Serves one OpenAI request.
-    pub async fn handle(self: Arc<Self>, req: http::Request<Incoming>) -> Response {
+    /// Serves one OpenAI request through `client` (each server thread has
+    /// its own pool, so a request never leaves the thread it arrived on).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        client: UpstreamClient,
+    ) -> Response {
         let start = Instant::now();
         let mut labels = RouteLabels::default();
-        match self.route(req, start, &mut labels).await {
+        match self.route(req, &client, start, &mut labels).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(service = %labels.service, error = %e, kind = e.error_type(), "request refused");
@@ -120,15 +110,7 @@ impl Proxy {
     }
 
     fn count(&self, labels: &RouteLabels, status: u16) {
-        self.metrics
-            .requests
-            .get_or_create(&StatusLabels {
-                namespace: labels.namespace.clone(),
-                service: labels.service.clone(),
-                revision: labels.revision.clone(),
-                class: status_class(status),
-            })
-            .inc();
+        self.metrics.route(labels).count(status);
     }
 
     fn throttled(&self, labels: &RouteLabels, reason: &str) {
@@ -145,6 +127,7 @@ impl Proxy {
     async fn route(
         &self,
         req: http::Request<Incoming>,
+        client: &UpstreamClient,
         start: Instant,
         labels: &mut RouteLabels,
     ) -> Result<Response, ProxyError> {
@@ -278,7 +261,7 @@ impl Proxy {
             let ep_guard = ep.start_request();
             tried.push(addr);
             let sent = upstream::send(
-                &self.client,
+                client,
                 addr,
                 parts.method.clone(),
                 path,
@@ -301,11 +284,11 @@ impl Proxy {
                             addr,
                             policy: self.eject,
                         });
-                        let holds: Holds = vec![
-                            Box::new(global),
-                            Box::new(tenant_permit),
-                            Box::new(ep_guard),
-                        ];
+                        let holds = Holds {
+                            global: Some(global),
+                            tenant: Some(tenant_permit),
+                            endpoint: Some(ep_guard),
+                        };
                         return Ok(self.respond(resp, labels, start, holds, health));
                     }
                     (EarlyFailure::Status(code), Some(resp))
@@ -358,7 +341,11 @@ impl Proxy {
                     return match (engine_resp, failure) {
                         // The engine's own 503/429 goes to the client as is (with its Retry-After).
                         (Some(resp), _) => {
-                            let holds: Holds = vec![Box::new(global), Box::new(tenant_permit)];
+                            let holds = Holds {
+                                global: Some(global),
+                                tenant: Some(tenant_permit),
+                                endpoint: None,
+                            };
                             Ok(self.respond(resp, labels, start, holds, None))
                         }
                         (None, EarlyFailure::FirstByteTimeout) => Err(ProxyError::UpstreamTimeout),
@@ -436,14 +423,12 @@ impl Proxy {
         resp: http::Response<Incoming>,
         labels: &RouteLabels,
         start: Instant,
-        mut holds: Holds,
+        holds: Holds,
         health: Option<EndpointHealth>,
     ) -> Response {
         let status = resp.status();
-        self.count(labels, status.as_u16());
-        let gauge = self.metrics.in_flight.get_or_create(labels).clone();
-        gauge.inc();
-        holds.push(Box::new(InFlight(gauge)));
+        let route = self.metrics.route(labels);
+        route.count(status.as_u16());
         let (parts, incoming) = resp.into_parts();
         let sse = parts
             .headers
@@ -454,7 +439,7 @@ impl Proxy {
             incoming,
             BodyContext {
                 metrics: self.metrics.clone(),
-                labels: labels.clone(),
+                route,
                 start,
                 idle_timeout: self.cfg.idle_timeout,
                 sse,

@@ -42,6 +42,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::upstream::{self, UpstreamClient};
 
 /// Starts the shutdown sequence of a running [`serve`].
 #[derive(Clone, Debug)]
@@ -84,6 +85,8 @@ pub struct DrainReport {
 #[derive(Clone)]
 struct Service {
     proxy: Arc<Proxy>,
+    /// This server's own pool to the engines (see [`serve`]).
+    client: UpstreamClient,
     routes: axum::Router,
     closing: Arc<AtomicBool>,
 }
@@ -99,8 +102,9 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         let closing = self.closing.clone();
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
             let proxy = self.proxy.clone();
+            let client = self.client.clone();
             Box::pin(async move {
-                let mut resp = proxy.handle(req).await;
+                let mut resp = proxy.handle(req, client).await;
                 if closing.load(Ordering::Relaxed) {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -168,8 +172,13 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, parts: ServeParts) 
         .max_buf_size(cfg.max_header_bytes.saturating_add(8 << 10).max(16 << 10));
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    // A pool per serve() call: its connections are driven by tasks of the
+    // runtime that created them, so with one serve() per core-pinned
+    // runtime a request never hops threads.
+    let client = upstream::client(proxy.cfg.connect_timeout);
     let service = Service {
         proxy,
+        client,
         routes,
         closing: closing.clone(),
     };

@@ -49,10 +49,10 @@ impl RouterState {
             index: index.clone(),
             endpoints: endpoints.clone(),
             metrics: metrics.clone(),
-            client: client.clone(),
+            client,
             eject_duration: cfg.eject_duration,
         });
-        let proxy = Arc::new(Proxy::new(cfg, index, endpoints, metrics, client));
+        let proxy = Arc::new(Proxy::new(cfg, index, endpoints, metrics));
         (
             Self {
                 proxy,

@@ -208,11 +208,21 @@ where
         }
         Ok(first.unwrap_or_else(|| buf.freeze()))
     };
-    match tokio::time::timeout_at(limits.deadline.into(), read).await {
-        Ok(Ok(bytes)) => Ok(Buffered { bytes, hold }),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ProxyError::BodyTimeout(limits.timeout)),
-    }
+    let result = {
+        let mut read = std::pin::pin!(read);
+        // Small bodies usually came with the headers: no timer for those.
+        match futures::poll!(read.as_mut()) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                match tokio::time::timeout_at(limits.deadline.into(), read).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ProxyError::BodyTimeout(limits.timeout)),
+                }
+            }
+        }
+    };
+    let bytes = result?;
+    Ok(Buffered { bytes, hold })
 }
 
 #[cfg(test)]
