@@ -132,7 +132,9 @@ fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     socket
         .bind(addr)
         .with_context(|| format!("binding {addr}"))?;
-    socket.listen(1024).with_context(|| format!("listening on {addr}"))
+    socket
+        .listen(1024)
+        .with_context(|| format!("listening on {addr}"))
 }
 
 async fn shutdown_signal() {
