@@ -15,6 +15,13 @@
 #                                   step (cpu-clock; top symbols in profile-*.txt)
 #   SKIP_BUILD=1                    use the binaries already in target/release
 #   ROUTER_ARGS="..."               extra flags for the router under test
+#   WORKERS=N                       the router's --workers and nginx's
+#                                   worker_processes (default: both use all CPUs)
+#   STUB_THREADS=1 LOADGEN_THREADS=2  threads of the stub backend and of the
+#                                   load generator (raise them on a big machine,
+#                                   or they, not the proxy, set the maximum rate)
+#   BIN=target/release NGINX=nginx  where the binaries are (e.g. prebuilt ones
+#                                   copied to another machine)
 #
 # Besides latency and rate, the closed-loop step reports each proxy's CPU
 # time per request (user + system of its processes, from /proc): on a
@@ -34,15 +41,21 @@ CONC=${CONC:-64}
 REPEAT=${REPEAT:-1}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+echo "cpus=$(nproc) $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed "s/^ //") nginx=$("${NGINX:-nginx}" -v 2>&1 | cut -d/ -f2)" >"$OUT/machine.txt"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p steward-router -p steward-loadgen
-BIN=target/release
+BIN=${BIN:-target/release}
+NGINX=${NGINX:-nginx}
+STUB_THREADS=${STUB_THREADS:-1}
+LOADGEN_THREADS=${LOADGEN_THREADS:-2}
+NGINX_WORKERS=${WORKERS:-auto}
+[ -z "${WORKERS:-}" ] || ROUTER_ARGS="--workers $WORKERS ${ROUTER_ARGS:-}"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 STUB_PORT=$(free_port) ROUTER_PORT=$(free_port) NGINX_PORT=$(free_port) BASE_PORT=$(free_port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-"$BIN/steward-stub-backend" --host 127.0.0.1 --port $STUB_PORT --threads 1 >"$OUT/stub.log" 2>&1 &
+"$BIN/steward-stub-backend" --host 127.0.0.1 --port $STUB_PORT --threads $STUB_THREADS >"$OUT/stub.log" 2>&1 &
 pids+=($!)
 
 cat >"$OUT/routes.json" <<JSON
@@ -56,7 +69,8 @@ ROUTER_PID=$!
 pids+=($ROUTER_PID)
 targets="direct:$STUB_PORT router:$ROUTER_PORT nginx:$NGINX_PORT"
 if [ -n "${BASELINE_BIN:-}" ]; then
-  RUST_LOG=warn "$BASELINE_BIN" --listen 127.0.0.1:$BASE_PORT --static-routes "$OUT/routes.json" >"$OUT/baseline.log" 2>&1 &
+  # An older binary may predate --workers: its tokio runtime reads the thread count from the environment.
+  RUST_LOG=warn TOKIO_WORKER_THREADS=${WORKERS:-$(nproc)} "$BASELINE_BIN" --listen 127.0.0.1:$BASE_PORT --static-routes "$OUT/routes.json" >"$OUT/baseline.log" 2>&1 &
   BASE_PID=$!
   pids+=($BASE_PID)
   targets="$targets baseline:$BASE_PORT"
@@ -66,7 +80,7 @@ fi
 # the backend, no buffering (streams pass through), no access log.
 mkdir -p "$OUT/nginx"
 cat >"$OUT/nginx/nginx.conf" <<NGINX
-worker_processes auto;
+worker_processes $NGINX_WORKERS;
 pid $OUT/nginx/nginx.pid;
 error_log $OUT/nginx/error.log warn;
 daemon off;
@@ -88,7 +102,7 @@ http {
   }
 }
 NGINX
-nginx -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" >"$OUT/nginx/out.log" 2>&1 &
+"$NGINX" -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" >"$OUT/nginx/out.log" 2>&1 &
 NGINX_PID=$!
 pids+=($NGINX_PID)
 STUB_PID=${pids[0]}
@@ -123,7 +137,7 @@ run() { # target label port mode...
   echo "$label $(cat /proc/loadavg)" >>"$OUT/loadavg.txt"
   local c0; c0=$(cpu_ticks "$pid")
   "$BIN/steward-loadgen" --url "http://127.0.0.1:$port" --model bench --no-stream \
-    --prompt-len fixed:16 --output-len fixed:1 --duration "$DURATION" --grace 10s \
+    --prompt-len fixed:16 --output-len fixed:1 --threads "$LOADGEN_THREADS" --duration "$DURATION" --grace 10s \
     --label "$label" --json "$OUT/$label.json" "$@" >"$OUT/$label.txt" 2>&1
   echo "$label $(( $(cpu_ticks "$pid") - c0 )) $(getconf CLK_TCK)" >>"$OUT/cpu.txt"
 }
@@ -147,6 +161,7 @@ for round in $(seq "$REPEAT"); do
   done
 done
 echo "end $(cat /proc/loadavg)" >>"$OUT/loadavg.txt"
+cat "$OUT/machine.txt"
 
 python3 - "$OUT" "$RATE" "$REPEAT" "$targets" <<'PY'
 import json, statistics, sys
