@@ -20,7 +20,7 @@
 #   STUB_THREADS=1 LOADGEN_THREADS=2  threads of the stub backend and of the
 #                                   load generator (raise them on a big machine,
 #                                   or they, not the proxy, set the maximum rate)
-#   BIN=target/release NGINX=nginx  where the binaries are (e.g. prebuilt ones
+#   BIN=target/release NGINX_BIN=nginx  where the binaries are (e.g. prebuilt ones
 #                                   copied to another machine)
 #
 # Besides latency and rate, the closed-loop step reports each proxy's CPU
@@ -41,10 +41,10 @@ CONC=${CONC:-64}
 REPEAT=${REPEAT:-1}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-echo "cpus=$(nproc) $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed "s/^ //") nginx=$("${NGINX:-nginx}" -v 2>&1 | cut -d/ -f2)" >"$OUT/machine.txt"
+echo "cpus=$(nproc) $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed "s/^ //") nginx=$("${NGINX_BIN:-nginx}" -v 2>&1 | cut -d/ -f2)" >"$OUT/machine.txt"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p steward-router -p steward-loadgen
 BIN=${BIN:-target/release}
-NGINX=${NGINX:-nginx}
+NGINX_BIN=${NGINX_BIN:-nginx}
 STUB_THREADS=${STUB_THREADS:-1}
 LOADGEN_THREADS=${LOADGEN_THREADS:-2}
 NGINX_WORKERS=${WORKERS:-auto}
@@ -89,6 +89,9 @@ http {
   access_log off;
   client_body_temp_path $OUT/nginx/body;
   proxy_temp_path $OUT/nginx/proxy;
+  fastcgi_temp_path $OUT/nginx/fastcgi;
+  uwsgi_temp_path $OUT/nginx/uwsgi;
+  scgi_temp_path $OUT/nginx/scgi;
   upstream stub { server 127.0.0.1:$STUB_PORT; keepalive 256; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
@@ -102,7 +105,7 @@ http {
   }
 }
 NGINX
-"$NGINX" -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" >"$OUT/nginx/out.log" 2>&1 &
+"$NGINX_BIN" -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" >"$OUT/nginx/out.log" 2>&1 &
 NGINX_PID=$!
 pids+=($NGINX_PID)
 STUB_PID=${pids[0]}
