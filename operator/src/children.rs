@@ -188,7 +188,10 @@ pub fn pod_template(
     let e = &spec.engine;
     let mut pod_labels = child_labels(&parent.name);
     pod_labels.insert(labels::REVISION.to_owned(), revision.to_owned());
-    pod_labels.insert(labels::ROLE.to_owned(), labels::ROLE_SERVING.to_owned());
+    pod_labels.insert(
+        labels::ROTATION.to_owned(),
+        labels::ROTATION_SERVING.to_owned(),
+    );
     let annotations = BTreeMap::from([
         ("prometheus.io/scrape".to_owned(), "true".to_owned()),
         ("prometheus.io/port".to_owned(), e.port.to_string()),
@@ -302,7 +305,7 @@ pub fn pod_template(
     })
 }
 
-/// The selector of a revision's Deployment (not the role: pods move between
+/// The selector of a revision's Deployment (not the rotation: pods move between
 /// serving and warm without leaving their ReplicaSet).
 pub fn revision_selector(service: &str, revision: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -351,7 +354,10 @@ pub fn revision_deployment(
 pub fn service(parent: &Parent, spec: &InferenceServiceSpec) -> Service {
     let selector = BTreeMap::from([
         (labels::SERVICE.to_owned(), parent.name.clone()),
-        (labels::ROLE.to_owned(), labels::ROLE_SERVING.to_owned()),
+        (
+            labels::ROTATION.to_owned(),
+            labels::ROTATION_SERVING.to_owned(),
+        ),
     ]);
     let mut s = Service {
         metadata: ObjectMeta {
@@ -482,8 +488,12 @@ mod tests {
         let labels = ds.template.metadata.unwrap().labels.unwrap();
         assert_eq!(labels[labels::SERVICE], "chat");
         assert_eq!(labels[labels::REVISION], "abcdef0123");
-        assert_eq!(labels[labels::ROLE], "serving");
-        assert!(!ds.selector.match_labels.unwrap().contains_key(labels::ROLE));
+        assert_eq!(labels[labels::ROTATION], "serving");
+        assert!(!ds
+            .selector
+            .match_labels
+            .unwrap()
+            .contains_key(labels::ROTATION));
     }
 
     #[test]
@@ -515,6 +525,6 @@ mod tests {
         let s = service(&parent(), &spec(""));
         let sel = s.spec.unwrap().selector.unwrap();
         assert_eq!(sel.len(), 2);
-        assert_eq!(sel[labels::ROLE], "serving");
+        assert_eq!(sel[labels::ROTATION], "serving");
     }
 }

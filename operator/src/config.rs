@@ -31,6 +31,22 @@ pub struct Cli {
     pub pods: PodArgs,
     #[command(flatten)]
     pub prometheus: PrometheusArgs,
+    #[command(flatten)]
+    pub writes: WriteArgs,
+}
+
+/// How the operator writes.
+#[derive(Args, Debug, Clone)]
+pub struct WriteArgs {
+    /// How long one API write may take before the pass gives up on it (and
+    /// retries the object with back-off).
+    #[arg(long, env = "STEWARD_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// Time the router gets to see a traffic change: weight rises only onto
+    /// pods in rotation this long, and a revision keeps its pods this long
+    /// after its weight fell.
+    #[arg(long, env = "STEWARD_TRAFFIC_HANDOFF", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub traffic_handoff: Duration,
 }
 
 /// Where signals come from.
@@ -122,6 +138,8 @@ impl Cli {
             },
             concurrency: self.concurrency,
             identity: self.identity(),
+            write_timeout: self.writes.write_timeout,
+            handoff: self.writes.traffic_handoff,
             ..OperatorConfig::default()
         }
     }
@@ -136,6 +154,8 @@ mod tests {
         let cli = Cli::try_parse_from(["steward-operator"]).unwrap();
         assert!(cli.leader.leader_elect);
         assert_eq!(cli.leader.lease_duration, Duration::from_secs(15));
+        assert_eq!(cli.operator_config().write_timeout, Duration::from_secs(10));
+        assert_eq!(cli.operator_config().handoff, Duration::from_secs(2));
         let cli = Cli::try_parse_from([
             "steward-operator",
             "--leader-elect",

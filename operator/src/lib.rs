@@ -1,24 +1,33 @@
 //! steward-operator: turns `InferenceService` objects into revisions of
 //! steward-engine pods, shifts traffic between them and reports status.
 //!
-//! Flow of one reconcile: `observe` (children → plain views) → `rollout`
-//! (which revisions at what size, who gets traffic) → `status` (the status
-//! value) → `children` (the objects to apply) → `controller` (applies only
-//! what differs). Everything before `controller` is pure and unit tested;
-//! `leader`, `http`, `metrics` and `run` wrap the process around it.
+//! One reconcile pass: `observe` (children and stored status → plain views)
+//! → `desired`, which runs `autoscale` (serving / warm counts) → `rollout`
+//! (revisions, sizes, traffic, memory) → `pool` (rotation labels) →
+//! `status` (the value) → `children` (the objects) → `events`; then
+//! `plan::plan_writes` lists only the writes that change something, in an
+//! order that never leaves the data plane without endpoints, and
+//! `controller` executes them. Everything before `controller` is pure and
+//! unit tested (`tests/layering.rs` keeps it that way); `leader`, `http`,
+//! `metrics` and `run` wrap the process around it.
 
 pub mod alarm;
+pub mod autoscale;
 pub mod children;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod dashboard;
+pub mod desired;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod plan;
+pub mod pool;
+pub mod reason;
 pub mod revision;
-pub mod roles;
 pub mod rollout;
 pub mod rules;
 pub mod run;

@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::reason::Reason;
+
 /// Labels of `api_writes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
@@ -28,7 +30,7 @@ pub struct WriteLabels {
 /// Labels of `reconcile_errors_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
-    /// The error's stable reason string.
+    /// The error's stable reason string ([`Reason::as_str`]).
     pub reason: &'static str,
 }
 
@@ -47,6 +49,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Histogram,
     api_writes: Family<WriteLabels, Counter>,
+    write_timeouts: Family<WriteLabels, Counter>,
     leader: Gauge,
     writes_total: AtomicU64,
     prom_queries: Family<OutcomeLabels, Counter>,
@@ -85,6 +88,12 @@ impl Metrics {
             "Writes sent to the API server, by kind and verb",
             api_writes.clone(),
         );
+        let write_timeouts = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "api_write_timeouts",
+            "Writes that got no answer within the write timeout, by kind and verb",
+            write_timeouts.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -121,6 +130,7 @@ impl Metrics {
             errors,
             duration,
             api_writes,
+            write_timeouts,
             leader,
             writes_total: AtomicU64::new(0),
             prom_queries,
@@ -166,8 +176,19 @@ impl Metrics {
     }
 
     /// A reconcile pass failed.
-    pub fn reconcile_failed(&self, reason: &'static str) {
-        self.errors.get_or_create(&ErrorLabels { reason }).inc();
+    pub fn reconcile_failed(&self, reason: Reason) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// A write ran out of time (it is not counted in `api_writes_total`).
+    pub fn write_timed_out(&self, kind: &'static str, verb: &'static str) {
+        self.write_timeouts
+            .get_or_create(&WriteLabels { kind, verb })
+            .inc();
     }
 
     /// One write was sent.
@@ -212,6 +233,8 @@ mod tests {
         m.reconcile_started();
         m.write("Deployment", "apply");
         m.reconcile_finished(Duration::from_millis(3));
+        m.reconcile_failed(Reason::WriteTimedOut);
+        m.write_timed_out("Deployment", "apply");
         let text = m.encode().unwrap();
         assert!(
             text.contains("steward_operator_reconciles_total 1"),
@@ -220,6 +243,12 @@ mod tests {
         assert!(text
             .contains("steward_operator_api_writes_total{kind=\"Deployment\",verb=\"apply\"} 1"));
         assert!(text.contains("steward_operator_reconcile_duration_seconds_count 1"));
+        assert!(
+            text.contains("steward_operator_reconcile_errors_total{reason=\"WriteTimedOut\"} 1")
+        );
+        assert!(text.contains(
+            "steward_operator_api_write_timeouts_total{kind=\"Deployment\",verb=\"apply\"} 1"
+        ));
         assert_eq!(m.writes(), 1);
     }
 }

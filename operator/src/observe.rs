@@ -2,17 +2,20 @@
 //!
 //! The decision code never looks at `Pod` or `Deployment` objects: this
 //! module turns them into [`PodView`] and [`DeploymentView`] (what revision,
-//! ready or not, terminating or not, and why a pod is stuck, in the words the
-//! kubelet used), so rollout and status logic can be tested with small
-//! builders.
+//! ready or not and since when, in rotation or not, terminating or not, and
+//! why a pod is stuck, in the words the kubelet used), so rollout, pool,
+//! status and write-plan logic can be tested with small builders. The
+//! stored status is observed too: it holds the rollout's memory.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::jiff::Timestamp;
 
 use crate::children::applied_hash;
-use crate::crd::labels;
+use crate::crd::{labels, InferenceServiceStatus};
+use crate::pool::Rotation;
 
 /// Container waiting reasons that mean the pod will not become ready
 /// without a change (as opposed to `ContainerCreating`, `PodInitializing`).
@@ -42,10 +45,12 @@ pub struct PodView {
     pub name: String,
     /// `serving.steward.dev/revision` label.
     pub revision: String,
-    /// `serving.steward.dev/role` label is `warm`.
-    pub warm: bool,
+    /// `serving.steward.dev/rotation` label; `None` when missing or unknown.
+    pub rotation: Option<Rotation>,
     /// The Ready condition is true.
     pub ready: bool,
+    /// When the Ready condition last turned true (the kubelet's clock).
+    pub ready_since: Option<Timestamp>,
     /// Has a deletion timestamp.
     pub terminating: bool,
     /// Why it is stuck, if it is.
@@ -61,30 +66,42 @@ pub struct DeploymentView {
     pub replicas: i32,
     /// The [`crate::children::APPLIED_HASH`] annotation.
     pub applied_hash: Option<String>,
-    /// `metadata.creationTimestamp` as RFC 3339, for ordering.
-    pub created: String,
+    /// `metadata.creationTimestamp`; orders retired revisions (none sorts
+    /// first, as the oldest).
+    pub created: Option<Timestamp>,
     /// The message of a `Progressing=False, ProgressDeadlineExceeded` condition.
     pub deadline_exceeded: Option<String>,
 }
 
-/// Everything observed about one InferenceService's children.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The Service, when it exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    /// The [`crate::children::APPLIED_HASH`] annotation (none on a Service
+    /// someone else wrote).
+    pub applied_hash: Option<String>,
+}
+
+/// Everything observed about one InferenceService.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     /// Deployments by revision.
     pub deployments: BTreeMap<String, DeploymentView>,
     /// Pods of every revision, sorted by name.
     pub pods: Vec<PodView>,
-    /// The Service's applied hash; `None` when it is missing.
-    pub service_hash: Option<Option<String>>,
+    /// The Service; `None` when it is missing.
+    pub service: Option<ServiceView>,
+    /// The status as stored: the rollout's and the autoscaler's memory.
+    pub status: InferenceServiceStatus,
 }
 
 impl Observed {
-    /// Builds the view from the children in the stores. Objects without a
-    /// revision label are ignored (they are not ours).
+    /// Builds the view from the children in the stores and the stored
+    /// status. Objects without a revision label are ignored (not ours).
     pub fn from_objects<'a>(
         deployments: impl IntoIterator<Item = &'a Deployment>,
         pods: impl IntoIterator<Item = &'a Pod>,
         service: Option<&Service>,
+        status: Option<&InferenceServiceStatus>,
     ) -> Self {
         let deployments = deployments
             .into_iter()
@@ -93,11 +110,14 @@ impl Observed {
             .collect();
         let mut pods: Vec<PodView> = pods.into_iter().filter_map(pod_view).collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));
-        let service_hash = service.map(|s| applied_hash(&s.metadata).map(str::to_owned));
+        let service = service.map(|s| ServiceView {
+            applied_hash: applied_hash(&s.metadata).map(str::to_owned),
+        });
         Self {
             deployments,
             pods,
-            service_hash,
+            service,
+            status: status.cloned().unwrap_or_default(),
         }
     }
 
@@ -148,29 +168,26 @@ fn deployment_view(d: &Deployment) -> Option<DeploymentView> {
         revision,
         replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
         applied_hash: applied_hash(&d.metadata).map(str::to_owned),
-        created: d
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
+        created: d.metadata.creation_timestamp.as_ref().map(|t| t.0),
         deadline_exceeded,
     })
 }
 
 fn pod_view(p: &Pod) -> Option<PodView> {
     let revision = label(&p.metadata, labels::REVISION)?.to_owned();
-    let warm = label(&p.metadata, labels::ROLE) == Some(labels::ROLE_WARM);
+    let rotation = label(&p.metadata, labels::ROTATION).and_then(Rotation::from_label);
     let status = p.status.as_ref();
     let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
-    let ready = conditions
+    let ready_cond = conditions
         .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+        .find(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = ready_cond.is_some();
     Some(PodView {
         name: p.metadata.name.clone().unwrap_or_default(),
         revision,
-        warm,
+        rotation,
         ready,
+        ready_since: ready_cond.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)),
         terminating: p.metadata.deletion_timestamp.is_some(),
         problem: if ready { None } else { pod_problem(p) },
     })
@@ -239,30 +256,31 @@ pub(crate) mod build {
     //! Small builders for views, shared by the decision tests.
     use super::*;
 
-    /// A pod view.
+    /// A serving pod view, ready (since long ago) or not.
     pub fn pod(name: &str, revision: &str, ready: bool) -> PodView {
         PodView {
             name: name.into(),
             revision: revision.into(),
-            warm: false,
+            rotation: Some(Rotation::Serving),
             ready,
+            ready_since: ready.then_some(Timestamp::UNIX_EPOCH),
             terminating: false,
             problem: None,
         }
     }
 
-    /// A deployment view.
-    pub fn deployment(revision: &str, replicas: i32, created: &str) -> DeploymentView {
+    /// A deployment view created `created` seconds after the epoch.
+    pub fn deployment(revision: &str, replicas: i32, created: i64) -> DeploymentView {
         DeploymentView {
             revision: revision.into(),
             replicas,
             applied_hash: Some("h".into()),
-            created: created.into(),
+            created: Timestamp::from_second(created).ok(),
             deadline_exceeded: None,
         }
     }
 
-    /// An observed set.
+    /// An observed set with a Service and an empty stored status.
     pub fn observed(deployments: Vec<DeploymentView>, pods: Vec<PodView>) -> Observed {
         Observed {
             deployments: deployments
@@ -270,7 +288,10 @@ pub(crate) mod build {
                 .map(|d| (d.revision.clone(), d))
                 .collect(),
             pods,
-            service_hash: Some(Some("s".into())),
+            service: Some(ServiceView {
+                applied_hash: Some("s".into()),
+            }),
+            status: InferenceServiceStatus::default(),
         }
     }
 }
@@ -368,8 +389,8 @@ mod tests {
     fn objects_without_a_revision_label_are_ignored() {
         let mut p = Pod::default();
         p.metadata.name = Some("stranger".into());
-        let o = Observed::from_objects([], [&p], None);
+        let o = Observed::from_objects([], [&p], None, None);
         assert!(o.pods.is_empty());
-        assert_eq!(o.service_hash, None);
+        assert_eq!(o.service, None);
     }
 }

@@ -6,16 +6,19 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::crd::{InferenceServiceStatus, Phase, ReplicaStatus, RevisionStatus};
-use crate::observe::{count, Observed};
+use crate::observe::{count, Observed, PodView};
+use crate::pool::Rotation;
+use crate::reason::Reason;
 use crate::rollout::{Progress, RolloutPlan};
 
 /// Condition types.
 pub mod condition {
-    /// The stable revision serves with all its pods ready.
+    /// The stable revision serves with all its pods ready and at least one
+    /// pod in rotation.
     pub const READY: &str = "Ready";
     /// A revision change or drain is under way.
     pub const PROGRESSING: &str = "Progressing";
-    /// The desired revision cannot become ready.
+    /// The desired revision cannot become ready, or nothing serves.
     pub const DEGRADED: &str = "Degraded";
 }
 
@@ -24,14 +27,10 @@ pub mod condition {
 pub struct StatusInput<'a> {
     /// The decision of this pass.
     pub plan: &'a RolloutPlan,
-    /// The children as they are.
+    /// The children as they are, and the stored status.
     pub observed: &'a Observed,
-    /// Pods each active revision should have.
-    pub desired_replicas: i32,
     /// `metadata.generation`.
     pub generation: Option<i64>,
-    /// The stored status.
-    pub previous: &'a InferenceServiceStatus,
     /// The time to stamp on conditions that change.
     pub now: Time,
 }
@@ -43,55 +42,108 @@ struct Cond {
     message: String,
 }
 
-/// Computes the status of this pass.
-pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
-    let plan = input.plan;
-    let obs = input.observed;
-    let desired = input.desired_replicas;
-    let live = || obs.pods.iter().filter(|p| p.ready && !p.terminating);
-    let replicas = ReplicaStatus {
-        serving: count(live().filter(|p| !p.warm)),
-        warm: count(live().filter(|p| p.warm)),
-        ready: count(live()),
-        desired: plan.replicas.values().sum(),
-    };
+impl Cond {
+    fn new(type_: &'static str, status: bool, reason: Reason, message: String) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.as_str().to_owned(),
+            message,
+        }
+    }
+}
 
-    let stable_ready = plan.stable.as_deref().map(|s| obs.ready_of(s));
-    let ready_cond = match (&plan.stable, stable_ready) {
-        (Some(s), Some(n)) if n >= desired => Cond {
-            type_: condition::READY,
-            status: true,
-            reason: "RevisionReady".into(),
-            message: format!("revision {s} serves with {n}/{desired} pods ready"),
-        },
-        (Some(s), Some(n)) => Cond {
-            type_: condition::READY,
-            status: false,
-            reason: "ReplicasNotReady".into(),
-            message: format!("revision {s} has {n}/{desired} pods ready"),
-        },
-        _ => Cond {
-            type_: condition::READY,
-            status: false,
-            reason: "NoStableRevision".into(),
-            message: "no revision has all its pods ready yet".into(),
-        },
+fn live(p: &&PodView) -> bool {
+    p.ready && !p.terminating
+}
+
+/// Ready pods in rotation whose revision has traffic: the pods the router
+/// can send to.
+fn routable(plan: &RolloutPlan, obs: &Observed) -> i32 {
+    let weighted = |rev: &str| {
+        plan.traffic
+            .iter()
+            .any(|t| t.revision == rev && t.weight > 0)
     };
+    count(
+        obs.pods
+            .iter()
+            .filter(live)
+            .filter(|p| p.rotation == Some(Rotation::Serving) && weighted(&p.revision)),
+    )
+}
+
+fn ready_condition(plan: &RolloutPlan, obs: &Observed, routable: i32) -> Cond {
+    let Some(s) = plan.stable.as_deref() else {
+        return Cond::new(
+            condition::READY,
+            false,
+            Reason::NoStableRevision,
+            "no revision has all its pods ready yet".into(),
+        );
+    };
+    let n = obs.ready_of(s);
+    let desired = plan.replicas_of(s);
+    if routable == 0 {
+        return Cond::new(
+            condition::READY,
+            false,
+            Reason::NoServingPods,
+            format!("revision {s} has {n}/{desired} pods ready but none in rotation"),
+        );
+    }
+    if n >= desired {
+        Cond::new(
+            condition::READY,
+            true,
+            Reason::RevisionReady,
+            format!("revision {s} serves with {n}/{desired} pods ready"),
+        )
+    } else {
+        Cond::new(
+            condition::READY,
+            false,
+            Reason::ReplicasNotReady,
+            format!("revision {s} has {n}/{desired} pods ready"),
+        )
+    }
+}
+
+/// Phase, Progressing and (when something is wrong) Degraded.
+fn progress_conditions(plan: &RolloutPlan, routable: i32) -> (Phase, Cond, Option<Cond>) {
     let target = plan
         .canary
         .clone()
         .or_else(|| plan.stable.clone())
         .or_else(|| plan.traffic.first().map(|t| t.revision.clone()))
         .unwrap_or_default();
-    let (phase, progressing, degraded) = match &plan.progress {
+    let progressing = |reason, message| Cond::new(condition::PROGRESSING, true, reason, message);
+    match &plan.progress {
+        Progress::Settled if routable == 0 => (
+            Phase::Degraded,
+            Cond::new(
+                condition::PROGRESSING,
+                false,
+                Reason::RolloutComplete,
+                format!("revision {target} is rolled out"),
+            ),
+            Some(Cond::new(
+                condition::DEGRADED,
+                true,
+                Reason::NoServingPods,
+                format!(
+                    "no ready pod of revision {target} is in rotation (warm pods are not): requests get 503"
+                ),
+            )),
+        ),
         Progress::Settled => (
             Phase::Ready,
-            Cond {
-                type_: condition::PROGRESSING,
-                status: false,
-                reason: "RolloutComplete".into(),
-                message: format!("revision {target} is rolled out"),
-            },
+            Cond::new(
+                condition::PROGRESSING,
+                false,
+                Reason::RolloutComplete,
+                format!("revision {target} is rolled out"),
+            ),
             None,
         ),
         Progress::WaitingForPods { ready, desired } => (
@@ -100,61 +152,84 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
             } else {
                 Phase::Pending
             },
-            Cond {
-                type_: condition::PROGRESSING,
-                status: true,
-                reason: "RevisionRollingOut".into(),
-                message: format!("revision {target}: {ready}/{desired} pods ready"),
-            },
+            progressing(
+                Reason::RevisionRollingOut,
+                format!("revision {target}: {ready}/{desired} pods ready"),
+            ),
+            None,
+        ),
+        Progress::HandingOff { from } => (
+            Phase::Progressing,
+            progressing(
+                Reason::RevisionRollingOut,
+                format!("revision {target} is ready; it takes the traffic from {from} after the hand-off"),
+            ),
             None,
         ),
         Progress::Draining { revisions, pods } => (
             Phase::Progressing,
-            Cond {
-                type_: condition::PROGRESSING,
-                status: true,
-                reason: "DrainingPreviousRevisions".into(),
-                message: format!(
-                    "revision {target} takes all traffic; {pods} pods of {} draining",
+            progressing(
+                Reason::DrainingPreviousRevisions,
+                format!(
+                    "revision {target} takes all traffic; {pods} pods of {} handing off or draining",
                     revisions.join(", ")
                 ),
-            },
+            ),
             None,
         ),
         Progress::Stuck(problem) => (
             Phase::Degraded,
-            Cond {
-                type_: condition::PROGRESSING,
-                status: false,
-                reason: "RolloutStalled".into(),
-                message: format!("revision {target} cannot become ready"),
-            },
+            Cond::new(
+                condition::PROGRESSING,
+                false,
+                Reason::RolloutStalled,
+                format!("revision {target} cannot become ready"),
+            ),
             Some(Cond {
                 type_: condition::DEGRADED,
                 status: true,
+                // The kubelet's or scheduler's own word.
                 reason: problem.reason.clone(),
                 message: problem.message.clone(),
             }),
         ),
-    };
-    let degraded = degraded.unwrap_or(Cond {
-        type_: condition::DEGRADED,
-        status: false,
-        reason: "AsExpected".into(),
-        message: "no pod of the desired revision is stuck".into(),
-    });
+    }
+}
 
+/// Computes the status of this pass.
+pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
+    let plan = input.plan;
+    let obs = input.observed;
+    let previous = &obs.status;
+    let live_pods = || obs.pods.iter().filter(live);
+    let replicas = ReplicaStatus {
+        serving: count(live_pods().filter(|p| p.rotation == Some(Rotation::Serving))),
+        warm: count(live_pods().filter(|p| p.rotation == Some(Rotation::Warm))),
+        ready: count(live_pods()),
+        desired: plan.total_replicas(),
+    };
+    let routable = routable(plan, obs);
+    let ready_cond = ready_condition(plan, obs, routable);
+    let (phase, progressing, degraded) = progress_conditions(plan, routable);
+    let degraded = degraded.unwrap_or_else(|| {
+        Cond::new(
+            condition::DEGRADED,
+            false,
+            Reason::AsExpected,
+            "no pod of the desired revision is stuck".into(),
+        )
+    });
     let conditions = [ready_cond, progressing, degraded]
         .into_iter()
         .map(|c| merge_condition(c, input))
         .collect();
     let revisions = plan
-        .roles
+        .revisions
         .iter()
-        .map(|(rev, role)| RevisionStatus {
+        .map(|(rev, p)| RevisionStatus {
             name: rev.clone(),
-            role: *role,
-            desired: plan.replicas.get(rev).copied().unwrap_or(0),
+            role: p.role,
+            desired: p.replicas,
             ready: obs.ready_of(rev),
             pods: obs.existing_of(rev),
         })
@@ -172,13 +247,14 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
                 .map_or(0, |t| t.weight)
         }),
         traffic: plan.traffic.clone(),
-        step: None,
+        rollout: plan.memory.clone(),
+        autoscaling: previous.autoscaling.clone(),
         ready: Some(format!("{}/{}", replicas.ready, replicas.desired)),
         serving_warm: Some(format!("{}/{}", replicas.serving, replicas.warm)),
         replicas,
-        ttft_p99: input.previous.ttft_p99.clone(),
+        ttft_p99: previous.ttft_p99.clone(),
         revisions,
-        alarms: input.previous.alarms.clone(),
+        alarms: previous.alarms.clone(),
         conditions,
     }
 }
@@ -188,7 +264,8 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
 fn merge_condition(c: Cond, input: &StatusInput<'_>) -> Condition {
     let status = if c.status { "True" } else { "False" };
     let last_transition_time = input
-        .previous
+        .observed
+        .status
         .conditions
         .iter()
         .find(|p| p.type_ == c.type_ && p.status == status)
@@ -251,7 +328,10 @@ pub fn transitions(old: &InferenceServiceStatus, new: &InferenceServiceStatus) -
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::autoscale::ScalePlan;
     use crate::observe::build::{deployment, observed, pod};
     use crate::observe::PodProblem;
     use crate::rollout::{decide, RolloutInput};
@@ -261,44 +341,67 @@ mod tests {
         Time(Timestamp::from_second(secs).unwrap())
     }
 
-    fn status_of(
+    fn status_with(
         target: &str,
-        stable: Option<&str>,
+        scale: ScalePlan,
         obs: &Observed,
         prev: &InferenceServiceStatus,
         now: i64,
     ) -> InferenceServiceStatus {
+        let obs = Observed {
+            status: prev.clone(),
+            ..obs.clone()
+        };
         let plan = decide(&RolloutInput {
             target,
-            desired_replicas: 2,
-            previous_stable: stable,
-            observed: obs,
+            scale,
+            observed: &obs,
+            now: at(now).0,
+            handoff: Duration::ZERO,
         });
         compute(&StatusInput {
             plan: &plan,
-            observed: obs,
-            desired_replicas: 2,
+            observed: &obs,
             generation: Some(3),
-            previous: prev,
             now: at(now),
         })
     }
 
+    fn status_of(
+        target: &str,
+        obs: &Observed,
+        prev: &InferenceServiceStatus,
+        now: i64,
+    ) -> InferenceServiceStatus {
+        let scale = ScalePlan {
+            serving: 2,
+            warm: 0,
+        };
+        status_with(target, scale, obs, prev, now)
+    }
+
     fn settled() -> Observed {
         observed(
-            vec![deployment("r1", 2, "t1")],
+            vec![deployment("r1", 2, 1)],
             vec![pod("a", "r1", true), pod("b", "r1", true)],
         )
     }
 
+    /// The status a converged r1 has stored.
+    fn stable_r1() -> InferenceServiceStatus {
+        let first = status_of("r1", &settled(), &Default::default(), 10);
+        status_of("r1", &settled(), &first, 10)
+    }
+
     #[test]
     fn settled_service_is_ready_with_printer_fields() {
-        let s = status_of("r1", Some("r1"), &settled(), &Default::default(), 10);
+        let s = stable_r1();
         assert_eq!(s.phase, Phase::Ready);
         assert_eq!(s.ready.as_deref(), Some("2/2"));
         assert_eq!(s.serving_warm.as_deref(), Some("2/0"));
         assert_eq!(s.stable_revision.as_deref(), Some("r1"));
         assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.rollout.step_started_at, Some(at(10)));
         assert!(is_true(&s, condition::READY));
         assert!(!is_true(&s, condition::PROGRESSING));
         assert!(!is_true(&s, condition::DEGRADED));
@@ -306,17 +409,18 @@ mod tests {
 
     #[test]
     fn recomputing_a_converged_status_gives_an_equal_value() {
-        let first = status_of("r1", Some("r1"), &settled(), &Default::default(), 10);
-        let second = status_of("r1", Some("r1"), &settled(), &first, 99);
+        let first = stable_r1();
+        let second = status_of("r1", &settled(), &first, 99);
         assert_eq!(first, second, "a later pass must not change anything");
     }
 
     #[test]
     fn first_rollout_is_pending_until_pods_are_ready() {
-        let obs = observed(vec![deployment("r1", 2, "t1")], vec![pod("a", "r1", true)]);
-        let s = status_of("r1", None, &obs, &Default::default(), 10);
+        let obs = observed(vec![deployment("r1", 2, 1)], vec![pod("a", "r1", true)]);
+        let s = status_of("r1", &obs, &Default::default(), 10);
         assert_eq!(s.phase, Phase::Pending);
         assert_eq!(s.traffic[0].revision, "r1");
+        assert_eq!(s.canary_revision, None);
         assert!(is_true(&s, condition::PROGRESSING));
     }
 
@@ -328,11 +432,11 @@ mod tests {
             message: "Insufficient nvidia.com/gpu".into(),
         });
         let obs = observed(
-            vec![deployment("r1", 2, "t1"), deployment("r2", 2, "t2")],
+            vec![deployment("r1", 2, 1), deployment("r2", 2, 2)],
             vec![pod("a", "r1", true), pod("b", "r1", true), stuck],
         );
-        let prev = status_of("r1", Some("r1"), &settled(), &Default::default(), 10);
-        let s = status_of("r2", Some("r1"), &obs, &prev, 20);
+        let prev = stable_r1();
+        let s = status_of("r2", &obs, &prev, 20);
         assert_eq!(s.phase, Phase::Degraded);
         assert_eq!(s.canary_revision.as_deref(), Some("r2"));
         assert_eq!(s.canary_weight, Some(0));
@@ -356,12 +460,51 @@ mod tests {
 
     #[test]
     fn ready_transition_is_reported_once() {
-        let s1 = status_of("r1", None, &settled(), &Default::default(), 10);
+        let s1 = status_of("r1", &settled(), &Default::default(), 10);
         assert!(matches!(
             transitions(&Default::default(), &s1)[..],
             [Transition::BecameReady { .. }]
         ));
-        let s2 = status_of("r1", Some("r1"), &settled(), &s1, 20);
+        let s2 = status_of("r1", &settled(), &s1, 20);
         assert!(transitions(&s1, &s2).is_empty());
+    }
+
+    /// Issue 13, fault 9: `replicas {min: 0, warm: 1}` said Ready while the
+    /// router answered 503.
+    #[test]
+    fn no_pod_in_rotation_is_never_ready() {
+        let warm_only = ScalePlan {
+            serving: 0,
+            warm: 1,
+        };
+        let mut only = pod("a", "r1", true);
+        only.rotation = Some(Rotation::Warm);
+        let obs = observed(vec![deployment("r1", 1, 1)], vec![only]);
+        let first = status_with("r1", warm_only, &obs, &Default::default(), 10);
+        let s = status_with("r1", warm_only, &obs, &first, 20);
+        assert_eq!(s.stable_revision.as_deref(), Some("r1"));
+        assert_eq!(s.serving_warm.as_deref(), Some("0/1"));
+        assert_ne!(s.phase, Phase::Ready);
+        assert_eq!(s.phase, Phase::Degraded);
+        let ready = cond(&s, condition::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NoServingPods")
+        );
+        assert_eq!(
+            cond(&s, condition::DEGRADED).unwrap().reason,
+            "NoServingPods"
+        );
+
+        // No pods at all (min 0, warm 0) is not Ready either.
+        let none = status_with(
+            "r1",
+            ScalePlan::ZERO,
+            &observed(vec![deployment("r1", 0, 1)], vec![]),
+            &Default::default(),
+            10,
+        );
+        assert!(!is_true(&none, condition::READY));
+        assert_ne!(none.phase, Phase::Ready);
     }
 }

@@ -114,7 +114,7 @@ async fn apply_creates_a_ready_revision_with_service_status_printer_columns_and_
     let pods = pods_of(&env, "chat", &rev).await;
     assert_eq!(pods.len(), 2);
     for p in &pods {
-        assert_eq!(p.labels()[labels::ROLE], "serving");
+        assert_eq!(p.labels()[labels::ROTATION], "serving");
         assert!(p
             .status
             .as_ref()
@@ -124,7 +124,7 @@ async fn apply_creates_a_ready_revision_with_service_status_printer_columns_and_
     let svc: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
     let svc = svc.get("chat").await.expect("service exists");
     let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
-    assert_eq!(selector[labels::ROLE], "serving");
+    assert_eq!(selector[labels::ROTATION], "serving");
 
     // Printer columns as the API server renders them.
     let (ok, out) = run_cmd(
@@ -481,10 +481,252 @@ async fn warm_pods_are_labelled_out_of_rotation_and_counted() {
     let pods = pods_of(&env, "chat", &stable(&o)).await;
     let warm = pods
         .iter()
-        .filter(|p| p.labels()[labels::ROLE] == labels::ROLE_WARM)
+        .filter(|p| p.labels()[labels::ROTATION] == labels::ROTATION_WARM)
         .count();
     assert_eq!((pods.len(), warm), (3, 1));
     let writes = writes_during_passes(&env, &op, "chat").await;
     assert_eq!(writes, 0, "a settled warm pool made {writes} writes");
+    op.stop().await;
+}
+
+/// Issue 13, fault 9: `replicas {min: 0, warm: 1}` reported Ready while the
+/// router answered 503 (the only pod is warm, nothing is in rotation).
+#[tokio::test]
+async fn a_service_with_no_pod_in_rotation_is_never_ready() {
+    let env = env("op-warm-only").await;
+    let op = Operator::start(&env);
+    apply(
+        &env,
+        &manifest(&env, "chat", 0, json!({"replicas": {"warm": 1}})),
+    )
+    .await
+    .expect("apply");
+    let o = wait_for(&env, "chat", LIMIT, "the warm pod up and labelled", |o| {
+        o.status.as_ref().is_some_and(|s| {
+            s.observed_generation == o.metadata.generation
+                && s.stable_revision.is_some()
+                && s.replicas.warm == 1
+        })
+    })
+    .await;
+    let st = o.status.clone().expect("status");
+    assert_eq!(st.serving_warm.as_deref(), Some("0/1"));
+    assert_ne!(st.phase, Phase::Ready, "{st:?}");
+    assert_eq!(st.phase, Phase::Degraded);
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NoServingPods")
+    );
+    assert_eq!(degraded_reason(&o).as_deref(), Some("NoServingPods"));
+    let pods = pods_of(&env, "chat", &stable(&o)).await;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].labels()[labels::ROTATION], labels::ROTATION_WARM);
+    op.stop().await;
+}
+
+/// What a router sees at one moment: the weights from status and the pods
+/// it may send to, per revision.
+mod router_view {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::Api;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    use kube::ResourceExt;
+    use steward_operator::crd::{labels, InferenceService};
+
+    /// Revision → weight, or revision → routable pods.
+    pub type Snapshot = BTreeMap<String, i64>;
+    /// Snapshots by the time the watch delivered them.
+    pub type Timeline = Arc<Mutex<Vec<(Instant, Snapshot)>>>;
+
+    fn routable(p: &Pod) -> bool {
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let has_ip = p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some();
+        ready
+            && has_ip
+            && p.metadata.deletion_timestamp.is_none()
+            && p.labels().get(labels::ROTATION).map(String::as_str)
+                == Some(labels::ROTATION_SERVING)
+    }
+
+    /// Watches the object's status weights and its pods, as the router
+    /// does, recording a snapshot per delivered change.
+    pub fn record(
+        objects: Api<InferenceService>,
+        pods: Api<Pod>,
+        name: &str,
+    ) -> (Timeline, Timeline, tokio::task::JoinHandle<()>) {
+        let weights: Timeline = Arc::default();
+        let endpoints: Timeline = Arc::default();
+        let (w, e) = (weights.clone(), endpoints.clone());
+        let obj_cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let pod_cfg = watcher::Config::default().labels(&format!("{}={name}", labels::SERVICE));
+        let task = tokio::spawn(async move {
+            let (obj_store, obj_writer) = reflector::store::<InferenceService>();
+            let (pod_store, pod_writer) = reflector::store::<Pod>();
+            let objs = reflector(obj_writer, watcher(objects, obj_cfg)).default_backoff();
+            let pods = reflector(pod_writer, watcher(pods, pod_cfg)).default_backoff();
+            let objs = objs.map(|_| {
+                let snap: Snapshot = obj_store
+                    .state()
+                    .iter()
+                    .flat_map(|o| o.status.iter().flat_map(|s| s.traffic.clone()))
+                    .map(|t| (t.revision, i64::from(t.weight)))
+                    .collect();
+                w.lock().expect("lock").push((Instant::now(), snap));
+            });
+            let pods = pods.map(|_| {
+                let mut snap = Snapshot::new();
+                for p in pod_store.state().iter().filter(|p| routable(p)) {
+                    if let Some(rev) = p.labels().get(labels::REVISION) {
+                        *snap.entry(rev.clone()).or_default() += 1;
+                    }
+                }
+                e.lock().expect("lock").push((Instant::now(), snap));
+            });
+            futures::stream::select(objs, pods)
+                .for_each(|()| async {})
+                .await;
+        });
+        (weights, endpoints, task)
+    }
+
+    fn as_of(timeline: &[(Instant, Snapshot)], t: Option<Instant>) -> Option<&Snapshot> {
+        let t = t?;
+        timeline
+            .iter()
+            .take_while(|(at, _)| *at <= t)
+            .last()
+            .map(|(_, s)| s)
+    }
+
+    /// Moments when a router whose weight view lags by `weight_lag` and
+    /// whose pod view lags by `pod_lag` has no pod to send to, from `from`
+    /// on: every weighted revision without a routable pod.
+    pub fn gaps(
+        weights: &[(Instant, Snapshot)],
+        endpoints: &[(Instant, Snapshot)],
+        from: Instant,
+        weight_lag: Duration,
+        pod_lag: Duration,
+    ) -> Vec<(Duration, Snapshot, Snapshot)> {
+        let mut moments: Vec<Instant> = weights
+            .iter()
+            .map(|(t, _)| *t + weight_lag)
+            .chain(endpoints.iter().map(|(t, _)| *t + pod_lag))
+            .filter(|t| *t >= from)
+            .collect();
+        moments.sort();
+        let mut out = Vec::new();
+        for t in moments {
+            let (Some(w), Some(e)) = (
+                as_of(weights, t.checked_sub(weight_lag)),
+                as_of(endpoints, t.checked_sub(pod_lag)),
+            ) else {
+                continue;
+            };
+            let served = w
+                .iter()
+                .filter(|(_, weight)| **weight > 0)
+                .any(|(rev, _)| e.get(rev).copied().unwrap_or(0) > 0);
+            if !served {
+                out.push((t - from, w.clone(), e.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// Issue 13, fault 10: status (weights) and the old revision's scale-down
+/// were written in one pass, so a router that saw the old pods terminate
+/// before the new weights (or the new weights before the new pods) had no
+/// endpoint. Replays a rollout through a router view whose weight watch,
+/// or pod watch, lags the other by one second: with a 3 s hand-off there
+/// is never a moment without a pod to send to. With `--traffic-handoff 0`
+/// (the old ordering) this fails.
+#[tokio::test]
+async fn traffic_switch_leaves_no_gap_for_a_lagging_router() {
+    let handoff = std::env::var("STEWARD_TEST_HANDOFF_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(3), Duration::from_millis);
+    let env = env("op-handoff").await;
+    let op = Operator::start_with(&env, |cfg| cfg.handoff = handoff);
+    apply(&env, &manifest(&env, "chat", 2, json!({})))
+        .await
+        .expect("apply");
+    let o = wait_for(&env, "chat", LIMIT, "Ready", ready_and_current).await;
+    let rev1 = stable(&o);
+
+    let objects: Api<InferenceService> = Api::namespaced(env.client.clone(), &env.ns);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let (weights, endpoints, recorder) = router_view::record(objects, pods, "chat");
+    // Both views have their initial state before anything moves.
+    eventually(Duration::from_secs(30), || async {
+        let w = weights.lock().expect("lock").len();
+        let e = endpoints.lock().expect("lock").len();
+        (w > 0 && e > 0).then_some(())
+    })
+    .await
+    .expect("router views started");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = Instant::now();
+
+    let started = Instant::now();
+    apply(
+        &env,
+        &manifest(&env, "chat", 2, json!({"engine": {"maxBatchTokens": 4096}})),
+    )
+    .await
+    .expect("apply engine change");
+    let o = wait_for(&env, "chat", LIMIT, "rolled out", |o| {
+        ready_and_current(o) && stable(o) != rev1
+    })
+    .await;
+    let rev2 = stable(&o);
+    // Let the views see the last pods go.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    recorder.abort();
+    eprintln!(
+        "rollout {rev1} -> {rev2} with a {handoff:?} hand-off took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let weights = weights.lock().expect("lock").clone();
+    let endpoints = endpoints.lock().expect("lock").clone();
+    let lag = Duration::from_secs(1);
+    for (what, w_lag, p_lag) in [
+        ("weights lag pods", lag, Duration::ZERO),
+        ("pods lag weights", Duration::ZERO, lag),
+        ("no lag", Duration::ZERO, Duration::ZERO),
+    ] {
+        let gaps = router_view::gaps(&weights, &endpoints, from, w_lag, p_lag);
+        assert!(
+            gaps.is_empty(),
+            "{what}: the router had no endpoint at {} moment(s); first: {:?}",
+            gaps.len(),
+            gaps.first()
+        );
+    }
+    // The views did see the switch.
+    assert!(weights
+        .iter()
+        .any(|(_, w)| w.get(&rev2).copied().unwrap_or(0) == 100));
+    assert!(endpoints
+        .iter()
+        .any(|(_, e)| e.get(&rev2).copied().unwrap_or(0) == 2 && !e.contains_key(&rev1)));
     op.stop().await;
 }

@@ -78,7 +78,7 @@ pub struct PodView {
     pub service: String,
     /// Label `serving.steward.dev/revision`.
     pub revision: String,
-    /// Label `serving.steward.dev/role` is `serving`.
+    /// Label `serving.steward.dev/rotation` is `serving`.
     pub serving: bool,
     /// Condition `Ready` is `True`.
     pub ready: bool,

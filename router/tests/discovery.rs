@@ -74,7 +74,7 @@ async fn create_pod(pods: &Api<Pod>, name: &str, revision: &str, addr: SocketAdd
     let mut labels = json!({
         "serving.steward.dev/service": SVC,
         "serving.steward.dev/revision": revision,
-        "serving.steward.dev/role": "serving",
+        "serving.steward.dev/rotation": "serving",
     });
     if revision.is_empty() {
         // Malformed: the revision label is missing.

@@ -1,11 +1,12 @@
 //! The I/O layer: watches, the reconcile pass, and the writes.
 //!
 //! One reconcile = observe (from reflector stores, no API reads) → decide
-//! (`rollout::decide`, `roles::assign`, `status::compute`, pure) → write
-//! only what differs (`writes`) → tell people (`events`). This module wires
-//! the watches and the controller; `reconcile` holds the pass itself.
+//! (`desired::desired` and `plan::plan_writes`, pure) → execute the planned
+//! writes in their order, each with a timeout (`writes`). A failed pass is
+//! retried with per-object exponential back-off (`backoff`). This module
+//! wires the watches and the controller; `reconcile` holds the pass itself.
 
-mod events;
+mod backoff;
 pub mod poller;
 pub mod prometheus;
 mod reconcile;
@@ -26,9 +27,11 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, instrument, warn};
 
+use self::backoff::Backoff;
 use crate::children::{TemplateConfig, UnsupportedUri, MANAGED_BY};
 use crate::crd::{labels, InferenceService};
 use crate::metrics::Metrics;
+use crate::reason::Reason;
 
 /// The one field manager of every write.
 pub const FIELD_MANAGER: &str = "steward-operator";
@@ -39,7 +42,7 @@ pub enum ReconcileError {
     /// A write was refused or failed.
     #[error("{verb} {kind} {name}: {source}")]
     Write {
-        /// `apply` or `delete`.
+        /// `apply`, `scale`, `label` or `delete`.
         verb: &'static str,
         /// The object kind.
         kind: &'static str,
@@ -48,6 +51,18 @@ pub enum ReconcileError {
         /// The client error.
         #[source]
         source: kube::Error,
+    },
+    /// A write did not finish within the write timeout.
+    #[error("{verb} {kind} {name}: no answer within {after:?}")]
+    TimedOut {
+        /// The verb.
+        verb: &'static str,
+        /// The object kind.
+        kind: &'static str,
+        /// The object name.
+        name: String,
+        /// The timeout.
+        after: Duration,
     },
     /// The object lacks a namespace or uid (never true for a real object).
     #[error("InferenceService is missing {0}")]
@@ -61,13 +76,14 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
-    /// A stable reason string for metrics and logs.
-    pub fn reason(&self) -> &'static str {
+    /// The stable reason, for metrics and logs.
+    pub fn reason(&self) -> Reason {
         match self {
-            ReconcileError::Write { .. } => "WriteFailed",
-            ReconcileError::Incomplete(_) => "IncompleteObject",
-            ReconcileError::Uri(_) => "UnsupportedModelUri",
-            ReconcileError::CachesNotReady => "CachesNotReady",
+            ReconcileError::Write { .. } => Reason::WriteFailed,
+            ReconcileError::TimedOut { .. } => Reason::WriteTimedOut,
+            ReconcileError::Incomplete(_) => Reason::IncompleteObject,
+            ReconcileError::Uri(_) => Reason::UnsupportedModelUri,
+            ReconcileError::CachesNotReady => Reason::CachesNotReady,
         }
     }
 }
@@ -88,6 +104,15 @@ pub struct OperatorConfig {
     pub progress_requeue: Duration,
     /// This replica's name, on events.
     pub identity: String,
+    /// How long one API write may take before the pass gives up on it.
+    pub write_timeout: Duration,
+    /// How long the router's views get to catch up around a traffic change
+    /// (see `rollout`).
+    pub handoff: Duration,
+    /// First retry delay of a failed pass; doubles per failure in a row.
+    pub backoff_base: Duration,
+    /// Longest retry delay of a failed pass.
+    pub backoff_max: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -99,6 +124,10 @@ impl Default for OperatorConfig {
             resync: Duration::from_secs(300),
             progress_requeue: Duration::from_secs(30),
             identity: "steward-operator".into(),
+            write_timeout: Duration::from_secs(10),
+            handoff: Duration::from_secs(2),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
         }
     }
 }
@@ -112,6 +141,7 @@ pub struct Context {
     pub(crate) deployments: Store<Deployment>,
     pub(crate) pods: Store<Pod>,
     pub(crate) services: Store<Service>,
+    pub(crate) backoff: Backoff,
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -163,6 +193,7 @@ pub async fn run(
         deployments,
         pods,
         services,
+        backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
     });
     let map_by_label = |meta: &kube::api::ObjectMeta| {
         let name = meta.labels.as_ref()?.get(labels::SERVICE)?.clone();
@@ -188,10 +219,25 @@ pub async fn run(
     .await;
 }
 
+/// A failed pass is retried after a delay that doubles with each failure
+/// of the same object in a row (and resets on its next success), so one
+/// broken object neither hot-loops nor slows the others.
 fn error_policy(obj: Arc<InferenceService>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    warn!(name = %obj.name_any(), namespace = ?obj.namespace(), reason = err.reason(), error = %err, "reconcile failed");
+    let delay = ctx.backoff.failed(&backoff_key(&obj));
+    warn!(
+        name = %obj.name_any(),
+        namespace = ?obj.namespace(),
+        reason = err.reason().as_str(),
+        error = %err,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
     ctx.metrics.reconcile_failed(err.reason());
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
+}
+
+fn backoff_key(obj: &InferenceService) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 #[instrument(skip_all, fields(namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any()))]
@@ -203,6 +249,9 @@ async fn reconcile(
     let started = Instant::now();
     let out = reconcile::reconcile(&obj, &ctx).await;
     ctx.metrics.reconcile_finished(started.elapsed());
+    if out.is_ok() {
+        ctx.backoff.succeeded(&backoff_key(&obj));
+    }
     out
 }
 

@@ -1,231 +1,175 @@
-//! The writes: server-side apply with the one field manager, replicas-only
-//! patches for older revisions, pod role labels, status, deletes. Each
-//! counts itself in `steward_operator_api_writes_total`.
+//! Executes the planned writes, in order, under the one field manager:
+//! server-side apply for the target revision, the Service and status; a
+//! replicas-only patch for older revisions; a label patch for pod rotation;
+//! deletes for pruned revisions; events last.
+//!
+//! Every write has a timeout (`--write-timeout`); a write that runs out is
+//! counted in `steward_operator_api_write_timeouts_total` and fails the
+//! pass, which the controller retries with per-object back-off. Each write
+//! that reaches the API server counts itself in
+//! `steward_operator_api_writes_total`.
+
+use std::future::Future;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::events::Event;
+use kube::runtime::events::{Event, EventType};
 use kube::Resource;
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Context, ReconcileError, FIELD_MANAGER};
-use crate::children::{self, Parent};
-use crate::crd::{labels, InferenceService, InferenceServiceSpec, InferenceServiceStatus};
-use crate::observe::DeploymentView;
-use crate::revision::deployment_name;
-use crate::roles::RoleChange;
+use crate::crd::{labels, InferenceService};
+use crate::events::{Note, Severity};
+use crate::plan::Write;
 
-/// Parameters of the non-apply patches (scale, pod role), under the same
-/// field manager.
-pub(crate) fn field_manager() -> PatchParams {
+/// Parameters of the non-apply patches (scale, pod rotation), under the
+/// same field manager.
+fn field_manager() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     }
 }
 
-/// What to size: one revision of one parent.
-pub(crate) struct Sizing<'a> {
-    pub parent: &'a Parent,
-    pub spec: &'a InferenceServiceSpec,
-    pub revision: &'a str,
-    /// The current spec's revision.
-    pub target: &'a str,
-    pub replicas: i32,
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
 }
 
-/// Sizes each `(revision, replicas)` in order, with `base`'s parent, spec
-/// and target.
-pub(crate) async fn size_revisions(
+/// Executes `writes` in order; stops at the first failure (the rest waits
+/// for the retry, which plans again from what it then observes).
+pub(crate) async fn execute(
     ctx: &Context,
-    api: &Api<Deployment>,
-    base: &Sizing<'_>,
-    current: &std::collections::BTreeMap<String, DeploymentView>,
-    revisions: &[(&String, &i32)],
-) -> Result<(), ReconcileError> {
-    for (rev, &replicas) in revisions {
-        let sizing = Sizing {
-            revision: rev.as_str(),
-            replicas,
-            ..*base
-        };
-        size_revision(ctx, api, &sizing, current.get(*rev)).await?;
-    }
-    Ok(())
-}
-
-/// Brings one revision's Deployment to its size. The current spec's
-/// revision is applied whole (skipped when its applied hash and size
-/// match); an older revision's template cannot be rebuilt from the current
-/// spec, so only its size is patched, leaving the template as it was.
-pub(crate) async fn size_revision(
-    ctx: &Context,
-    api: &Api<Deployment>,
-    s: &Sizing<'_>,
-    current: Option<&DeploymentView>,
-) -> Result<(), ReconcileError> {
-    let name = deployment_name(&s.parent.name, s.revision);
-    let replicas = s.replicas;
-    if s.revision == s.target {
-        let obj = children::revision_deployment(
-            s.parent,
-            s.spec,
-            s.revision,
-            replicas,
-            &ctx.cfg.template,
-        )?;
-        let hash = children::applied_hash(&obj.metadata).map(str::to_owned);
-        if current.is_some_and(|c| c.applied_hash == hash && c.replicas == replicas) {
-            return Ok(());
-        }
-        return apply(ctx, api, "Deployment", &name, &obj).await;
-    }
-    if current.is_none_or(|c| c.replicas == replicas) {
-        return Ok(());
-    }
-    let patch = json!({ "spec": { "replicas": replicas } });
-    api.patch(&name, &field_manager(), &Patch::Merge(&patch))
-        .await
-        .map_err(|source| ReconcileError::Write {
-            verb: "scale",
-            kind: "Deployment",
-            name: name.clone(),
-            source,
-        })?;
-    ctx.metrics.write("Deployment", "scale");
-    info!(deployment = %name, replicas, "scaled revision");
-    Ok(())
-}
-
-/// Sets one pod's serving/warm label. A pod that went away meanwhile is
-/// not an error; the next pass sees it gone.
-pub(crate) async fn set_role(
-    ctx: &Context,
-    api: &Api<Pod>,
-    change: &RoleChange,
-) -> Result<(), ReconcileError> {
-    let role = if change.warm {
-        labels::ROLE_WARM
-    } else {
-        labels::ROLE_SERVING
-    };
-    let patch = json!({ "metadata": { "labels": { labels::ROLE: role } } });
-    match api
-        .patch(&change.pod, &field_manager(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => {
-            ctx.metrics.write("Pod", "label");
-            info!(pod = %change.pod, role, "pod role changed");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(ReconcileError::Write {
-            verb: "label",
-            kind: "Pod",
-            name: change.pod.clone(),
-            source,
-        }),
-    }
-}
-
-/// Applies the status subresource.
-pub(crate) async fn status(
-    ctx: &Context,
-    api: &Api<InferenceService>,
+    ns: &str,
     name: &str,
-    status: &InferenceServiceStatus,
-) -> Result<(), ReconcileError> {
-    let body = json!({
-        "apiVersion": InferenceService::api_version(&()),
-        "kind": InferenceService::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| ReconcileError::Write {
-        verb: "apply",
-        kind: "InferenceService/status",
-        name: name.to_owned(),
-        source,
-    })?;
-    ctx.metrics.write("InferenceService/status", "apply");
-    info!(
-        phase = status.phase.as_str(),
-        stable = ?status.stable_revision,
-        canary = ?status.canary_revision,
-        "status updated"
-    );
-    Ok(())
-}
-
-/// Deletes a retired revision's Deployment.
-pub(crate) async fn prune(
-    ctx: &Context,
-    api: &Api<Deployment>,
-    service: &str,
-    revision: &str,
-) -> Result<(), ReconcileError> {
-    let name = deployment_name(service, revision);
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => {
-            ctx.metrics.write("Deployment", "delete");
-            info!(deployment = %name, "pruned revision");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(ReconcileError::Write {
-            verb: "delete",
-            kind: "Deployment",
-            name,
-            source,
-        }),
-    }
-}
-
-/// Publishes events; a failure is logged, never fatal (the decision stands).
-pub(crate) async fn publish(
-    ctx: &Context,
     reference: &ObjectReference,
-    events: impl IntoIterator<Item = Event>,
-) {
-    for event in events {
-        match ctx.recorder.publish(&event, reference).await {
-            Ok(()) => ctx.metrics.write("Event", "create"),
-            Err(e) => warn!(error = %e, reason = %event.reason, "could not publish event"),
+    writes: Vec<Write>,
+) -> Result<(), ReconcileError> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let (apply, merge) = (apply_params(), field_manager());
+    for write in writes {
+        let (kind, verb) = (write.kind(), write.verb());
+        match write {
+            Write::ApplyDeployment { name, object } => {
+                let body = Patch::Apply(&*object);
+                let call = deployments.patch(&name, &apply, &body);
+                timed(ctx, kind, verb, &name, call).await?;
+                info!(deployment = %name, "applied revision");
+            }
+            Write::ScaleDeployment { name, replicas } => {
+                let body = Patch::Merge(json!({ "spec": { "replicas": replicas } }));
+                let call = deployments.patch(&name, &merge, &body);
+                timed(ctx, kind, verb, &name, call).await?;
+                info!(deployment = %name, replicas, "scaled revision");
+            }
+            Write::ApplyService(svc) => {
+                let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+                let body = Patch::Apply(&*svc);
+                timed(ctx, kind, verb, name, api.patch(name, &apply, &body)).await?;
+                info!(service = %name, "applied service");
+            }
+            Write::LabelPod(change) => {
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+                let rotation = change.rotation.as_label();
+                let body = Patch::Merge(
+                    json!({ "metadata": { "labels": { labels::ROTATION: rotation } } }),
+                );
+                let call = api.patch(&change.pod, &merge, &body);
+                // A pod that went away meanwhile is not an error; the next
+                // pass sees it gone.
+                if tolerate_missing(timed(ctx, kind, verb, &change.pod, call).await)? {
+                    info!(pod = %change.pod, rotation, "pod rotation changed");
+                }
+            }
+            Write::Status(status) => {
+                let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), ns);
+                let body = Patch::Apply(json!({
+                    "apiVersion": InferenceService::api_version(&()),
+                    "kind": InferenceService::kind(&()),
+                    "status": status,
+                }));
+                timed(ctx, kind, verb, name, api.patch_status(name, &apply, &body)).await?;
+                info!(
+                    phase = status.phase.as_str(),
+                    stable = ?status.stable_revision,
+                    canary = ?status.canary_revision,
+                    "status updated"
+                );
+            }
+            Write::DeleteDeployment { name } => {
+                let params = DeleteParams::background();
+                let call = deployments.delete(&name, &params);
+                if tolerate_missing(timed(ctx, kind, verb, &name, call).await)? {
+                    info!(deployment = %name, "pruned revision");
+                }
+            }
+            Write::Event(note) => publish(ctx, reference, &note).await,
+        }
+    }
+    Ok(())
+}
+
+/// Runs one API call under the write timeout, counting it.
+async fn timed<T>(
+    ctx: &Context,
+    kind: &'static str,
+    verb: &'static str,
+    name: &str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ReconcileError> {
+    let after = ctx.cfg.write_timeout;
+    match tokio::time::timeout(after, call).await {
+        Ok(Ok(v)) => {
+            ctx.metrics.write(kind, verb);
+            Ok(v)
+        }
+        Ok(Err(source)) => Err(ReconcileError::Write {
+            verb,
+            kind,
+            name: name.to_owned(),
+            source,
+        }),
+        Err(_) => {
+            ctx.metrics.write_timed_out(kind, verb);
+            Err(ReconcileError::TimedOut {
+                verb,
+                kind,
+                name: name.to_owned(),
+                after,
+            })
         }
     }
 }
 
-pub(crate) async fn apply<K>(
-    ctx: &Context,
-    api: &Api<K>,
-    kind: &'static str,
-    name: &str,
-    obj: &K,
-) -> Result<(), ReconcileError>
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| ReconcileError::Write {
-        verb: "apply",
-        kind,
-        name: name.to_owned(),
-        source,
-    })?;
-    ctx.metrics.write(kind, "apply");
-    info!(kind, name, "applied");
-    Ok(())
+/// `Ok(true)` when the write happened, `Ok(false)` when its object was
+/// already gone (404).
+fn tolerate_missing<T>(r: Result<T, ReconcileError>) -> Result<bool, ReconcileError> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(ReconcileError::Write {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes one event; a failure or timeout is logged and counted, never
+/// fatal (the decision stands).
+async fn publish(ctx: &Context, reference: &ObjectReference, note: &Note) {
+    let event = Event {
+        type_: match note.severity {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        },
+        reason: note.reason.as_str().into(),
+        note: Some(note.message.clone()),
+        action: note.action.into(),
+        secondary: None,
+    };
+    let call = ctx.recorder.publish(&event, reference);
+    if let Err(e) = timed(ctx, "Event", "create", note.reason.as_str(), call).await {
+        warn!(error = %e, reason = note.reason.as_str(), "could not publish event");
+    }
 }

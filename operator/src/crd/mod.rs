@@ -17,8 +17,8 @@ pub use spec::{
     ReplicasSpec, RolloutSpec, RolloutStep, SloSpec, TenantLimits,
 };
 pub use status::{
-    AlarmState, AlarmStatus, InferenceServiceStatus, Phase, ReplicaStatus, RevisionRole,
-    RevisionStatus, TrafficTarget,
+    AlarmState, AlarmStatus, AutoscalingStatus, InferenceServiceStatus, Phase, ReplicaStatus,
+    RevisionRole, RevisionStatus, RolloutStatus, TrafficTarget,
 };
 
 /// The API group.
@@ -32,12 +32,14 @@ pub mod labels {
     pub const SERVICE: &str = "serving.steward.dev/service";
     /// The revision hash (10 hex chars).
     pub const REVISION: &str = "serving.steward.dev/revision";
-    /// `serving` or `warm`.
-    pub const ROLE: &str = "serving.steward.dev/role";
-    /// Value of [`ROLE`] for pods in rotation.
-    pub const ROLE_SERVING: &str = "serving";
-    /// Value of [`ROLE`] for warm pods.
-    pub const ROLE_WARM: &str = "warm";
+    /// A pod's place in rotation: `serving`, `warm` or `draining`.
+    pub const ROTATION: &str = "serving.steward.dev/rotation";
+    /// Value of [`ROTATION`] for pods in rotation (the router sends to them).
+    pub const ROTATION_SERVING: &str = "serving";
+    /// Value of [`ROTATION`] for warm pods: loaded and ready, not in rotation.
+    pub const ROTATION_WARM: &str = "warm";
+    /// Value of [`ROTATION`] for pods taken out of rotation before they go.
+    pub const ROTATION_DRAINING: &str = "draining";
 }
 
 /// The CRD as YAML, exactly as `crds/inferenceservice.yaml` holds it.

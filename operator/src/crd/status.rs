@@ -5,6 +5,10 @@
 //! `canaryRevision`, `canaryWeight`, `phase`, `ttftP99`) and the conditions.
 //! Everything here is computed as a value by `status::compute` and written
 //! only when it differs from what is stored.
+//!
+//! Memory: `stableRevision`, `rollout` and `autoscaling` are the only state
+//! the operator reads back to decide; they are what survives a restart or a
+//! leader change. Everything else is derived again from what is observed.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
@@ -54,9 +58,9 @@ pub struct TrafficTarget {
 /// Pod counts over all revisions.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ReplicaStatus {
-    /// Ready pods labelled `role=serving`.
+    /// Ready pods labelled `rotation=serving`.
     pub serving: i32,
-    /// Ready pods labelled `role=warm`.
+    /// Ready pods labelled `rotation=warm`.
     pub warm: i32,
     /// Ready pods of every revision.
     pub ready: i32,
@@ -109,12 +113,16 @@ pub struct AlarmStatus {
     pub message: Option<String>,
 }
 
-/// What the operator does with one revision.
+/// What the operator does with one revision (a revision's role; a pod's
+/// place in rotation is its `serving.steward.dev/rotation` label).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RevisionRole {
+    /// The first revision of a service, coming up; it is stable once all its
+    /// pods are ready.
+    Starting,
     /// Serves the traffic.
     Stable,
-    /// Being brought up to take over.
+    /// Being brought up beside the stable revision to take over.
     Canary,
     /// Out of traffic; its pods drain and it scales to zero.
     Retiring,
@@ -136,6 +144,45 @@ pub struct RevisionStatus {
     pub ready: i32,
     /// Pods that still exist (terminating ones included).
     pub pods: i32,
+}
+
+/// Rollout memory: where the rollout stands, kept in status because it
+/// cannot be derived from the children after a restart.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The canary step in progress (1-based), if a canary is in steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i32>,
+    /// When the current traffic split was written: a step's pause counts
+    /// from here, and a revision that lost its weight keeps its pods until
+    /// the traffic hand-off has passed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// A revision that was rolled back; it is not tried again until the
+    /// spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_revision: Option<String>,
+    /// Analysis checks of the current step that came back firing, in a row.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_checks: i32,
+}
+
+/// Autoscaling memory, kept in status for the same reason.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    /// Since when utilisation has been below target (scale-in waits
+    /// `autoscaling.scaleInAfter` from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_since: Option<Time>,
+    /// When the serving count last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_at: Option<Time>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// Observed state of an `InferenceService`.
@@ -160,9 +207,12 @@ pub struct InferenceServiceStatus {
     /// Which revision gets what share; the router routes by this.
     #[serde(default)]
     pub traffic: Vec<TrafficTarget>,
-    /// The canary step in progress (1-based), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<i32>,
+    /// Rollout memory (survives restarts and leader changes).
+    #[serde(default)]
+    pub rollout: RolloutStatus,
+    /// Autoscaling memory (survives restarts and leader changes).
+    #[serde(default)]
+    pub autoscaling: AutoscalingStatus,
     /// Pod counts.
     #[serde(default)]
     pub replicas: ReplicaStatus,

@@ -116,14 +116,21 @@ pub struct Operator {
 impl Operator {
     /// Starts it without leader election.
     pub fn start(env: &TestEnv) -> Operator {
+        Self::start_with(env, |_| {})
+    }
+
+    /// Starts it without leader election, with settings changed by `tweak`.
+    pub fn start_with(env: &TestEnv, tweak: impl FnOnce(&mut OperatorConfig)) -> Operator {
         let metrics = Arc::new(Metrics::new());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut operator = OperatorConfig {
+            namespace: Some(env.ns.clone()),
+            identity: format!("test-{}", env.ns),
+            ..OperatorConfig::default()
+        };
+        tweak(&mut operator);
         let cfg = RunConfig {
-            operator: OperatorConfig {
-                namespace: Some(env.ns.clone()),
-                identity: format!("test-{}", env.ns),
-                ..OperatorConfig::default()
-            },
+            operator,
             listen: "127.0.0.1:0".parse().expect("address"),
             lease: None,
         };

@@ -27,7 +27,7 @@ pub const PLURAL: &str = "inferenceservices";
 /// Pod label keys (docs/architecture.md).
 pub const LABEL_SERVICE: &str = "serving.steward.dev/service";
 pub const LABEL_REVISION: &str = "serving.steward.dev/revision";
-pub const LABEL_ROLE: &str = "serving.steward.dev/role";
+pub const LABEL_ROTATION: &str = "serving.steward.dev/rotation";
 pub const ROLE_SERVING: &str = "serving";
 /// The engine's container port name, and the port when none is named.
 pub const PORT_NAME: &str = "http";
@@ -165,7 +165,7 @@ pub fn pod_view(pod: &Pod) -> Result<PodView, ConvertError> {
     let service = label(LABEL_SERVICE)?;
     let revision = label(LABEL_REVISION)?;
     let serving = labels
-        .and_then(|l| l.get(LABEL_ROLE))
+        .and_then(|l| l.get(LABEL_ROTATION))
         .is_some_and(|r| r == ROLE_SERVING);
     let status = pod.status.as_ref();
     let ready = status
@@ -281,7 +281,7 @@ mod tests {
     fn pod_view_reads_labels_readiness_deletion_and_named_port() {
         let p = pod(json!({
             "metadata": {"name": "chat-7c9f1a-x", "namespace": "team-a", "uid": "u-1",
-                "labels": {"serving.steward.dev/service": "chat", "serving.steward.dev/revision": "7c9f1a", "serving.steward.dev/role": "serving"}},
+                "labels": {"serving.steward.dev/service": "chat", "serving.steward.dev/revision": "7c9f1a", "serving.steward.dev/rotation": "serving"}},
             "spec": {"containers": [{"name": "engine", "ports": [{"name": "metrics", "containerPort": 9000}, {"name": "http", "containerPort": 8001}]}]},
             "status": {"podIP": "127.0.1.5", "conditions": [{"type": "Ready", "status": "True"}]}
         }));
@@ -296,7 +296,7 @@ mod tests {
     fn warm_unready_or_deleting_pods_are_read_but_not_routable() {
         let base = json!({
             "metadata": {"name": "p", "namespace": "n",
-                "labels": {"serving.steward.dev/service": "s", "serving.steward.dev/revision": "r", "serving.steward.dev/role": "warm"}},
+                "labels": {"serving.steward.dev/service": "s", "serving.steward.dev/revision": "r", "serving.steward.dev/rotation": "warm"}},
             "spec": {"containers": [{"name": "engine"}]},
             "status": {"podIP": "127.0.1.5", "conditions": [{"type": "Ready", "status": "True"}]}
         });
@@ -304,11 +304,11 @@ mod tests {
         assert!(!v.serving && !v.routable());
         assert_eq!(v.addr.map(|a| a.port()), Some(DEFAULT_PORT));
         let mut deleting = base.clone();
-        deleting["metadata"]["labels"]["serving.steward.dev/role"] = json!("serving");
+        deleting["metadata"]["labels"]["serving.steward.dev/rotation"] = json!("serving");
         deleting["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
         assert!(!pod_view(&pod(deleting)).expect("valid").routable());
         let mut unready = base;
-        unready["metadata"]["labels"]["serving.steward.dev/role"] = json!("serving");
+        unready["metadata"]["labels"]["serving.steward.dev/rotation"] = json!("serving");
         unready["status"]["conditions"][0]["status"] = json!("False");
         assert!(!pod_view(&pod(unready)).expect("valid").routable());
     }

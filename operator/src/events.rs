@@ -1,33 +1,54 @@
 //! Events for every decision and status transition, as `kubectl describe`
-//! shows them. Emitted only when something changed, so a converged object
-//! publishes none.
+//! shows them, built as values. Only a change makes one, so a converged
+//! object publishes none; the controller publishes them last in a pass.
 
-use kube::runtime::events::{Event, EventType};
-
+use crate::reason::Reason;
 use crate::rollout::Decision;
 use crate::status::Transition;
 
-fn normal(reason: &str, action: &str, note: String) -> Event {
-    Event {
-        type_: EventType::Normal,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
+/// Normal or Warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// Something happened as planned.
+    Normal,
+    /// Someone should look.
+    Warning,
+}
+
+/// One event to publish about the InferenceService.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Normal or Warning.
+    pub severity: Severity,
+    /// Why (the event's `reason`).
+    pub reason: Reason,
+    /// What the operator did (the event's `action`).
+    pub action: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+fn normal(reason: Reason, action: &'static str, message: String) -> Note {
+    Note {
+        severity: Severity::Normal,
+        reason,
+        action,
+        message,
     }
 }
 
-pub(crate) fn decision_events(decisions: &[Decision]) -> Vec<Event> {
+/// Events for the rollout's decisions.
+pub fn for_decisions(decisions: &[Decision]) -> Vec<Note> {
     decisions
         .iter()
         .map(|d| match d {
             Decision::RevisionCreated { revision, replicas } => normal(
-                "RevisionCreated",
+                Reason::RevisionCreated,
                 "CreateRevision",
                 format!("created revision {revision} with {replicas} pods"),
             ),
             Decision::Scaled { revision, from, to } => normal(
-                "RevisionScaled",
+                Reason::RevisionScaled,
                 "ScaleRevision",
                 format!("scaled revision {revision} from {from} to {to} pods"),
             ),
@@ -35,17 +56,17 @@ pub(crate) fn decision_events(decisions: &[Decision]) -> Vec<Event> {
                 from: Some(from),
                 to,
             } => normal(
-                "RevisionPromoted",
+                Reason::RevisionPromoted,
                 "Promote",
                 format!("revision {to} takes 100% of traffic from {from}"),
             ),
             Decision::Promoted { from: None, to } => normal(
-                "RevisionPromoted",
+                Reason::RevisionPromoted,
                 "Promote",
                 format!("revision {to} is ready and stable"),
             ),
             Decision::Pruned { revision } => normal(
-                "RevisionPruned",
+                Reason::RevisionPruned,
                 "PruneRevision",
                 format!("deleted retired revision {revision}"),
             ),
@@ -53,22 +74,24 @@ pub(crate) fn decision_events(decisions: &[Decision]) -> Vec<Event> {
         .collect()
 }
 
-pub(crate) fn transition_events(transitions: &[Transition]) -> Vec<Event> {
+/// Events for condition changes.
+pub fn for_transitions(transitions: &[Transition]) -> Vec<Note> {
     transitions
         .iter()
         .map(|t| match t {
-            Transition::BecameReady { message } => normal("Ready", "Reconcile", message.clone()),
-            Transition::BecameDegraded { reason, message } => Event {
-                type_: EventType::Warning,
-                reason: "Degraded".into(),
-                note: Some(format!("{reason}: {message}")),
-                action: "Reconcile".into(),
-                secondary: None,
+            Transition::BecameReady { message } => {
+                normal(Reason::Ready, "Reconcile", message.clone())
+            }
+            Transition::BecameDegraded { reason, message } => Note {
+                severity: Severity::Warning,
+                reason: Reason::Degraded,
+                action: "Reconcile",
+                message: format!("{reason}: {message}"),
             },
             Transition::Recovered => normal(
-                "Recovered",
+                Reason::Recovered,
                 "Reconcile",
-                "the desired revision is no longer stuck".into(),
+                "the service is no longer degraded".into(),
             ),
         })
         .collect()
@@ -98,9 +121,9 @@ mod tests {
                 revision: "r0".into(),
             },
         ];
-        let reasons: Vec<String> = decision_events(&decisions)
-            .into_iter()
-            .map(|e| e.reason)
+        let reasons: Vec<&str> = for_decisions(&decisions)
+            .iter()
+            .map(|e| e.reason.as_str())
             .collect();
         assert_eq!(
             reasons,
@@ -121,9 +144,9 @@ mod tests {
             },
             Transition::Recovered,
         ];
-        let events = transition_events(&t);
-        assert_eq!(events[1].type_, EventType::Warning);
-        assert_eq!(events[1].note.as_deref(), Some("Unschedulable: no gpu"));
+        let events = for_transitions(&t);
+        assert_eq!(events[1].severity, Severity::Warning);
+        assert_eq!(events[1].message, "Unschedulable: no gpu");
         let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(reasons, ["Ready", "Degraded", "Recovered"]);
     }

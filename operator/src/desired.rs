@@ -1,0 +1,144 @@
+//! One pass's decisions, composed into the state the object should have.
+//!
+//! Pure: from the spec and what is observed (children and stored status)
+//! it runs `autoscale` (serving and warm counts) → `rollout` (revisions,
+//! sizes, traffic, memory) → `pool` (rotation labels) → `status` (the value)
+//! → `children` (the objects) → `events` (what people are told), and
+//! returns a [`Desired`] that `plan::plan_writes` compares with what is
+//! observed. The controller only gathers the inputs and executes the plan.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::autoscale::{self, ScaleInput};
+use crate::children::{self, Parent, TemplateConfig, UnsupportedUri};
+use crate::crd::{InferenceServiceSpec, InferenceServiceStatus};
+use crate::events::{self, Note};
+use crate::observe::Observed;
+use crate::pool::{self, RotationChange};
+use crate::revision::revision_of;
+use crate::rollout::{self, Progress, RolloutInput};
+use crate::status::{self, StatusInput};
+
+/// What one pass starts from.
+#[derive(Clone, Debug)]
+pub struct PassInput<'a> {
+    /// Name, namespace and owner reference of the InferenceService.
+    pub parent: &'a Parent,
+    /// Its spec.
+    pub spec: &'a InferenceServiceSpec,
+    /// Its `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Its children and stored status.
+    pub observed: &'a Observed,
+    /// Pod template settings of this operator.
+    pub template: &'a TemplateConfig,
+    /// The time of this pass.
+    pub now: Timestamp,
+    /// The traffic hand-off time (see `rollout`).
+    pub handoff: Duration,
+}
+
+/// One revision's Deployment as it should be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredDeployment {
+    /// Its size.
+    pub replicas: i32,
+    /// The whole object, for the current spec's revision. An older
+    /// revision's template cannot be rebuilt from the current spec, so only
+    /// its size is known.
+    pub object: Option<Box<Deployment>>,
+}
+
+/// The state the object and its children should have after this pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// The InferenceService's name (Deployment names derive from it).
+    pub name: String,
+    /// Deployments by revision; a revision missing here and present in
+    /// `prune` is deleted.
+    pub deployments: BTreeMap<String, DesiredDeployment>,
+    /// The Service selecting every revision's serving pods.
+    pub service: Box<Service>,
+    /// Pods whose rotation label changes.
+    pub rotation: Vec<RotationChange>,
+    /// The status.
+    pub status: Box<InferenceServiceStatus>,
+    /// Retired revisions whose Deployments are deleted.
+    pub prune: Vec<String>,
+    /// What to tell people.
+    pub events: Vec<Note>,
+    /// True when nothing is under way (the next look is the resync).
+    pub settled: bool,
+    /// When a time-based decision is due, if one is pending.
+    pub requeue_after: Option<Duration>,
+}
+
+/// Decides the whole pass.
+pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
+    let obs = input.observed;
+    let target = revision_of(input.spec);
+    let scale = autoscale::decide(&ScaleInput {
+        replicas: &input.spec.replicas,
+    });
+    let plan = rollout::decide(&RolloutInput {
+        target: &target,
+        scale,
+        observed: obs,
+        now: input.now,
+        handoff: input.handoff,
+    });
+    let status = status::compute(&StatusInput {
+        plan: &plan,
+        observed: obs,
+        generation: input.generation,
+        now: Time(input.now),
+    });
+    let rotation = plan
+        .revisions
+        .iter()
+        .filter_map(|(rev, p)| p.pool.map(|scale| pool::assign(obs, rev, scale)))
+        .flatten()
+        .collect();
+    let mut deployments = BTreeMap::new();
+    for (rev, p) in &plan.revisions {
+        let object = if *rev == target {
+            let d = children::revision_deployment(
+                input.parent,
+                input.spec,
+                rev,
+                p.replicas,
+                input.template,
+            )?;
+            Some(Box::new(d))
+        } else {
+            None
+        };
+        deployments.insert(
+            rev.clone(),
+            DesiredDeployment {
+                replicas: p.replicas,
+                object,
+            },
+        );
+    }
+    let transitions = status::transitions(&obs.status, &status);
+    let mut notes = events::for_decisions(&plan.decisions);
+    notes.extend(events::for_transitions(&transitions));
+    Ok(Desired {
+        name: input.parent.name.clone(),
+        deployments,
+        service: Box::new(children::service(input.parent, input.spec)),
+        rotation,
+        status: Box::new(status),
+        prune: plan.prune,
+        events: notes,
+        settled: plan.progress == Progress::Settled,
+        requeue_after: plan.requeue_after,
+    })
+}

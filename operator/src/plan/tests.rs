@@ -1,0 +1,339 @@
+//! The write plan against a small simulation of the API server and the
+//! kubelet: writes are applied to the observed state, Deployments get ready
+//! pods, and passes repeat until nothing is left to write.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
+
+use super::*;
+use crate::children::{Parent, TemplateConfig};
+use crate::crd::{InferenceServiceSpec, TrafficTarget};
+use crate::desired::{desired, PassInput};
+use crate::events::Severity;
+use crate::observe::{PodView, ServiceView};
+use crate::pool::Rotation;
+use crate::reason::Reason;
+use crate::revision::revision_of;
+
+const HANDOFF: Duration = Duration::from_secs(2);
+
+fn parent() -> Parent {
+    Parent {
+        name: "chat".into(),
+        namespace: "ns".into(),
+        owner: OwnerReference {
+            api_version: "serving.steward.dev/v1alpha1".into(),
+            kind: "InferenceService".into(),
+            name: "chat".into(),
+            uid: "u1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        },
+    }
+}
+
+fn spec(extra: &str) -> InferenceServiceSpec {
+    serde_yaml::from_str(&format!(
+        "model: {{ name: m, uri: 'file:///models/m' }}\n{extra}"
+    ))
+    .expect("spec")
+}
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).expect("time")
+}
+
+/// One pass: the desired state and its writes.
+fn pass(spec: &InferenceServiceSpec, obs: &Observed, now: i64) -> (Desired, Vec<Write>) {
+    let d = desired(&PassInput {
+        parent: &parent(),
+        spec,
+        generation: Some(1),
+        observed: obs,
+        template: &TemplateConfig::default(),
+        now: at(now),
+        handoff: HANDOFF,
+    })
+    .expect("desired");
+    let w = plan_writes(&d, obs);
+    (d, w)
+}
+
+/// What the API server would show after the writes, and what the kubelet
+/// does by `now`: Deployments get their pods (ready at once, labelled
+/// serving by the template), extra pods go.
+fn apply(obs: &mut Observed, writes: &[Write], now: i64) {
+    for w in writes {
+        match w {
+            Write::ApplyDeployment { object, .. } => {
+                let rev = object.metadata.labels.as_ref().expect("labels")
+                    [crate::crd::labels::REVISION]
+                    .clone();
+                let replicas = object.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let created = obs.deployments.get(&rev).and_then(|d| d.created);
+                obs.deployments.insert(
+                    rev.clone(),
+                    DeploymentView {
+                        revision: rev,
+                        replicas,
+                        applied_hash: applied_hash(&object.metadata).map(str::to_owned),
+                        created: created.or(Some(at(now))),
+                        deadline_exceeded: None,
+                    },
+                );
+            }
+            Write::ScaleDeployment { name, replicas } => {
+                let d = obs
+                    .deployments
+                    .values_mut()
+                    .find(|d| deployment_name("chat", &d.revision) == *name)
+                    .expect("scaled deployment exists");
+                d.replicas = *replicas;
+            }
+            Write::ApplyService(svc) => {
+                obs.service = Some(ServiceView {
+                    applied_hash: applied_hash(&svc.metadata).map(str::to_owned),
+                });
+            }
+            Write::LabelPod(c) => {
+                if let Some(p) = obs.pods.iter_mut().find(|p| p.name == c.pod) {
+                    p.rotation = Some(c.rotation);
+                }
+            }
+            Write::Status(s) => obs.status = (**s).clone(),
+            Write::DeleteDeployment { name } => obs
+                .deployments
+                .retain(|_, d| deployment_name("chat", &d.revision) != *name),
+            Write::Event(_) => {}
+        }
+    }
+    kubelet(obs, now);
+}
+
+fn kubelet(obs: &mut Observed, now: i64) {
+    let sizes: BTreeMap<String, i32> = obs
+        .deployments
+        .values()
+        .map(|d| (d.revision.clone(), d.replicas))
+        .collect();
+    obs.pods.retain(|p| {
+        let want = sizes.get(&p.revision).copied().unwrap_or(0);
+        let idx: i32 = p
+            .name
+            .rsplit('-')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .unwrap_or(0);
+        idx < want
+    });
+    for (rev, n) in sizes {
+        for i in 0..n {
+            let name = format!("{rev}-{i}");
+            if !obs.pods.iter().any(|p| p.name == name) {
+                obs.pods.push(PodView {
+                    name,
+                    revision: rev.clone(),
+                    rotation: Some(Rotation::Serving),
+                    ready: true,
+                    ready_since: Some(at(now)),
+                    terminating: false,
+                    problem: None,
+                });
+            }
+        }
+    }
+    obs.pods.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// Runs passes one second apart until one plans no writes; returns every
+/// pass's writes and the time after.
+fn converge(
+    spec: &InferenceServiceSpec,
+    obs: &mut Observed,
+    mut now: i64,
+) -> (Vec<Vec<Write>>, i64) {
+    let mut log = Vec::new();
+    for _ in 0..20 {
+        let (d, writes) = pass(spec, obs, now);
+        if writes.is_empty() && d.requeue_after.is_none() {
+            return (log, now);
+        }
+        apply(obs, &writes, now);
+        log.push(writes);
+        now += 1;
+    }
+    panic!("no convergence in 20 passes: last writes {:?}", log.last());
+}
+
+fn traffic_of(w: &[Write]) -> Option<Vec<TrafficTarget>> {
+    w.iter().find_map(|w| match w {
+        Write::Status(s) => Some(s.traffic.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_converged_object_plans_no_writes() {
+    let spec = spec("replicas: { min: 2, warm: 1 }");
+    let mut obs = Observed::default();
+    let (log, now) = converge(&spec, &mut obs, 100);
+    assert!(!log.is_empty());
+    assert_eq!(obs.status.phase, crate::crd::Phase::Ready);
+    assert_eq!(obs.status.serving_warm.as_deref(), Some("2/1"));
+    // Later passes, at any time, still plan nothing.
+    for later in [now, now + 1, now + 3600] {
+        let (_, writes) = pass(&spec, &obs, later);
+        assert!(writes.is_empty(), "at {later}: {writes:?}");
+    }
+}
+
+#[test]
+fn writes_come_in_the_documented_order() {
+    let spec = spec("");
+    let target = revision_of(&spec);
+    let object = crate::children::revision_deployment(
+        &parent(),
+        &spec,
+        &target,
+        2,
+        &TemplateConfig::default(),
+    )
+    .expect("deployment");
+    let view = |rev: &str, replicas| DeploymentView {
+        revision: rev.into(),
+        replicas,
+        applied_hash: Some("h".into()),
+        created: None,
+        deadline_exceeded: None,
+    };
+    let size_only = |replicas| DesiredDeployment {
+        replicas,
+        object: None,
+    };
+    let obs = Observed {
+        deployments: [view("grown", 1), view("old", 2), view("ancient", 0)]
+            .into_iter()
+            .map(|d| (d.revision.clone(), d))
+            .collect(),
+        ..Observed::default()
+    };
+    let d = Desired {
+        name: "chat".into(),
+        deployments: BTreeMap::from([
+            (
+                target.clone(),
+                DesiredDeployment {
+                    replicas: 2,
+                    object: Some(Box::new(object)),
+                },
+            ),
+            ("grown".into(), size_only(3)),
+            ("old".into(), size_only(0)),
+        ]),
+        service: Box::new(crate::children::service(&parent(), &spec)),
+        rotation: vec![RotationChange {
+            pod: "p".into(),
+            rotation: Rotation::Warm,
+        }],
+        status: Box::default(),
+        prune: vec!["ancient".into()],
+        events: vec![Note {
+            severity: Severity::Normal,
+            reason: Reason::RevisionPruned,
+            action: "PruneRevision",
+            message: "m".into(),
+        }],
+        settled: false,
+        requeue_after: None,
+    };
+    let mut d = d;
+    d.status.phase = crate::crd::Phase::Progressing;
+    let order: Vec<(&str, &str)> = plan_writes(&d, &obs)
+        .iter()
+        .map(|w| (w.kind(), w.verb()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("Deployment", "apply"), // grow: the target (a hex name), new
+            ("Deployment", "scale"), // grow: grown 1 -> 3
+            ("Service", "apply"),    // the Service
+            ("Pod", "label"),        // rotation
+            ("InferenceService/status", "apply"),
+            ("Deployment", "scale"),  // shrink: old 2 -> 0
+            ("Deployment", "delete"), // prune
+            ("Event", "create"),
+        ]
+    );
+}
+
+/// Issue 13, fault 10: status (weights) and the old revision's scale-down
+/// were written in one pass, so a router that saw the old pods terminate
+/// before the new weights answered 503. Now the old revision shrinks only
+/// in a later pass, a hand-off after its weight fell, and weight rises only
+/// onto pods in rotation for the hand-off.
+#[test]
+fn traffic_moves_before_old_pods_leave_and_after_new_pods_serve() {
+    let v1 = spec("replicas: { min: 2 }");
+    let mut obs = Observed::default();
+    let (_, now) = converge(&v1, &mut obs, 100);
+    let r1 = revision_of(&v1);
+    let v2 = spec("replicas: { min: 2 }\nengine: { maxBatchTokens: 4096 }");
+    let r2 = revision_of(&v2);
+
+    let mut now = now;
+    let mut weight_fell_at = None;
+    let mut shrunk_at = None;
+    for _ in 0..30 {
+        let (d, writes) = pass(&v2, &obs, now);
+        if writes.is_empty() && d.settled {
+            break;
+        }
+        if let Some(traffic) = traffic_of(&writes) {
+            if traffic[0].revision == r2 && weight_fell_at.is_none() {
+                weight_fell_at = Some(now);
+                // Rising side: every r2 pod serving and ready for the hand-off.
+                let serving: Vec<&PodView> = obs
+                    .pods_of(&r2)
+                    .filter(|p| p.ready && p.rotation == Some(Rotation::Serving))
+                    .collect();
+                assert_eq!(serving.len(), 2, "weight rose onto {serving:?}");
+                for p in serving {
+                    let since = p.ready_since.expect("ready time");
+                    assert!(
+                        at(now).duration_since(since) >= HANDOFF.try_into().expect("fits"),
+                        "weight rose onto {} ready for less than the hand-off",
+                        p.name
+                    );
+                }
+            }
+        }
+        let shrinks_r1 = writes.iter().any(|w| {
+            matches!(w, Write::ScaleDeployment { name, replicas: 0 } if *name == deployment_name("chat", &r1))
+        });
+        if shrinks_r1 {
+            assert_eq!(
+                obs.status.traffic[0].revision, r2,
+                "r1 shrank before (or in the pass that) its weight fell"
+            );
+            shrunk_at.get_or_insert(now);
+        }
+        apply(&mut obs, &writes, now);
+        now += 1;
+    }
+    let (fell, shrunk) = (
+        weight_fell_at.expect("traffic moved to r2"),
+        shrunk_at.expect("r1 went to zero"),
+    );
+    assert!(
+        shrunk - fell >= 2,
+        "r1 shrank {}s after its weight fell, before the hand-off",
+        shrunk - fell
+    );
+    assert_eq!(obs.status.phase, crate::crd::Phase::Ready);
+    assert_eq!(obs.deployments[&r1].replicas, 0);
+    assert!(obs.pods_of(&r1).next().is_none());
+}

@@ -1,0 +1,125 @@
+//! Every reason the operator gives, as one enum: condition reasons, event
+//! reasons and the `reason` label of `steward_operator_reconcile_errors_total`.
+//!
+//! The strings are a contract (people grep events, alerts match metric
+//! labels, tests match conditions), so they live in one place and never come
+//! from `Debug` output. The one exception is the Degraded condition's reason
+//! when a pod is stuck: that is the kubelet's or scheduler's own word
+//! (`ErrImagePull`, `Unschedulable`, ...), carried through unchanged.
+
+/// A stable reason string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    // Ready condition.
+    /// The stable revision serves with all its pods ready.
+    RevisionReady,
+    /// The stable revision has fewer ready pods than desired.
+    ReplicasNotReady,
+    /// No revision has had all its pods ready yet.
+    NoStableRevision,
+    /// No ready pod of a revision with traffic is in rotation (for example
+    /// `replicas.min: 0`): the router has nowhere to send requests.
+    NoServingPods,
+
+    // Progressing condition.
+    /// The target revision serves and nothing else is left.
+    RolloutComplete,
+    /// The target revision's pods are coming up.
+    RevisionRollingOut,
+    /// The target took the traffic; older revisions are handing off or
+    /// draining.
+    DrainingPreviousRevisions,
+    /// The target revision cannot become ready.
+    RolloutStalled,
+
+    // Degraded condition.
+    /// Nothing is wrong.
+    AsExpected,
+    /// A stuck pod's reason; the condition carries the kubelet's word.
+    PodProblem,
+
+    // Events.
+    /// A Deployment for a new revision was created.
+    RevisionCreated,
+    /// A revision's Deployment changed size.
+    RevisionScaled,
+    /// A revision took the traffic.
+    RevisionPromoted,
+    /// A retired revision's Deployment was deleted.
+    RevisionPruned,
+    /// The Ready condition turned true.
+    Ready,
+    /// The Degraded condition turned true.
+    Degraded,
+    /// The Degraded condition turned false again.
+    Recovered,
+
+    // Reconcile errors.
+    /// A write was refused or failed.
+    WriteFailed,
+    /// A write did not finish within the write timeout.
+    WriteTimedOut,
+    /// The object lacks a namespace or uid.
+    IncompleteObject,
+    /// The model uri cannot be placed in a pod.
+    UnsupportedModelUri,
+    /// The child caches did not finish their first list in time.
+    CachesNotReady,
+}
+
+impl Reason {
+    /// The stable string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::RevisionReady => "RevisionReady",
+            Reason::ReplicasNotReady => "ReplicasNotReady",
+            Reason::NoStableRevision => "NoStableRevision",
+            Reason::NoServingPods => "NoServingPods",
+            Reason::RolloutComplete => "RolloutComplete",
+            Reason::RevisionRollingOut => "RevisionRollingOut",
+            Reason::DrainingPreviousRevisions => "DrainingPreviousRevisions",
+            Reason::RolloutStalled => "RolloutStalled",
+            Reason::AsExpected => "AsExpected",
+            Reason::PodProblem => "PodProblem",
+            Reason::RevisionCreated => "RevisionCreated",
+            Reason::RevisionScaled => "RevisionScaled",
+            Reason::RevisionPromoted => "RevisionPromoted",
+            Reason::RevisionPruned => "RevisionPruned",
+            Reason::Ready => "Ready",
+            Reason::Degraded => "Degraded",
+            Reason::Recovered => "Recovered",
+            Reason::WriteFailed => "WriteFailed",
+            Reason::WriteTimedOut => "WriteTimedOut",
+            Reason::IncompleteObject => "IncompleteObject",
+            Reason::UnsupportedModelUri => "UnsupportedModelUri",
+            Reason::CachesNotReady => "CachesNotReady",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_strings_are_their_variant_names() {
+        // The strings are a contract; the variant names are chosen to match,
+        // so a renamed variant shows up here as well as in the docs.
+        for r in [
+            Reason::RevisionReady,
+            Reason::NoServingPods,
+            Reason::DrainingPreviousRevisions,
+            Reason::RevisionPromoted,
+            Reason::WriteTimedOut,
+            Reason::CachesNotReady,
+        ] {
+            assert_eq!(r.as_str(), format!("{r:?}"));
+        }
+    }
+}

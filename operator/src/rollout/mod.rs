@@ -1,0 +1,194 @@
+//! The rollout: which revisions run, at what size, and which one gets the
+//! traffic.
+//!
+//! Until canary analysis exists the policy is: a new revision is brought up
+//! beside the stable one while the stable one keeps 100% of the traffic;
+//! once every pod of the new revision is ready and in rotation it takes
+//! 100% (promotion); every other revision then scales to zero and its pods
+//! drain. A spec change in the middle of a rollout makes a newer target:
+//! the unfinished canary is neither stable nor target, so it goes to zero
+//! too and nothing is left half-scaled.
+//!
+//! Hand-off, so the data plane never has a gap while the router's views of
+//! pods and of weights lag each other: weight rises only onto pods that
+//! have been ready and in rotation for the hand-off time, and a revision
+//! that lost its weight keeps its pods until the hand-off time has passed
+//! since the new split was written (`status.rollout.stepStartedAt`).
+//!
+//! Memory: `status.stableRevision` and `status.rollout` (read from
+//! [`Observed::status`]); everything else is derived from what is observed,
+//! so a restarted operator or a new leader reaches the same decisions.
+//!
+//! One pass is [`decide`]: [`steps`] (who holds the traffic: hold or
+//! promote), [`sizing`] (pods per revision), [`history`] (retire and prune),
+//! [`progress`] (where things stand).
+
+mod history;
+mod progress;
+mod sizing;
+mod steps;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+pub use history::RETIRED_KEPT;
+pub use progress::Progress;
+
+use crate::autoscale::ScalePlan;
+use crate::crd::{RevisionRole, RolloutStatus, TrafficTarget};
+use crate::observe::Observed;
+
+/// What the decision needs.
+#[derive(Clone, Debug)]
+pub struct RolloutInput<'a> {
+    /// The revision of the current spec.
+    pub target: &'a str,
+    /// Serving and warm pods of each revision that takes or may take
+    /// traffic (from `autoscale`).
+    pub scale: ScalePlan,
+    /// The children as they are, and the stored status (the memory).
+    pub observed: &'a Observed,
+    /// The time of this pass.
+    pub now: Timestamp,
+    /// How long the router's views are given to catch up around a traffic
+    /// change (see the module docs).
+    pub handoff: Duration,
+}
+
+/// One revision in the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevisionPlan {
+    /// What the rollout does with it.
+    pub role: RevisionRole,
+    /// Its Deployment's size.
+    pub replicas: i32,
+    /// Serving and warm counts for the pool, for revisions whose pods the
+    /// pool assigns to rotation (not for ones on their way out).
+    pub pool: Option<ScalePlan>,
+}
+
+/// A decision worth an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// A Deployment for a new revision is created.
+    RevisionCreated { revision: String, replicas: i32 },
+    /// An existing revision's Deployment changes size.
+    Scaled {
+        revision: String,
+        from: i32,
+        to: i32,
+    },
+    /// The target took all traffic from the previous stable revision.
+    Promoted { from: Option<String>, to: String },
+    /// An old revision's Deployment is deleted (beyond the kept history).
+    Pruned { revision: String },
+}
+
+/// The outcome of one decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutPlan {
+    /// Every revision that keeps a Deployment, with its role and size.
+    pub revisions: BTreeMap<String, RevisionPlan>,
+    /// Revisions whose Deployments are deleted.
+    pub prune: Vec<String>,
+    /// The revision that serves.
+    pub stable: Option<String>,
+    /// The revision being brought up beside the stable one, if any.
+    pub canary: Option<String>,
+    /// The traffic split for status.
+    pub traffic: Vec<TrafficTarget>,
+    /// The rollout memory to store.
+    pub memory: RolloutStatus,
+    /// Where things stand.
+    pub progress: Progress,
+    /// Event-worthy decisions.
+    pub decisions: Vec<Decision>,
+    /// When a time-based decision (a hand-off) is due, if one is pending.
+    pub requeue_after: Option<Duration>,
+}
+
+impl RolloutPlan {
+    /// The Deployment size of a revision (zero when it has none).
+    pub fn replicas_of(&self, revision: &str) -> i32 {
+        self.revisions.get(revision).map_or(0, |r| r.replicas)
+    }
+
+    /// Pods all planned Deployments add up to.
+    pub fn total_replicas(&self) -> i32 {
+        self.revisions
+            .values()
+            .fold(0i32, |n, r| n.saturating_add(r.replicas))
+    }
+}
+
+/// Decides the next step.
+pub fn decide(input: &RolloutInput<'_>) -> RolloutPlan {
+    let step = steps::decide(input);
+    let sized = sizing::size(input, &step);
+    let mut revisions = sized.revisions;
+    let prune = history::prune(input.observed, &mut revisions);
+    let progress = progress::of(input, &step, &revisions);
+
+    let mut decisions: Vec<Decision> = step.promoted.clone().into_iter().collect();
+    decisions.extend(size_changes(input.observed, &revisions));
+    decisions.extend(prune.iter().map(|r| Decision::Pruned {
+        revision: r.clone(),
+    }));
+    RolloutPlan {
+        revisions,
+        prune,
+        stable: step.stable,
+        canary: step.canary,
+        traffic: step.traffic,
+        memory: step.memory,
+        progress,
+        decisions,
+        requeue_after: earliest(step.wait, sized.wait),
+    }
+}
+
+/// A creation or size change per revision, against what is observed.
+fn size_changes<'a>(
+    obs: &'a Observed,
+    revisions: &'a BTreeMap<String, RevisionPlan>,
+) -> impl Iterator<Item = Decision> + 'a {
+    revisions
+        .iter()
+        .filter_map(|(rev, plan)| match obs.deployments.get(rev) {
+            None => Some(Decision::RevisionCreated {
+                revision: rev.clone(),
+                replicas: plan.replicas,
+            }),
+            Some(d) if d.replicas != plan.replicas => Some(Decision::Scaled {
+                revision: rev.clone(),
+                from: d.replicas,
+                to: plan.replicas,
+            }),
+            Some(_) => None,
+        })
+}
+
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Time from `since` to `now`; `None` when `since` is in the future (a
+/// clock ahead of ours), which callers treat as "no wait".
+pub(crate) fn elapsed(since: Timestamp, now: Timestamp) -> Option<Duration> {
+    Duration::try_from(now.duration_since(since)).ok()
+}
+
+/// What is left of `wait` after `since`; `None` when it is over (or the
+/// clock that wrote `since` is ahead of ours).
+pub(crate) fn remaining(since: Timestamp, now: Timestamp, wait: Duration) -> Option<Duration> {
+    let passed = elapsed(since, now)?;
+    wait.checked_sub(passed).filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests;
