@@ -78,6 +78,6 @@ fn router_and_operator_agree_on_resource_names_and_labels() {
     );
     assert_eq!(crd::labels::SERVICE, convert::LABEL_SERVICE);
     assert_eq!(crd::labels::REVISION, convert::LABEL_REVISION);
-    assert_eq!(crd::labels::ROLE, convert::LABEL_ROLE);
-    assert_eq!(crd::labels::ROLE_SERVING, convert::ROLE_SERVING);
+    assert_eq!(crd::labels::ROTATION, convert::LABEL_ROTATION);
+    assert_eq!(crd::labels::ROTATION_SERVING, convert::ROTATION_SERVING);
 }

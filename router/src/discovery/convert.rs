@@ -28,7 +28,7 @@ pub const PLURAL: &str = "inferenceservices";
 pub const LABEL_SERVICE: &str = "serving.steward.dev/service";
 pub const LABEL_REVISION: &str = "serving.steward.dev/revision";
 pub const LABEL_ROTATION: &str = "serving.steward.dev/rotation";
-pub const ROLE_SERVING: &str = "serving";
+pub const ROTATION_SERVING: &str = "serving";
 /// The engine's container port name, and the port when none is named.
 pub const PORT_NAME: &str = "http";
 pub const DEFAULT_PORT: u16 = 8000;
@@ -166,7 +166,7 @@ pub fn pod_view(pod: &Pod) -> Result<PodView, ConvertError> {
     let revision = label(LABEL_REVISION)?;
     let serving = labels
         .and_then(|l| l.get(LABEL_ROTATION))
-        .is_some_and(|r| r == ROLE_SERVING);
+        .is_some_and(|r| r == ROTATION_SERVING);
     let status = pod.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
