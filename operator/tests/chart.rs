@@ -93,6 +93,14 @@ async fn rendered_chart_passes_server_side_dry_run() {
         ] {
             assert!(text.contains(kind), "{kind} missing from: {text}");
         }
+        // With a watched namespace, its engine pods get the ingress policy
+        // (issue 13, fault 2); without one there is no namespace to put it.
+        let policy = "networkpolicy.networking.k8s.io/";
+        assert_eq!(
+            text.contains(policy),
+            !extra.is_empty(),
+            "engine NetworkPolicy in: {text}"
+        );
     }
 }
 
@@ -167,4 +175,68 @@ async fn monitors_pass_the_real_prometheus_operator_schemas() {
         "{text}"
     );
     assert!(text.contains("configmap/"), "{text}");
+}
+
+/// Issue 13, fault 2: engine pods accept connections only from the router,
+/// the operator and Prometheus, on the engine's named port.
+#[test]
+fn engine_network_policy_admits_only_router_operator_and_prometheus() {
+    let text = render(
+        "steward-system",
+        &[
+            "--set",
+            "operator.watchNamespace=team-a",
+            "--set",
+            "networkPolicy.engineNamespaces={team-b}",
+        ],
+    );
+    let policies: Vec<serde_yaml::Value> = text
+        .split("\n---")
+        .filter(|d| d.contains("kind: NetworkPolicy"))
+        .map(|d| serde_yaml::from_str(d).expect("policy parses"))
+        .collect();
+    let mut namespaces: Vec<&str> = policies
+        .iter()
+        .filter_map(|p| p["metadata"]["namespace"].as_str())
+        .collect();
+    namespaces.sort_unstable();
+    assert_eq!(namespaces, ["team-a", "team-b"]);
+    for p in &policies {
+        let spec = &p["spec"];
+        assert_eq!(
+            spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+            Some("steward-engine")
+        );
+        assert_eq!(spec["policyTypes"][0].as_str(), Some("Ingress"));
+        let rules = spec["ingress"].as_sequence().expect("ingress rules");
+        assert_eq!(rules.len(), 1, "one rule: {p:?}");
+        let from = rules[0]["from"].as_sequence().expect("from");
+        let names: Vec<&str> = from
+            .iter()
+            .filter_map(|f| f["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["steward-router", "steward-operator", "prometheus"],
+            "{p:?}"
+        );
+        // Router and operator only from the release namespace.
+        for f in &from[..2] {
+            assert_eq!(
+                f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+                Some("steward-system")
+            );
+        }
+        assert_eq!(rules[0]["ports"][0]["port"].as_str(), Some("http"));
+    }
+    let off = render(
+        "steward-system",
+        &[
+            "--set",
+            "operator.watchNamespace=team-a",
+            "--set",
+            "networkPolicy.enabled=false",
+        ],
+    );
+    assert!(!off.contains("kind: NetworkPolicy"));
 }
