@@ -239,7 +239,11 @@ pub fn pod_template(
     };
 
     let window = spec.draining.window.get();
-    let grace = (window + cfg.drain_margin).as_secs().max(1);
+    // Checked: neither the window (bounded by the schema) nor the flag can
+    // overflow the pod's int64 seconds.
+    let grace = i64::try_from(window.saturating_add(cfg.drain_margin).as_secs())
+        .unwrap_or(i64::MAX)
+        .max(1);
     let container = Container {
         name: ENGINE_CONTAINER.to_owned(),
         image: Some(e.image.clone()),
@@ -297,7 +301,7 @@ pub fn pod_template(
         }),
         spec: Some(PodSpec {
             containers: vec![container],
-            termination_grace_period_seconds: Some(grace as i64),
+            termination_grace_period_seconds: Some(grace),
             volumes,
             node_selector: (!e.node_selector.is_empty()).then(|| e.node_selector.clone()),
             ..PodSpec::default()

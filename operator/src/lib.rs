@@ -21,6 +21,7 @@ pub mod dashboard;
 pub mod desired;
 pub mod events;
 pub mod http;
+pub mod invalid;
 pub mod leader;
 pub mod metrics;
 pub mod observe;

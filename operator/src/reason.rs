@@ -65,6 +65,13 @@ pub enum Reason {
     UnsupportedModelUri,
     /// The child caches did not finish their first list in time.
     CachesNotReady,
+    /// A pass panicked; caught so one object cannot stop the others.
+    Panicked,
+
+    // Degraded condition, event and reconcile error at once.
+    /// The spec cannot be acted on (a field the schema let through, or an
+    /// object stored before a rule existed); the message names the field.
+    InvalidSpec,
 }
 
 impl Reason {
@@ -93,6 +100,8 @@ impl Reason {
             Reason::IncompleteObject => "IncompleteObject",
             Reason::UnsupportedModelUri => "UnsupportedModelUri",
             Reason::CachesNotReady => "CachesNotReady",
+            Reason::Panicked => "Panicked",
+            Reason::InvalidSpec => "InvalidSpec",
         }
     }
 }
@@ -118,6 +127,8 @@ mod tests {
             Reason::RevisionPromoted,
             Reason::WriteTimedOut,
             Reason::CachesNotReady,
+            Reason::Panicked,
+            Reason::InvalidSpec,
         ] {
             assert_eq!(r.as_str(), format!("{r:?}"));
         }

@@ -59,7 +59,7 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_clear_messages() {
         (
             "negative duration",
             json!({"draining": {"window": "-5s"}}),
-            "must be a positive duration",
+            "spec.draining.window: Invalid value: \"string\": must be a positive duration",
         ),
         (
             "availability over 100",
@@ -121,23 +121,144 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_clear_messages() {
             json!({"engine": {"gpus": 64}}),
             "should be less than or equal to 16",
         ),
+        // Issue 13: manifests a new user got through that should be refused.
+        (
+            "zero drain window",
+            json!({"draining": {"window": "0s"}}),
+            "spec.draining.window: Invalid value: \"string\": must be between 1s and 1h",
+        ),
+        (
+            "zero step pause",
+            json!({"rollout": {"steps": [{"weight": 5, "pause": "0s"}]}}),
+            "spec.rollout.steps[0].pause: Invalid value: \"string\": must be between 1s and 168h",
+        ),
+        (
+            "zero analysis interval",
+            json!({"rollout": {"analysis": {"interval": "0ms"}}}),
+            "spec.rollout.analysis.interval: Invalid value: \"string\": must be between 1s and 1h",
+        ),
+        (
+            "zero scale-in delay",
+            json!({"autoscaling": {"scaleInAfter": "0s"}}),
+            "spec.autoscaling.scaleInAfter: Invalid value: \"string\": must be between 1s and 24h",
+        ),
+        (
+            "zero ttft objective",
+            json!({"slo": {"ttftP99": "0s"}}),
+            "spec.slo.ttftP99: Invalid value: \"string\": must be between 1ms and 10m",
+        ),
+        (
+            "an hour of inter-token latency",
+            json!({"slo": {"itlP99": "1h"}}),
+            "spec.slo.itlP99: Invalid value: \"string\": must be between 1ms and 1m",
+        ),
+        (
+            "zero query for",
+            json!({"rollout": {"analysis": {"rollbackOn": {"query": {"promql": "up", "above": 1, "for": "0s"}}}}}),
+            "spec.rollout.analysis.rollbackOn.query.for: Invalid value: \"string\": must be between 1s and 24h",
+        ),
+        (
+            // Fault 0: this took the operator down.
+            "drain window beyond Go's range",
+            json!({"draining": {"window": "9999999999999999h"}}),
+            "spec.draining.window: Invalid value",
+        ),
+        (
+            "drain window of a year",
+            json!({"draining": {"window": "8760h"}}),
+            "spec.draining.window: Invalid value: \"string\": must be between 1s and 1h",
+        ),
+        (
+            "memory in GB",
+            json!({"engine": {"resources": {"memory": "16GB"}}}),
+            "spec.engine.resources.memory: Invalid value: \"\": engine.resources.memory must be a positive Kubernetes quantity",
+        ),
+        (
+            "negative cpu string",
+            json!({"engine": {"resources": {"cpu": "-2"}}}),
+            "engine.resources.cpu must be a positive Kubernetes quantity",
+        ),
+        (
+            "negative cpu number",
+            json!({"engine": {"resources": {"cpu": -2}}}),
+            "engine.resources.cpu must be a positive Kubernetes quantity",
+        ),
+        (
+            "zero memory",
+            json!({"engine": {"resources": {"memory": "0"}}}),
+            "engine.resources.memory must be a positive Kubernetes quantity",
+        ),
+        (
+            "node selector key with a space",
+            json!({"engine": {"nodeSelector": {"gpu type": "a100"}}}),
+            "spec.engine.nodeSelector: Invalid value: \"object\": engine.nodeSelector keys must be label keys",
+        ),
+        (
+            "node selector key with two slashes",
+            json!({"engine": {"nodeSelector": {"a/b/c": "x"}}}),
+            "engine.nodeSelector keys must be label keys",
+        ),
+        (
+            "node selector value with a slash",
+            json!({"engine": {"nodeSelector": {"gpu": "nvidia/a100"}}}),
+            "spec.engine.nodeSelector: Invalid value: \"object\": engine.nodeSelector values must be label values",
+        ),
+        (
+            "node selector value too long",
+            json!({"engine": {"nodeSelector": {"gpu": "a".repeat(64)}}}),
+            "spec.engine.nodeSelector.gpu: Too long",
+        ),
+        (
+            "image with a leading space",
+            json!({"engine": {"image": " steward-engine:0.1"}}),
+            "spec.engine.image: Invalid value: \"string\": engine.image must be an image reference without whitespace",
+        ),
+        (
+            "image with a trailing newline",
+            json!({"engine": {"image": "steward-engine:0.1\n"}}),
+            "engine.image must be an image reference without whitespace",
+        ),
+        (
+            "golden set that is not a ConfigMap name",
+            json!({"rollout": {"analysis": {"quality": {"goldenSet": {"configMap": "Chat_Golden"}}}}}),
+            "spec.rollout.analysis.quality.goldenSet.configMap: Invalid value: \"string\": quality.goldenSet.configMap must be a ConfigMap name",
+        ),
     ];
     assert!(cases.len() >= 12);
     let mut failures = Vec::new();
+    let mut check = |what: &str, result: Result<_, kube::Error>, expected: &str| match result {
+        Ok(_) => failures.push(format!("{what}: accepted")),
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            if !s.message.contains(expected) {
+                failures.push(format!(
+                    "{what}: message {:?} lacks {expected:?}",
+                    s.message
+                ));
+            }
+        }
+        Err(e) => failures.push(format!("{what}: unexpected error {e}")),
+    };
+    // metadata.name becomes the Service name and label values: a DNS-1035
+    // label of at most 63 characters (operator/src/crd/names.rs).
+    for (what, name) in [
+        ("name of 64 characters", "a".repeat(64)),
+        ("name starting with a digit", "1chat".to_owned()),
+        ("name with a dot", "chat.small".to_owned()),
+    ] {
+        let obj = manifest(&env, &name, 1, json!({}));
+        check(
+            what,
+            apply(&env, &obj).await,
+            "metadata.name must be at most 63 characters",
+        );
+    }
+    let longest = manifest(&env, &"a".repeat(63), 1, json!({}));
+    apply(&env, &longest)
+        .await
+        .expect("a 63-character name is accepted");
     for (i, (what, patch, expected)) in cases.iter().enumerate() {
         let obj = manifest(&env, &format!("bad-{i}"), 1, patch.clone());
-        match apply(&env, &obj).await {
-            Ok(_) => failures.push(format!("{what}: accepted")),
-            Err(kube::Error::Api(s)) if s.code == 422 => {
-                if !s.message.contains(expected) {
-                    failures.push(format!(
-                        "{what}: message {:?} lacks {expected:?}",
-                        s.message
-                    ));
-                }
-            }
-            Err(e) => failures.push(format!("{what}: unexpected error {e}")),
-        }
+        check(what, apply(&env, &obj).await, expected);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
@@ -147,7 +268,6 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_clear_messages() {
         "sketch",
         2,
         json!({
-            "engine": {"gpus": 1, "maxBatchTokens": 8192, "kvCacheBlocks": 2048},
             "replicas": {"max": 16, "warm": 1},
             "rollout": {"steps": [{"weight": 5, "pause": "2m"}, {"weight": 25, "pause": "5m"}, {"weight": 50, "pause": "5m"}],
                 "analysis": {"interval": "15s", "rollbackOn": {"any": [
@@ -156,6 +276,9 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_clear_messages() {
                     {"query": {"promql": "up", "above": 0.2, "for": "1m"}}]},
                     "quality": {"goldenSet": {"configMap": "chat-golden"}, "minScore": 0.9, "perCategory": true}}},
             "limits": {"perTenant": {"requestsPerSecond": 20, "burst": 40, "maxConcurrent": 8}, "maxTokensPerRequest": 2048},
+            "engine": {"gpus": 1, "maxBatchTokens": 8192, "kvCacheBlocks": 2048,
+                "image": "steward-engine:0.1", "resources": {"cpu": "500m", "memory": "16Gi"},
+                "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "tier": ""}},
         }),
     );
     let created = apply(&env, &good).await.expect("design sketch is accepted");

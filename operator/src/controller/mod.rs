@@ -10,13 +10,14 @@ mod backoff;
 pub mod poller;
 pub mod prometheus;
 mod reconcile;
+mod rejected;
 pub mod rules;
 mod writes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Future, StreamExt};
+use futures::{Future, FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
@@ -29,7 +30,7 @@ use tracing::{debug, instrument, warn};
 
 use self::backoff::Backoff;
 use crate::children::{TemplateConfig, UnsupportedUri, MANAGED_BY};
-use crate::crd::{labels, InferenceService};
+use crate::crd::{labels, UncheckedInferenceService};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
 
@@ -73,6 +74,9 @@ pub enum ReconcileError {
     /// The child caches did not finish their first list in time.
     #[error("child caches are not ready yet")]
     CachesNotReady,
+    /// The pass panicked; caught so one object cannot stop the others.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl ReconcileError {
@@ -84,6 +88,7 @@ impl ReconcileError {
             ReconcileError::Incomplete(_) => Reason::IncompleteObject,
             ReconcileError::Uri(_) => Reason::UnsupportedModelUri,
             ReconcileError::CachesNotReady => Reason::CachesNotReady,
+            ReconcileError::Panicked(_) => Reason::Panicked,
         }
     }
 }
@@ -198,10 +203,12 @@ pub async fn run(
     let map_by_label = |meta: &kube::api::ObjectMeta| {
         let name = meta.labels.as_ref()?.get(labels::SERVICE)?.clone();
         let ns = meta.namespace.clone()?;
-        Some(ObjectRef::<InferenceService>::new(&name).within(&ns))
+        Some(ObjectRef::<UncheckedInferenceService>::new(&name).within(&ns))
     };
+    // The raw form: one object that does not parse must not fail the
+    // watch of all of them (crd::check).
     Controller::new(
-        api::<InferenceService>(&client, ns),
+        api::<UncheckedInferenceService>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
     .owns_stream(dep_stream)
@@ -222,7 +229,11 @@ pub async fn run(
 /// A failed pass is retried after a delay that doubles with each failure
 /// of the same object in a row (and resets on its next success), so one
 /// broken object neither hot-loops nor slows the others.
-fn error_policy(obj: Arc<InferenceService>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    obj: Arc<UncheckedInferenceService>,
+    err: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
     let delay = ctx.backoff.failed(&backoff_key(&obj));
     warn!(
         name = %obj.name_any(),
@@ -236,18 +247,37 @@ fn error_policy(obj: Arc<InferenceService>, err: &ReconcileError, ctx: Arc<Conte
     Action::requeue(delay)
 }
 
-fn backoff_key(obj: &InferenceService) -> String {
+fn backoff_key(obj: &UncheckedInferenceService) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 #[instrument(skip_all, fields(namespace = obj.namespace().unwrap_or_default(), name = %obj.name_any()))]
 async fn reconcile(
-    obj: Arc<InferenceService>,
+    obj: Arc<UncheckedInferenceService>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     ctx.metrics.reconcile_started();
     let started = Instant::now();
-    let out = reconcile::reconcile(&obj, &ctx).await;
+    // A panic in one pass must not take the process (and every other
+    // object's reconciliation) down with it.
+    let pass = async {
+        match obj.check() {
+            Ok(typed) => reconcile::reconcile(&typed, &ctx).await,
+            Err(problem) => rejected::report(&obj, &problem, &ctx).await,
+        }
+    };
+    let out = std::panic::AssertUnwindSafe(pass)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            tracing::error!(panic = %what, "reconcile panicked");
+            Err(ReconcileError::Panicked(what))
+        });
     ctx.metrics.reconcile_finished(started.elapsed());
     if out.is_ok() {
         ctx.backoff.succeeded(&backoff_key(&obj));

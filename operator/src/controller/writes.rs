@@ -26,7 +26,7 @@ use crate::plan::Write;
 
 /// Parameters of the non-apply patches (scale, pod rotation), under the
 /// same field manager.
-fn field_manager() -> PatchParams {
+pub(super) fn field_manager() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
@@ -111,7 +111,7 @@ pub(crate) async fn execute(
 }
 
 /// Runs one API call under the write timeout, counting it.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     ctx: &Context,
     kind: &'static str,
     verb: &'static str,
@@ -157,7 +157,7 @@ fn tolerate_missing<T>(r: Result<T, ReconcileError>) -> Result<bool, ReconcileEr
 
 /// Publishes one event; a failure or timeout is logged and counted, never
 /// fatal (the decision stands).
-async fn publish(ctx: &Context, reference: &ObjectReference, note: &Note) {
+pub(super) async fn publish(ctx: &Context, reference: &ObjectReference, note: &Note) {
     let event = Event {
         type_: match note.severity {
             Severity::Normal => EventType::Normal,

@@ -12,7 +12,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::duration::GoDuration;
+use super::duration::{fields, GoDuration};
 
 /// An SLO from `spec.slo`, compiled into an alarm on the canary.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,7 +60,12 @@ pub struct QueryAlarm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below: Option<f64>,
     /// How long the condition must hold.
-    #[serde(default = "default_for", rename = "for")]
+    #[serde(
+        default = "default_for",
+        rename = "for",
+        deserialize_with = "fields::query_for::deserialize"
+    )]
+    #[schemars(schema_with = "fields::query_for::schema")]
     pub for_: GoDuration,
 }
 

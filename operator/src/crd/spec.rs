@@ -16,7 +16,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::alarm::{AlarmExpr, AlarmKind, SloSignal};
-use super::duration::GoDuration;
+use super::duration::{fields, GoDuration};
+use super::names;
 use super::status::InferenceServiceStatus;
 
 /// Desired state of an `InferenceService`.
@@ -157,9 +158,11 @@ impl PullPolicy {
 pub struct EngineResources {
     /// CPU request and limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": names::QUANTITY_RULE, "message": names::quantity_message("cpu")}]))]
     pub cpu: Option<Quantity>,
     /// Memory request and limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": names::QUANTITY_RULE, "message": names::quantity_message("memory")}]))]
     pub memory: Option<Quantity>,
 }
 
@@ -169,6 +172,7 @@ pub struct EngineResources {
 pub struct EngineSpec {
     /// Container image of steward-engine.
     #[schemars(length(min = 1, max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": names::IMAGE_RULE, "message": names::IMAGE_MESSAGE}]))]
     pub image: String,
     /// Image pull policy; the cluster's default when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,10 +196,15 @@ pub struct EngineSpec {
     pub resources: Option<EngineResources>,
     /// Node labels the pods must match.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}, "x-kubernetes-validations" = [
+        {"rule": names::LABEL_KEYS_RULE, "message": names::LABEL_KEYS_MESSAGE},
+        {"rule": names::LABEL_VALUES_RULE, "message": names::LABEL_VALUES_MESSAGE},
+    ]))]
     pub node_selector: BTreeMap<String, String>,
     /// Extra arguments appended to `steward-engine serve`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[schemars(extend("items" = {"type": "string", "maxLength": names::MAX_ARG_LEN}))]
     pub extra_args: Vec<String>,
 }
 
@@ -259,6 +268,8 @@ pub struct AutoscalingSpec {
     #[schemars(range(min = 1, max = 100))]
     pub target_utilization: i32,
     /// How long utilisation must stay low before a pod is removed.
+    #[schemars(schema_with = "fields::scale_in_after::schema")]
+    #[serde(deserialize_with = "fields::scale_in_after::deserialize")]
     pub scale_in_after: GoDuration,
 }
 
@@ -276,8 +287,12 @@ impl Default for AutoscalingSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct SloSpec {
     /// Time to first token, 99th percentile.
+    #[schemars(schema_with = "fields::ttft_p99::schema")]
+    #[serde(deserialize_with = "fields::ttft_p99::deserialize")]
     pub ttft_p99: GoDuration,
     /// Inter-token latency, 99th percentile.
+    #[schemars(schema_with = "fields::itl_p99::schema")]
+    #[serde(deserialize_with = "fields::itl_p99::deserialize")]
     pub itl_p99: GoDuration,
     /// Share of requests answered without a server error, in percent
     /// (a string such as "99.9").
@@ -304,7 +319,11 @@ pub struct RolloutStep {
     #[schemars(range(min = 1, max = 99))]
     pub weight: i32,
     /// How long to hold the step while analysis runs.
-    #[serde(default = "default_step_pause")]
+    #[serde(
+        default = "default_step_pause",
+        deserialize_with = "fields::step_pause::deserialize"
+    )]
+    #[schemars(schema_with = "fields::step_pause::schema")]
     pub pause: GoDuration,
 }
 
@@ -353,6 +372,8 @@ impl Default for RolloutSpec {
 #[serde(rename_all = "camelCase", default)]
 pub struct AnalysisSpec {
     /// How often alarms are evaluated during a rollout.
+    #[schemars(schema_with = "fields::analysis_interval::schema")]
+    #[serde(deserialize_with = "fields::analysis_interval::deserialize")]
     pub interval: GoDuration,
     /// The composite alarm that rolls the canary back.
     pub rollback_on: AlarmExpr,
@@ -382,6 +403,7 @@ impl Default for AnalysisSpec {
 pub struct GoldenSetRef {
     /// Name of a ConfigMap in the InferenceService's namespace.
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": names::SUBDOMAIN_RULE, "message": names::GOLDEN_SET_MESSAGE}]))]
     pub config_map: String,
 }
 
@@ -409,6 +431,8 @@ fn default_min_score() -> f64 {
 #[serde(rename_all = "camelCase", default)]
 pub struct DrainingSpec {
     /// The longest a draining pod waits for its open streams.
+    #[schemars(schema_with = "fields::drain_window::schema")]
+    #[serde(deserialize_with = "fields::drain_window::deserialize")]
     pub window: GoDuration,
 }
 

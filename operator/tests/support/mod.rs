@@ -151,6 +151,11 @@ impl Operator {
         }
     }
 
+    /// True while the operator task runs (it ends on a panic or an error).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     /// Stops it and waits.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

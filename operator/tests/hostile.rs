@@ -1,0 +1,319 @@
+//! The operator survives any object the API server accepts (issue 13,
+//! fault 0): objects it cannot act on get a `Degraded`/`InvalidSpec`
+//! condition naming the field, while the others keep being reconciled.
+//!
+//! How objects the schema refuses get into the cluster: the way they do in
+//! production, through a CRD upgrade. The test installs a permissive
+//! version of the CRD (spec and status free-form), stores the hostile
+//! objects, then installs the real CRD again; stored objects are not
+//! re-validated, so the operator meets them. Its own test binary (its own
+//! cluster), because it swaps the CRD that other tests rely on.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::{json, Value};
+use steward_e2e::testing::eventually;
+use steward_operator::crd::UncheckedInferenceService;
+use support::{apply, env, manifest, ready_and_current, wait_for, Operator, TestEnv};
+
+const CRD_NAME: &str = "inferenceservices.serving.steward.dev";
+/// Longer than the 63 characters the schema allows.
+const LONG_NAME: &str = "a-name-that-is-much-longer-than-sixty-three-characters-allow-it-to-be";
+
+async fn install_crd(env: &TestEnv, crd: &CustomResourceDefinition) {
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    crds.patch(
+        CRD_NAME,
+        &PatchParams::apply("steward-tests").force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .expect("CRD applies");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(crds, CRD_NAME, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("CRD watch");
+    // The API server swaps the schema asynchronously after Established.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// The real CRD with every schema rule removed.
+fn permissive(real: &CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut v = serde_json::to_value(real).expect("CRD as JSON");
+    let free = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    v["spec"]["versions"][0]["schema"]["openAPIV3Schema"] = json!({
+        "type": "object",
+        "properties": {"spec": free, "status": free},
+    });
+    serde_json::from_value(v).expect("permissive CRD")
+}
+
+/// (name, spec, the field the condition must name)
+fn hostile(env: &TestEnv) -> Vec<(String, Value, &'static str)> {
+    let good = manifest(env, "x", 1, json!({}))["spec"].clone();
+    let with = |patch: Value| {
+        let mut s = good.clone();
+        support::merge(&mut s, patch);
+        s
+    };
+    vec![
+        // The manifest that took the operator down (fault 0).
+        (
+            "huge-window".into(),
+            with(json!({"draining": {"window": "9999999999999999h"}})),
+            "spec.draining.window",
+        ),
+        (
+            "zero-window".into(),
+            with(json!({"draining": {"window": "0s"}})),
+            "spec.draining.window",
+        ),
+        (
+            "huge-pause".into(),
+            with(
+                json!({"rollout": {"steps": [{"weight": 5, "pause": "99999999999999999999999h"}]}}),
+            ),
+            "spec.rollout.steps[0].pause",
+        ),
+        (
+            "nan-pause".into(),
+            with(json!({"rollout": {"steps": [{"weight": 5, "pause": "NaNs"}]}})),
+            "spec.rollout.steps[0].pause",
+        ),
+        (
+            "model-is-a-string".into(),
+            with(json!({"model": "hello"})),
+            "spec.model",
+        ),
+        ("spec-is-empty".into(), json!({}), "spec"),
+        (
+            "min-is-a-word".into(),
+            with(json!({"replicas": {"min": "three"}})),
+            "spec.replicas.min",
+        ),
+        (
+            "min-overflows".into(),
+            with(json!({"replicas": {"min": 1u64 << 40}})),
+            "spec.replicas.min",
+        ),
+        (
+            "memory-in-gb".into(),
+            with(json!({"engine": {"resources": {"memory": "16GB"}}})),
+            "spec.engine.resources.memory",
+        ),
+        (
+            "bad-selector".into(),
+            with(json!({"engine": {"nodeSelector": {"gpu type": "a100"}}})),
+            "spec.engine.nodeSelector",
+        ),
+        (
+            "spaced-image".into(),
+            with(json!({"engine": {"image": " steward-engine:0.1"}})),
+            "spec.engine.image",
+        ),
+        (
+            "bad-uri".into(),
+            with(json!({"model": {"uri": "s3://bucket/m"}})),
+            "spec.model.uri",
+        ),
+        (
+            "huge-args".into(),
+            with(json!({"engine": {"extraArgs": ["x".repeat(200_000)]}})),
+            "spec.engine.extraArgs",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_objects_get_a_condition_and_the_operator_keeps_reconciling_others() {
+    let t0 = Instant::now();
+    let env = env("hostile").await;
+    let real = steward_operator::crd::crd();
+    install_crd(&env, &permissive(&real)).await;
+    let raw: Api<UncheckedInferenceService> = Api::namespaced(env.client.clone(), &env.ns);
+    let cases = hostile(&env);
+    let long = (
+        LONG_NAME.to_owned(),
+        manifest(&env, "x", 1, json!({}))["spec"].clone(),
+    );
+    for (name, spec) in cases
+        .iter()
+        .map(|(n, s, _)| (n, s))
+        .chain([(&long.0, &long.1)])
+    {
+        let obj: UncheckedInferenceService = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": env.ns},
+            "spec": spec,
+        }))
+        .expect("object");
+        raw.create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the permissive CRD stores it: {e}"));
+    }
+    // A status nobody should have written.
+    raw.patch_status(
+        "zero-window",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Bogus", "traffic": "all of it"}})),
+    )
+    .await
+    .expect("garbage status stored");
+    install_crd(&env, &real).await;
+    eprintln!(
+        "hostile objects stored in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let op = Operator::start(&env);
+    apply(&env, &manifest(&env, "good", 1, json!({})))
+        .await
+        .expect("a good object applies");
+
+    // Every hostile object: phase Failed, a Degraded condition naming the
+    // field. Meanwhile the good one becomes Ready.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut pending: Vec<&(String, Value, &str)> = cases.iter().collect();
+    let mut last = String::new();
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for case in pending {
+            let (name, _, field) = case;
+            let o = raw.get_opt(name).await.ok().flatten();
+            let cond = o
+                .as_ref()
+                .and_then(|o| o.status.as_ref())
+                .and_then(|s| s["conditions"].as_array().cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c["type"] == "Degraded");
+            let ok = o
+                .as_ref()
+                .and_then(|o| o.status.as_ref())
+                .is_some_and(|s| s["phase"] == "Failed")
+                && cond.as_ref().is_some_and(|c| {
+                    c["status"] == "True"
+                        && c["reason"] == "InvalidSpec"
+                        && c["message"].as_str().is_some_and(|m| m.contains(field))
+                });
+            if !ok {
+                last = format!("{name}: {:?}", o.and_then(|o| o.status));
+                still.push(case);
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        pending.is_empty(),
+        "{} hostile objects lack their condition; e.g. {last}",
+        pending.len()
+    );
+    eprintln!(
+        "all {} hostile objects marked in {:.1}s",
+        cases.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    // A name the current schema refuses: the API server refuses every
+    // update of that object, status included, so a Warning event is what
+    // names the field.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let named = eventually(Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LONG_NAME)
+                        && e.reason.as_deref() == Some("InvalidSpec")
+                        && e.note
+                            .as_deref()
+                            .is_some_and(|n| n.contains("metadata.name"))
+                })
+        }
+    })
+    .await;
+    assert!(named.is_ok(), "no InvalidSpec event names metadata.name");
+
+    wait_for(
+        &env,
+        "good",
+        Duration::from_secs(90),
+        "Ready beside hostile objects",
+        ready_and_current,
+    )
+    .await;
+
+    // Still alive and still reconciling: a second good object after all of
+    // that, and a hostile object fixed by its owner recovers.
+    apply(&env, &manifest(&env, "good-later", 1, json!({})))
+        .await
+        .expect("applies");
+    wait_for(
+        &env,
+        "good-later",
+        Duration::from_secs(90),
+        "Ready",
+        ready_and_current,
+    )
+    .await;
+    apply(
+        &env,
+        &manifest(
+            &env,
+            "huge-window",
+            1,
+            json!({"draining": {"window": "3s"}}),
+        ),
+    )
+    .await
+    .expect("the fix applies");
+    wait_for(
+        &env,
+        "huge-window",
+        Duration::from_secs(90),
+        "Ready once fixed",
+        ready_and_current,
+    )
+    .await;
+    assert!(op.is_running(), "the operator stopped");
+    let exposition = op.metrics.encode().expect("metrics encode");
+    assert!(
+        !exposition.contains("reason=\"Panicked\""),
+        "a reconcile panicked:\n{exposition}"
+    );
+    // No child was made for an object that could not be acted on.
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let names: Vec<String> = deps
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|d| d.metadata.name)
+        .collect();
+    for (name, _, _) in &cases {
+        if name != "huge-window" {
+            assert!(
+                !names.iter().any(|d| d.starts_with(&format!("{name}-"))),
+                "{name} got a Deployment: {names:?}"
+            );
+        }
+    }
+    op.stop().await;
+    eprintln!("hostile test done in {:.1}s", t0.elapsed().as_secs_f64());
+}
