@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod faults;
 pub mod node;
 pub mod proc;
 pub mod prometheus;

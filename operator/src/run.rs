@@ -28,7 +28,7 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    /// Another replica took over.
+    /// Another replica took over, or the election settings are unsafe.
     #[error(transparent)]
     LostLease(#[from] crate::leader::LeaderError),
 }
@@ -74,18 +74,27 @@ pub async fn run(
             Ok(())
         }
         Some((namespace, lease)) => {
-            let elector = Elector::new(Api::<Lease>::namespaced(client.clone(), &namespace), lease);
-            tokio::select! {
-                () = elector.acquire() => {}
+            let elector =
+                match Elector::new(Api::<Lease>::namespaced(client.clone(), &namespace), lease) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        http_task.abort();
+                        return Err(e.into());
+                    }
+                };
+            let tenure = tokio::select! {
+                t = elector.acquire() => t,
                 () = shutdown.clone() => {
                     http_task.abort();
                     return Ok(());
                 }
-            }
+            };
             metrics.set_leader(true);
+            // hold() returns at the latest when the tenure ends; dropping
+            // the controller future then stops every reconcile at once.
             let lost = tokio::select! {
                 () = controller::run(client, cfg.operator, metrics.clone(), shutdown) => None,
-                e = elector.hold() => Some(e),
+                e = elector.hold(tenure) => Some(e),
             };
             metrics.set_leader(false);
             match lost {
