@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{labels, InferenceServiceSpec};
 use crate::revision::{deployment_name, short_hash};
+use crate::security;
 
 /// Annotation holding the hash of what the operator last applied.
 pub const APPLIED_HASH: &str = "serving.steward.dev/applied-hash";
@@ -42,6 +43,8 @@ pub struct TemplateConfig {
     pub drain_margin: Duration,
     /// The engine executable inside the image.
     pub engine_command: String,
+    /// The non-root user (and group) engine containers run as.
+    pub run_as_user: i64,
 }
 
 impl Default for TemplateConfig {
@@ -49,6 +52,7 @@ impl Default for TemplateConfig {
         Self {
             drain_margin: Duration::from_secs(15),
             engine_command: "steward-engine".into(),
+            run_as_user: security::DEFAULT_ENGINE_UID,
         }
     }
 }
@@ -237,6 +241,10 @@ pub fn pod_template(
         ),
         None => (None, None),
     };
+    // The root filesystem is read-only; /tmp is scratch space.
+    let (tmp, tmp_mount) = security::tmp_volume();
+    let volumes = Some(volumes.into_iter().flatten().chain([tmp]).collect());
+    let mounts = Some(mounts.into_iter().flatten().chain([tmp_mount]).collect());
 
     let window = spec.draining.window.get();
     // Checked: neither the window (bounded by the schema) nor the flag can
@@ -291,6 +299,7 @@ pub fn pod_template(
         }),
         resources,
         volume_mounts: mounts,
+        security_context: Some(security::container()),
         ..Container::default()
     };
     Ok(PodTemplateSpec {
@@ -303,6 +312,9 @@ pub fn pod_template(
             containers: vec![container],
             termination_grace_period_seconds: Some(grace),
             volumes,
+            security_context: Some(security::pod(cfg.run_as_user)),
+            // The engine never calls the API server.
+            automount_service_account_token: Some(false),
             node_selector: (!e.node_selector.is_empty()).then(|| e.node_selector.clone()),
             ..PodSpec::default()
         }),

@@ -117,6 +117,10 @@ pub struct PodArgs {
     /// The engine executable in the engine image.
     #[arg(long, env = "STEWARD_ENGINE_COMMAND", default_value = "steward-engine")]
     pub engine_command: String,
+    /// The non-root user and group engine containers run as (the engine
+    /// image's user; distroless `nonroot` by default).
+    #[arg(long, env = "STEWARD_ENGINE_RUN_AS_USER", default_value_t = crate::security::DEFAULT_ENGINE_UID, value_parser = clap::value_parser!(i64).range(1..))]
+    pub engine_run_as_user: i64,
 }
 
 impl Cli {
@@ -135,6 +139,7 @@ impl Cli {
             template: TemplateConfig {
                 drain_margin: self.pods.drain_margin,
                 engine_command: self.pods.engine_command.clone(),
+                run_as_user: self.pods.engine_run_as_user,
             },
             concurrency: self.concurrency,
             identity: self.identity(),

@@ -32,5 +32,6 @@ pub mod revision;
 pub mod rollout;
 pub mod rules;
 pub mod run;
+pub mod security;
 pub mod signals;
 pub mod status;

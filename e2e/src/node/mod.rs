@@ -9,6 +9,7 @@ pub mod expand;
 pub mod imagemap;
 pub mod ipam;
 pub mod probe;
+pub mod security;
 pub mod status;
 pub mod worker;
 

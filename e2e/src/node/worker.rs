@@ -329,6 +329,13 @@ fn start_container(
         );
         return;
     }
+    let confinement = match super::security::confinement(pod, &c.spec) {
+        Ok(conf) => conf,
+        Err(msg) => {
+            set_waiting(c, cfg, "CreateContainerConfigError", &msg);
+            return;
+        }
+    };
     let env = match container_env(pod, &c.spec, ip, &cfg.pass_env) {
         Ok(e) => e,
         Err(msg) => {
@@ -397,6 +404,7 @@ fn start_container(
             command.stdout(Stdio::null()).stderr(Stdio::null());
         }
     }
+    super::security::apply(&mut command, &confinement);
     match spawn(command) {
         Ok(p) => {
             info!(container = %c.spec.name, pid = p.pid(), program = %program.display(), log = %log_path.display(), "container started");
