@@ -325,6 +325,20 @@ impl LocalCluster {
         self.startup
     }
 
+    /// Control-plane processes that have exited since the last call, with
+    /// how they ended (each reported once; the process is then forgotten).
+    pub fn exited(&mut self) -> Vec<(String, std::process::ExitStatus)> {
+        let mut out = Vec::new();
+        self.procs.retain_mut(|(name, p)| match p.try_wait() {
+            Ok(Some(st)) => {
+                out.push((name.clone(), st));
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
     /// Pids of the control-plane processes.
     pub fn pids(&self) -> Vec<u32> {
         self.procs.iter().map(|(_, p)| p.pid()).collect()

@@ -1,7 +1,7 @@
 //! `./dev up`'s program, end to end: the sample InferenceService reaches
 //! Ready with a real engine pod on the local node, a completion goes through
-//! the router, Prometheus scrapes the engine with the pod's labels, and
-//! Ctrl-C leaves no process behind.
+//! the router, Prometheus scrapes the engine with the pod's labels, a
+//! component that dies is reported, and Ctrl-C leaves no process behind.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -109,6 +109,35 @@ async fn up_serves_the_sample_through_the_router_and_stops_cleanly_on_ctrl_c() {
     })
     .await;
     assert!(scraped.is_ok(), "Prometheus never scraped the engine pod");
+
+    // A component that dies is reported (issue 13: the operator panicked
+    // under `./dev up` and nothing said so).
+    let log_text = up_log();
+    let operator_pid: i32 = log_text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("[up] steward-operator started (pid ")?
+                .split(')')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("steward-up names the operator's pid");
+    // SAFETY: a pid steward-up (our child) printed for its own child.
+    unsafe {
+        libc::kill(operator_pid, libc::SIGKILL);
+    }
+    let reported = eventually(Duration::from_secs(10), || async {
+        up_log()
+            .contains("[up] COMPONENT DIED: steward-operator exited")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        reported.is_ok(),
+        "a dead operator went unreported:\n{}",
+        up_log()
+    );
 
     // Ctrl-C: everything goes.
     let pid = up.pid();

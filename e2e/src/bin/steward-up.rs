@@ -14,7 +14,7 @@ use clap::Parser;
 use steward_e2e::proc::{spawn, Supervised};
 use steward_e2e::prometheus::{install_monitoring_crds, LocalPrometheus, PrometheusOptions};
 use steward_e2e::tools::{find_tool, workspace_bin};
-use steward_e2e::{ClusterOptions, LocalCluster, NodeOptions};
+use steward_e2e::{ClusterOptions, LocalCluster, LocalNode, NodeOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -274,8 +274,43 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("Ctrl-C stops everything.");
 
-    if !args.check_and_exit {
-        tokio::signal::ctrl_c().await?;
+    // Watch every component: one that dies is reported at once with its
+    // exit status and the end of its log (a crash-looping operator in a
+    // real cluster would be visible; here it must be too).
+    let mut died = 0usize;
+    let mut watch = |extras: &mut Vec<Extra>, cluster: &mut LocalCluster, node: &mut LocalNode| {
+        let mut dead: Vec<(String, String)> = Vec::new();
+        extras.retain_mut(|e| match e.proc.try_wait() {
+            Ok(Some(st)) => {
+                dead.push((e.name.to_owned(), st.to_string()));
+                false
+            }
+            _ => true,
+        });
+        for (name, st) in cluster.exited() {
+            dead.push((name, st.to_string()));
+        }
+        if let Some(st) = node.exited() {
+            dead.push(("steward-node".into(), st.to_string()));
+        }
+        for (name, st) in &dead {
+            report_death(name, st, &logs.join(format!("{name}.log")));
+        }
+        died += dead.len();
+    };
+    let mut node = node;
+    let mut cluster = cluster;
+    if args.check_and_exit {
+        watch(&mut extras, &mut cluster, &mut node);
+    } else {
+        let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = &mut ctrl_c => { r?; break; }
+                _ = tick.tick() => watch(&mut extras, &mut cluster, &mut node),
+            }
+        }
         eprintln!("[up] stopping");
     }
     for mut e in extras.into_iter().rev() {
@@ -288,5 +323,21 @@ async fn main() -> anyhow::Result<()> {
     drop(prometheus);
     drop(node);
     drop(cluster);
+    if died > 0 {
+        anyhow::bail!("{died} component(s) died while the system ran; see the [up] lines above");
+    }
     Ok(())
+}
+
+/// Prints that a component died, how, and the last lines of its log.
+fn report_death(name: &str, status: &str, log: &Path) {
+    eprintln!(
+        "[up] COMPONENT DIED: {name} exited ({status}); last lines of {}:",
+        log.display()
+    );
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    for line in &lines[lines.len().saturating_sub(20)..] {
+        eprintln!("[up]   {name}| {line}");
+    }
 }

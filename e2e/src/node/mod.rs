@@ -111,6 +111,13 @@ impl LocalNode {
         self.proc.as_ref().map(|p| p.pid())
     }
 
+    /// The node program's exit status once it has ended (reported once).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let st = self.proc.as_mut()?.try_wait().ok()??;
+        self.proc = None;
+        Some(st)
+    }
+
     /// Stops the node program and every pod process it runs.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
