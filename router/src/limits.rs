@@ -23,11 +23,15 @@ pub struct TokenBucket {
     last: Instant,
 }
 
+/// The longest `Retry-After` a throttled tenant is told to wait.
+const LONGEST_WAIT: Duration = Duration::from_secs(60);
+
 impl TokenBucket {
     pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
         let burst = burst.max(1.0);
         Self {
-            rate,
+            // NaN would refill the bucket in full on every request.
+            rate: if rate.is_nan() { 0.0 } else { rate },
             burst,
             tokens: burst,
             last: now,
@@ -42,10 +46,15 @@ impl TokenBucket {
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             Ok(())
-        } else if self.rate > 0.0 {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         } else {
-            Err(Duration::from_secs(60))
+            // A rate that is zero, negative, NaN or so small that the wait
+            // overflows a Duration gets the longest wait we advertise,
+            // never a panic (the rate comes from a tenant's spec).
+            let wait = (1.0 - self.tokens) / self.rate;
+            Err(Duration::try_from_secs_f64(wait)
+                .ok()
+                .filter(|_| self.rate > 0.0)
+                .map_or(LONGEST_WAIT, |d| d.min(LONGEST_WAIT)))
         }
     }
 }
@@ -242,6 +251,19 @@ mod tests {
             burst,
             max_concurrent: conc,
         }
+    }
+
+    #[test]
+    fn degenerate_rates_give_the_longest_wait_not_a_panic() {
+        let t0 = Instant::now();
+        for rate in [0.0, -1.0, f64::NAN, 1e-300, f64::MIN_POSITIVE] {
+            let mut b = TokenBucket::new(rate, 1.0, t0);
+            assert!(b.try_take(t0).is_ok(), "rate {rate}: the burst is served");
+            assert_eq!(b.try_take(t0), Err(LONGEST_WAIT), "rate {rate}");
+        }
+        let mut b = TokenBucket::new(0.5, 1.0, t0);
+        assert!(b.try_take(t0).is_ok());
+        assert_eq!(b.try_take(t0), Err(Duration::from_secs(2)));
     }
 
     #[test]
