@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::reason::Reason;
+use crate::controller::quality::QualityMetrics;
 
 /// Labels of `api_writes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +57,7 @@ pub struct Metrics {
     prom_duration: Histogram,
     pollers: Gauge,
     wakes_dropped: Counter,
+    quality: QualityMetrics,
 }
 
 impl Default for Metrics {
@@ -124,6 +126,7 @@ impl Metrics {
             "Reconcile wake-ups after a signal change dropped because the queue was full",
             wakes_dropped.clone(),
         );
+        let quality = QualityMetrics::register(&mut registry);
         Self {
             registry,
             reconciles,
@@ -137,6 +140,7 @@ impl Metrics {
             prom_duration,
             pollers,
             wakes_dropped,
+            quality,
         }
     }
 
@@ -208,6 +212,11 @@ impl Metrics {
     /// Reconcile passes so far.
     pub fn reconciles(&self) -> u64 {
         self.reconciles.get()
+    }
+
+    /// The golden-set runner's metrics (`steward_operator_quality_*`).
+    pub fn quality(&self) -> QualityMetrics {
+        self.quality.clone()
     }
 
     /// Leadership changed.

@@ -255,6 +255,7 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
         ttft_p99: previous.ttft_p99.clone(),
         revisions,
         alarms: previous.alarms.clone(),
+        quality: previous.quality.clone(),
         conditions,
     }
 }

@@ -9,6 +9,7 @@
 mod backoff;
 pub mod poller;
 pub mod prometheus;
+pub mod quality;
 mod reconcile;
 mod rejected;
 pub mod rules;

@@ -40,7 +40,9 @@ pub enum AlarmKind {
     LatencySpike,
     /// Error share rose relative to stable.
     ErrorRise,
-    /// Golden-set score below `quality.minScore`.
+    /// The canary's perplexity on the golden references above the
+    /// stable's by more than `quality.perplexityMargin` (the golden-set
+    /// scores roll back on their own, see docs/rollouts.md).
     QualityRegression,
 }
 

@@ -20,8 +20,9 @@ pub use spec::{
     ReplicasSpec, RolloutSpec, RolloutStep, SloSpec, TenantLimits,
 };
 pub use status::{
-    AlarmState, AlarmStatus, AutoscalingStatus, InferenceServiceStatus, Phase, ReplicaStatus,
-    RevisionRole, RevisionStatus, RolloutStatus, TrafficTarget,
+    AlarmState, AlarmStatus, AutoscalingStatus, CategoryQuality, InferenceServiceStatus,
+    PerplexityQuality, Phase, QualityState, QualityStatus, ReplicaStatus, RevisionRole,
+    RevisionStatus, RolloutStatus, TrafficTarget,
 };
 
 /// The API group.

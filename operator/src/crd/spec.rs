@@ -343,6 +343,11 @@ pub struct RolloutSpec {
     pub steps: Vec<RolloutStep>,
     /// Canary analysis.
     pub analysis: AnalysisSpec,
+    /// Hold the rollout where it is: no step forward and no promotion while
+    /// true (analysis still runs and can still roll back). Set by
+    /// `kubectl steward pause` / `resume` (docs/rollouts.md).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 impl Default for RolloutSpec {
@@ -363,6 +368,7 @@ impl Default for RolloutSpec {
                 },
             ],
             analysis: AnalysisSpec::default(),
+            paused: false,
         }
     }
 }
@@ -417,13 +423,33 @@ pub struct QualitySpec {
     #[serde(default = "default_min_score")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_score: f64,
-    /// Score each category of the golden set on its own.
+    /// Score each category of the golden set on its own (otherwise one
+    /// score over every entry).
     #[serde(default)]
     pub per_category: bool,
+    /// How far the canary's score may fall below the stable revision's
+    /// (score points, 0 to 1) before it rolls back, even above `minScore`.
+    #[serde(default = "default_score_margin")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub margin: f64,
+    /// How much higher the canary's perplexity on the golden references may
+    /// be than the stable's, as a fraction (0.1 = 10%), before the
+    /// `qualityRegression` alarm fires.
+    #[serde(default = "default_perplexity_margin")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub perplexity_margin: f64,
 }
 
 fn default_min_score() -> f64 {
     0.9
+}
+
+fn default_score_margin() -> f64 {
+    0.05
+}
+
+fn default_perplexity_margin() -> f64 {
+    0.1
 }
 
 /// How a pod leaves rotation.

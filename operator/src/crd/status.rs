@@ -185,6 +185,82 @@ fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
+/// A quality check's outcome.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QualityState {
+    /// Within bounds.
+    Pass,
+    /// Out of bounds: the gate rolls the canary back.
+    Fail,
+    /// Not decided (no answers yet, a pod unreachable, a malformed golden
+    /// set): the rollout holds.
+    Unknown,
+}
+
+/// One golden-set category, scored on both revisions.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CategoryQuality {
+    /// The category named in the golden set (`overall` when
+    /// `perCategory` is false).
+    pub name: String,
+    /// Entries in the category.
+    pub entries: i32,
+    /// The canary's share of entries answered right, 0 to 1.
+    pub canary: f64,
+    /// The stable revision's share, 0 to 1.
+    pub stable: f64,
+    /// Whether the canary passes this category.
+    pub state: QualityState,
+}
+
+/// Perplexity of both revisions on the golden references.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PerplexityQuality {
+    /// The canary's perplexity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<f64>,
+    /// The stable revision's perplexity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<f64>,
+    /// `canary / stable - 1`; positive means the canary is less sure of
+    /// the references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<f64>,
+    /// Reference tokens scored per revision.
+    pub tokens: i32,
+    /// The `qualityRegression` alarm's state.
+    pub state: QualityState,
+    /// Why it is unknown, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The golden-set gate's results for one canary step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityStatus {
+    /// The canary revision these results are for.
+    pub canary_revision: String,
+    /// The stable revision it was compared with.
+    pub stable_revision: String,
+    /// The canary step the golden set ran at (1-based).
+    pub step: i32,
+    /// The gate's decision over the categories.
+    pub state: QualityState,
+    /// Why, for people: the failing category with both scores, or why it
+    /// is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Scores per category, both revisions.
+    #[serde(default)]
+    pub categories: Vec<CategoryQuality>,
+    /// Perplexity drift (the `qualityRegression` alarm), when the golden
+    /// set has references to score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<PerplexityQuality>,
+}
+
 /// Observed state of an `InferenceService`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -232,6 +308,9 @@ pub struct InferenceServiceStatus {
     /// `for:`), from the latest signals.
     #[serde(default)]
     pub alarms: Vec<AlarmStatus>,
+    /// The golden-set quality gate of the current canary step, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityStatus>,
     /// Ready, Progressing, Degraded (and RolledBack once rollback exists).
     #[serde(default)]
     pub conditions: Vec<Condition>,
