@@ -6,12 +6,14 @@
 //!   (`prompt`) or `/v1/chat/completions` (`messages`), the entry's
 //!   `max_tokens` and `stop`.
 //! - A likelihood: `/v1/completions` with `prompt` = entry prompt +
-//!   reference, `echo: true`, `logprobs: 0`, `max_tokens: 1`; the answer's
+//!   reference, `echo: true`, `logprobs: 0`, `max_tokens: 0` (steward-engine
+//!   scores without generating, docs/engine.md); the answer's
 //!   `logprobs.token_logprobs` from `text_offset` ≥ the prompt's length up to
 //!   the end of the reference are the reference's tokens, scored with the
-//!   prompt as context (teacher forcing, as lm-evaluation-harness does). The
-//!   one generated token lies past the reference and is left out. Offsets
-//!   are in characters (Unicode scalar values), as OpenAI and vLLM count.
+//!   prompt as context (teacher forcing, as lm-evaluation-harness does).
+//!   Tokens past the reference (an engine that generates anyway) are left
+//!   out. Offsets are in characters (Unicode scalar values), as OpenAI,
+//!   vLLM and steward-engine count.
 
 use serde_json::{json, Value};
 
@@ -50,7 +52,7 @@ pub fn likelihood_request(model: &str, prompt: &str, reference: &str) -> Value {
         "prompt": format!("{prompt}{reference}"),
         "echo": true,
         "logprobs": 0,
-        "max_tokens": 1,
+        "max_tokens": 0,
         "temperature": 0,
     })
 }
@@ -202,7 +204,7 @@ mod tests {
     fn likelihood_request_echoes_prompt_and_reference() {
         assert_eq!(
             likelihood_request("m", "Q?", " A"),
-            json!({"model": "m", "prompt": "Q? A", "echo": true, "logprobs": 0, "max_tokens": 1, "temperature": 0})
+            json!({"model": "m", "prompt": "Q? A", "echo": true, "logprobs": 0, "max_tokens": 0, "temperature": 0})
         );
     }
 
