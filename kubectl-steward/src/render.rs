@@ -346,14 +346,30 @@ fn alarms_node(alarms: &[steward_operator::crd::AlarmStatus]) -> Node {
         .map(|a| {
             let (sym, state) = match a.state {
                 AlarmState::Ok => (OK, "Ok"),
+                AlarmState::Pending => (WAIT, "Pending"),
                 AlarmState::Firing => (BAD, "Firing"),
-                AlarmState::Unknown => (WAIT, "Unknown"),
+                AlarmState::NoData => (WAIT, "NoData"),
+                AlarmState::Inconclusive => (WAIT, "Inconclusive"),
             };
+            let undecided = matches!(a.state, AlarmState::NoData | AlarmState::Inconclusive);
             vec![
                 sym.to_string(),
                 a.name.clone(),
+                a.revision.clone(),
                 state.to_string(),
                 a.value.clone().unwrap_or_default(),
+                a.stable_value
+                    .as_ref()
+                    .map(|v| format!("stable {v}"))
+                    .unwrap_or_default(),
+                if undecided {
+                    a.message.clone().unwrap_or_default()
+                } else {
+                    a.threshold
+                        .as_ref()
+                        .map(|t| format!("fires {t}"))
+                        .unwrap_or_default()
+                },
             ]
         })
         .collect();

@@ -101,7 +101,7 @@ async fn create_chat(env: &Env) -> Api<InferenceService> {
                 {"name": STABLE, "role": "Stable", "desired": 1, "ready": 1, "pods": 1},
                 {"name": CANARY, "role": "Canary", "desired": 1, "ready": 1, "pods": 1}
             ],
-            "alarms": [{"name": "ttftP99", "state": "Ok", "value": "412ms"}],
+            "alarms": [{"name": "ttftP99", "revision": CANARY, "state": "Ok", "value": "412ms", "threshold": "> 800ms"}],
             "quality": {
                 "canaryRevision": CANARY, "stableRevision": STABLE, "step": 2, "state": "Pass",
                 "categories": [{"name": "facts", "entries": 4, "canary": 1.0, "stable": 1.0, "state": "Pass"}]
@@ -265,7 +265,7 @@ async fn status_draws_the_live_object_and_watch_redraws_on_change() {
         &format!("Traffic:      {STABLE} 75%, {CANARY} 25%"),
         "chat (InferenceService)",
         &format!("revision {CANARY}  canary  25%"),
-        "ttftP99  Ok  412ms",
+        &format!("ttftP99  {CANARY}  Ok  412ms  fires > 800ms"),
         &format!("quality  ✔ Pass  step 2  canary {CANARY} vs stable {STABLE}"),
         "facts  canary 1.00  stable 1.00  4 entries",
     ] {

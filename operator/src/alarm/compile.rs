@@ -11,7 +11,7 @@
 //! | `alarm: kvCacheSaturation` | KV-cache usage > 90% |
 //! | `alarm: latencySpike` | TTFT p99 > 1.2 × stable and > ½ `slo.ttftP99` |
 //! | `alarm: errorRise` | 5xx ratio > 2 × stable and > ½ (1 − availability) |
-//! | `alarm: qualityRegression` | golden-set score < `quality.minScore` |
+//! | `alarm: qualityRegression` | perplexity drift on the golden references > `quality.perplexityMargin` |
 //! | `query` | the PromQL value above / below its threshold |
 
 use std::time::Duration;
@@ -115,12 +115,12 @@ pub fn compile_with(
     let mut c = Compiler {
         obj: Objectives::from_spec(spec)?,
         tol: *tol,
-        min_score: spec
+        perplexity_margin: spec
             .rollout
             .analysis
             .quality
             .as_ref()
-            .map_or(0.9, |q| q.min_score),
+            .map_or(0.1, |q| q.perplexity_margin),
         names: Vec::new(),
         queries: 0,
         groups: 0,
@@ -132,7 +132,8 @@ pub fn compile_with(
 struct Compiler {
     obj: Objectives,
     tol: Tolerances,
-    min_score: f64,
+    /// `quality.perplexityMargin` (the `qualityRegression` threshold).
+    perplexity_margin: f64,
     names: Vec<String>,
     queries: usize,
     groups: usize,
@@ -354,10 +355,13 @@ impl Compiler {
             AlarmKind::QualityRegression => (
                 "qualityRegression",
                 leaf(
+                    // The quality gate supplies `canary / stable − 1` of
+                    // the perplexity on the golden references
+                    // (`quality::PerplexityDrift::reading`).
                     Test::External {
-                        key: "qualityRegression".into(),
-                        cmp: Cmp::Below,
-                        threshold: self.min_score,
+                        key: crate::quality::REGRESSION_ALARM.into(),
+                        cmp: Cmp::Above,
+                        threshold: self.perplexity_margin,
                     },
                     0,
                 ),
@@ -525,18 +529,27 @@ rollout:
     }
 
     #[test]
-    fn quality_leaf_reads_the_gate_with_min_score() {
+    fn quality_leaf_reads_the_perplexity_drift_above_its_margin() {
         let s = spec(
-            "model: { name: m, uri: 'file:///m' }\nrollout: { analysis: { quality: { goldenSet: { configMap: g }, minScore: 0.8 }, rollbackOn: { alarm: qualityRegression } } }",
+            "model: { name: m, uri: 'file:///m' }\nrollout: { analysis: { quality: { goldenSet: { configMap: g }, minScore: 0.8, perplexityMargin: 0.25 }, rollbackOn: { alarm: qualityRegression } } }",
         );
         let tree = compile(&s).unwrap();
         assert_eq!(
             tree.leaves()[0].1.test,
             Test::External {
                 key: "qualityRegression".into(),
-                cmp: Cmp::Below,
-                threshold: 0.8
+                cmp: Cmp::Above,
+                threshold: 0.25
             }
         );
+        // Without a quality section the default margin applies (the leaf
+        // then has no reading and holds as unknown).
+        let s = spec(
+            "model: { name: m, uri: 'file:///m' }\nrollout: { analysis: { rollbackOn: { alarm: qualityRegression } } }",
+        );
+        assert!(matches!(
+            compile(&s).unwrap().leaves()[0].1.test,
+            Test::External { cmp: Cmp::Above, threshold, .. } if (threshold - 0.1).abs() < 1e-12
+        ));
     }
 }

@@ -184,7 +184,8 @@ pub enum Test {
         threshold: f64,
     },
     /// A reading supplied by another part of the operator (the quality gate
-    /// writes `qualityRegression`'s score into [`EvalInput::external`]).
+    /// writes `qualityRegression`'s perplexity drift into
+    /// [`EvalInput::external`]).
     External {
         /// The key in `external`.
         key: String,

@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 
 use crate::crd::{CategoryQuality, PerplexityQuality, QualitySpec, QualityState, QualityStatus};
+use crate::signals::Reading;
 
 use super::golden::GoldenSet;
 
@@ -265,6 +266,17 @@ impl QualityReport {
             gate: Gate::unknown(reason, message),
             perplexity: PerplexityDrift::unknown(settings.perplexity_margin),
         }
+    }
+
+    /// What this report supplies to the alarm evaluation
+    /// (`alarm::EvalInput::external`): the `qualityRegression` reading,
+    /// `NoData` while the drift is unknown.
+    pub fn alarm_readings(&self) -> BTreeMap<String, Reading> {
+        let r = match self.perplexity.reading() {
+            Some(d) => Reading::Value(d),
+            None => Reading::NoData,
+        };
+        BTreeMap::from([(REGRESSION_ALARM.to_string(), r)])
     }
 
     /// `status.quality` for this report.
@@ -703,6 +715,26 @@ mod tests {
             st.message.as_deref(),
             Some("revision c: HTTP 400: unknown field `echo`")
         );
+    }
+
+    #[test]
+    fn the_alarm_reading_is_the_drift_or_no_data() {
+        let r = evaluate(
+            &set(),
+            &run("c", ALL, Some((-11.0, 10))),
+            &run("s", ALL, Some((-10.0, 10))),
+            &settings(),
+        );
+        let readings = r.alarm_readings();
+        let Some(Reading::Value(d)) = readings.get(REGRESSION_ALARM) else {
+            panic!("{readings:?}")
+        };
+        assert!((d - (0.1f64.exp() - 1.0)).abs() < 1e-12);
+        let u = QualityReport::unknown(UnknownReason::QualityUnavailable, "x", &settings());
+        assert!(matches!(
+            u.alarm_readings().get(REGRESSION_ALARM),
+            Some(Reading::NoData)
+        ));
     }
 
     #[test]

@@ -423,8 +423,8 @@ fn external_readings_feed_the_quality_leaf() {
         kind: NodeKind::Leaf(Leaf {
             test: Test::External {
                 key: "qualityRegression".into(),
-                cmp: Cmp::Below,
-                threshold: 0.9,
+                cmp: Cmp::Above,
+                threshold: 0.1,
             },
             min_requests: 0,
         }),
@@ -446,8 +446,9 @@ fn external_readings_feed_the_quality_leaf() {
         )
     };
     assert!(eval(&BTreeMap::new()).verdict.is_unknown());
-    let low = BTreeMap::from([("qualityRegression".to_string(), Reading::Value(0.5))]);
-    assert!(eval(&low).verdict.is_firing());
-    let fine = BTreeMap::from([("qualityRegression".to_string(), Reading::Value(0.95))]);
+    // The reading is the perplexity drift (canary / stable − 1).
+    let drifted = BTreeMap::from([("qualityRegression".to_string(), Reading::Value(0.5))]);
+    assert!(eval(&drifted).verdict.is_firing());
+    let fine = BTreeMap::from([("qualityRegression".to_string(), Reading::Value(0.02))]);
     assert_eq!(eval(&fine).verdict, Verdict::Ok);
 }
