@@ -2,14 +2,14 @@
 //! `promote`, `abort` and `retry` write, decided from the object as read.
 //! Pure, so each command's patch is unit-tested; [`crate::client`] sends it.
 //!
-//! The contract is the operator's (`steward_operator::manual`,
+//! The contract is the operator's (`steward_operator::rollout::manual`,
 //! docs/rollouts.md): `spec.rollout.paused`, and one-shot annotations that
 //! name the revision they are about, which the operator removes once it has
 //! read them.
 
 use serde_json::{json, Value};
 use steward_operator::crd::InferenceService;
-use steward_operator::manual::{is_revision, ABORT, PROMOTE, RETRY};
+use steward_operator::rollout::manual::{is_revision, ABORT, PROMOTE, RETRY};
 
 use crate::render::RolloutMemory;
 

@@ -15,7 +15,7 @@ use steward_operator::crd::{
 
 /// Labels the operator puts on engine pods.
 const LABEL_REVISION: &str = steward_operator::crd::labels::REVISION;
-const LABEL_ROLE: &str = steward_operator::crd::labels::ROLE;
+const LABEL_ROLE: &str = steward_operator::crd::labels::ROTATION;
 
 /// One pod, as drawn.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,7 +186,7 @@ pub fn render(
         ("Namespace", ns.to_string()),
         ("Phase", st.phase.as_str().to_string()),
     ];
-    let mut step = match st.step {
+    let mut step = match st.rollout.step {
         Some(s) => format!(
             "{s}/{}  weight {}%",
             steps.len(),
@@ -194,7 +194,7 @@ pub fn render(
         ),
         None => dash(),
     };
-    if let (Some(s), Some(started)) = (st.step, memory.step_started_at) {
+    if let (Some(s), Some(started)) = (st.rollout.step, memory.step_started_at) {
         let pause = usize::try_from(s - 1)
             .ok()
             .and_then(|i| steps.get(i))
@@ -274,6 +274,7 @@ fn revisions_node(st: &steward_operator::crd::InferenceServiceStatus, pods: &Pod
         .iter()
         .map(|r| {
             let role = match r.role {
+                RevisionRole::Starting => "starting",
                 RevisionRole::Stable => "stable",
                 RevisionRole::Canary => "canary",
                 RevisionRole::Retiring => "retiring",

@@ -94,7 +94,7 @@ async fn create_chat(env: &Env) -> Api<InferenceService> {
         &api,
         json!({
             "phase": "Progressing", "stableRevision": STABLE, "canaryRevision": CANARY,
-            "canaryWeight": 25, "step": 2,
+            "canaryWeight": 25, "rollout": {"step": 2},
             "traffic": [{"revision": STABLE, "weight": 75}, {"revision": CANARY, "weight": 25}],
             "replicas": {"serving": 2, "warm": 0, "ready": 2, "desired": 2},
             "revisions": [
@@ -213,14 +213,18 @@ async fn each_command_sets_its_field_or_annotation() {
             .map(|t| t.contains("rolledBackRevision"))
             .unwrap_or(false);
     if has_rollout_memory {
-        set_status(&api, json!({"canaryRevision": null, "step": null, "rollout": {"rolledBackRevision": CANARY}})).await;
+        set_status(&api, json!({"canaryRevision": null, "rollout": {"step": null, "rolledBackRevision": CANARY}})).await;
         assert!(steward(&env, &["retry", "chat"]).status.success());
         assert_eq!(
             annotation(&get(&api).await, "serving.steward.dev/retry").as_deref(),
             Some(CANARY)
         );
     } else {
-        set_status(&api, json!({"canaryRevision": null, "step": null})).await;
+        set_status(
+            &api,
+            json!({"canaryRevision": null, "rollout": {"step": null}}),
+        )
+        .await;
     }
 
     // No canary any more: promote and abort say so and write nothing.
@@ -300,7 +304,7 @@ async fn status_draws_the_live_object_and_watch_redraws_on_change() {
     }
     set_status(
         &api,
-        json!({"canaryWeight": 50, "step": 3,
+        json!({"canaryWeight": 50, "rollout": {"step": 3},
                "traffic": [{"revision": STABLE, "weight": 50}, {"revision": CANARY, "weight": 50}]}),
     )
     .await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 
 use crate::children::TemplateConfig;
+use crate::controller::quality::{QualityArgs, QualityRunnerConfig};
 use crate::controller::OperatorConfig;
 
 /// Reconciles InferenceService objects into revisions of steward-engine pods.
@@ -33,6 +34,8 @@ pub struct Cli {
     pub prometheus: PrometheusArgs,
     #[command(flatten)]
     pub writes: WriteArgs,
+    #[command(flatten)]
+    pub quality: QualityArgs,
 }
 
 /// How the operator writes.
@@ -145,6 +148,7 @@ impl Cli {
             identity: self.identity(),
             write_timeout: self.writes.write_timeout,
             handoff: self.writes.traffic_handoff,
+            quality: QualityRunnerConfig::from(&self.quality),
             ..OperatorConfig::default()
         }
     }

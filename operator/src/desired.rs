@@ -17,12 +17,14 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::autoscale::{self, ScaleInput};
 use crate::children::{self, Parent, TemplateConfig, UnsupportedUri};
-use crate::crd::{InferenceServiceSpec, InferenceServiceStatus};
+use crate::crd::{InferenceServiceSpec, InferenceServiceStatus, QualityStatus};
 use crate::events::{self, Note};
 use crate::observe::Observed;
 use crate::pool::{self, RotationChange};
+use crate::reason::Reason;
 use crate::revision::revision_of;
-use crate::rollout::{self, Progress, RolloutInput};
+use crate::rollout::manual::{self, ManualControl};
+use crate::rollout::{self, Decision, Progress, QualityVerdict, RolloutInput};
 use crate::status::{self, StatusInput};
 
 /// What one pass starts from.
@@ -42,6 +44,12 @@ pub struct PassInput<'a> {
     pub now: Timestamp,
     /// The traffic hand-off time (see `rollout`).
     pub handoff: Duration,
+    /// The user's requests (`rollout::manual::read`).
+    pub manual: &'a ManualControl,
+    /// The quality gate's answer for the target.
+    pub quality: &'a QualityVerdict,
+    /// The quality gate's results of this pass, for `status.quality`.
+    pub quality_status: Option<QualityStatus>,
 }
 
 /// One revision's Deployment as it should be.
@@ -73,6 +81,11 @@ pub struct Desired {
     pub prune: Vec<String>,
     /// What to tell people.
     pub events: Vec<Note>,
+    /// Manual request annotations acted on (or ignored) this pass, to
+    /// remove after status is written.
+    pub consumed: Vec<&'static str>,
+    /// Rollbacks decided this pass, by reason (for the metric).
+    pub rollbacks: Vec<Reason>,
     /// True when nothing is under way (the next look is the resync).
     pub settled: bool,
     /// When a time-based decision is due, if one is pending.
@@ -92,12 +105,15 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         observed: obs,
         now: input.now,
         handoff: input.handoff,
+        manual: input.manual,
+        quality: input.quality,
     });
     let status = status::compute(&StatusInput {
         plan: &plan,
         observed: obs,
         generation: input.generation,
         now: Time(input.now),
+        quality: input.quality_status.clone(),
     });
     let rotation = plan
         .revisions
@@ -128,8 +144,26 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         );
     }
     let transitions = status::transitions(&obs.status, &status);
-    let mut notes = events::for_decisions(&plan.decisions);
+    let mut notes = events::for_manual(input.manual);
+    notes.extend(events::for_decisions(&plan.decisions));
     notes.extend(events::for_transitions(&transitions));
+    // A promotion asked for before the target is ready waits for it with
+    // its annotation in place.
+    let consumed = input
+        .manual
+        .consumed
+        .iter()
+        .copied()
+        .filter(|k| !(plan.promote_pending && *k == manual::PROMOTE))
+        .collect();
+    let rollbacks = plan
+        .decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::RolledBack { cause, .. } => Some(cause.reason()),
+            _ => None,
+        })
+        .collect();
     Ok(Desired {
         name: input.parent.name.clone(),
         deployments,
@@ -138,6 +172,8 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         status: Box::new(status),
         prune: plan.prune,
         events: notes,
+        consumed,
+        rollbacks,
         settled: plan.progress == Progress::Settled,
         requeue_after: plan.requeue_after,
     })

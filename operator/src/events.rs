@@ -3,6 +3,7 @@
 //! object publishes none; the controller publishes them last in a pass.
 
 use crate::reason::Reason;
+use crate::rollout::manual::{self, Action, ManualControl};
 use crate::rollout::Decision;
 use crate::status::Transition;
 
@@ -65,11 +66,58 @@ pub fn for_decisions(decisions: &[Decision]) -> Vec<Note> {
                 "Promote",
                 format!("revision {to} is ready and stable"),
             ),
+            Decision::RolledBack {
+                revision,
+                stable,
+                cause,
+                message,
+            } => Note {
+                severity: Severity::Warning,
+                reason: cause.reason(),
+                action: "RollBack",
+                message: format!(
+                    "revision {revision} rolled back, {stable} keeps the traffic: {message}"
+                ),
+            },
             Decision::Pruned { revision } => normal(
                 Reason::RevisionPruned,
                 "PruneRevision",
                 format!("deleted retired revision {revision}"),
             ),
+        })
+        .collect()
+}
+
+/// Events for the user's requests: an ignored one says why (a Warning);
+/// a retry says it starts over. Promote and abort show as the promotion or
+/// rollback they cause.
+pub fn for_manual(m: &ManualControl) -> Vec<Note> {
+    m.decisions
+        .iter()
+        .filter_map(|d| match d {
+            manual::Decision::Ignore {
+                action,
+                value,
+                reason,
+            } => Some(Note {
+                severity: Severity::Warning,
+                reason: Reason::ManualRequestIgnored,
+                action: "ManualControl",
+                message: format!(
+                    "{} request `{}={value}` ignored: {reason}",
+                    action.as_str(),
+                    action.annotation()
+                ),
+            }),
+            manual::Decision::Apply {
+                action: Action::Retry,
+                revision,
+            } => Some(normal(
+                Reason::Retried,
+                "ManualControl",
+                format!("revision {revision} is tried again at the user's request"),
+            )),
+            manual::Decision::Apply { .. } => None,
         })
         .collect()
 }

@@ -23,7 +23,6 @@ pub mod events;
 pub mod http;
 pub mod invalid;
 pub mod leader;
-pub mod manual;
 pub mod metrics;
 pub mod observe;
 pub mod plan;

@@ -16,8 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::reason::Reason;
 use crate::controller::quality::QualityMetrics;
+use crate::reason::Reason;
 
 /// Labels of `api_writes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,7 +28,7 @@ pub struct WriteLabels {
     pub verb: &'static str,
 }
 
-/// Labels of `reconcile_errors_total`.
+/// Labels of `reconcile_errors_total` and `rollbacks_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     /// The error's stable reason string ([`Reason::as_str`]).
@@ -57,6 +57,7 @@ pub struct Metrics {
     prom_duration: Histogram,
     pollers: Gauge,
     wakes_dropped: Counter,
+    rollbacks: Family<ErrorLabels, Counter>,
     quality: QualityMetrics,
 }
 
@@ -126,6 +127,12 @@ impl Metrics {
             "Reconcile wake-ups after a signal change dropped because the queue was full",
             wakes_dropped.clone(),
         );
+        let rollbacks = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "rollbacks",
+            "Canaries rolled back, by reason (QualityGateFailed, Aborted)",
+            rollbacks.clone(),
+        );
         let quality = QualityMetrics::register(&mut registry);
         Self {
             registry,
@@ -140,6 +147,7 @@ impl Metrics {
             prom_duration,
             pollers,
             wakes_dropped,
+            rollbacks,
             quality,
         }
     }
@@ -177,6 +185,24 @@ impl Metrics {
     /// A reconcile pass ended after `took`.
     pub fn reconcile_finished(&self, took: Duration) {
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// A canary was rolled back.
+    pub fn rolled_back(&self, reason: Reason) {
+        self.rollbacks
+            .get_or_create(&ErrorLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Rollbacks with `reason` so far.
+    pub fn rollbacks(&self, reason: Reason) -> u64 {
+        self.rollbacks
+            .get_or_create(&ErrorLabels {
+                reason: reason.as_str(),
+            })
+            .get()
     }
 
     /// A reconcile pass failed.

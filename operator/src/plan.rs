@@ -9,7 +9,10 @@
 //! 2. **Service**;
 //! 3. **pod labels** (rotation), so pods are in rotation before weight
 //!    rises onto them;
-//! 4. **status**: the router follows `status.traffic`;
+//! 4. **status**: the router follows `status.traffic`; then the manual
+//!    request annotations this pass acted on are removed (after status, so
+//!    a request is never lost: one seen again is judged against the new
+//!    status and ignored, see `rollout::manual`);
 //! 5. **shrink**: Deployments losing pods, after their weight fell;
 //! 6. **prune**: retired revisions beyond the kept history;
 //! 7. **events**.
@@ -51,6 +54,8 @@ pub enum Write {
     LabelPod(RotationChange),
     /// Server-side apply of the status subresource.
     Status(Box<InferenceServiceStatus>),
+    /// Removal of manual request annotations the pass has acted on.
+    RemoveAnnotations(Vec<&'static str>),
     /// Deletion of a retired revision's Deployment.
     DeleteDeployment {
         /// The Deployment's name.
@@ -70,6 +75,7 @@ impl Write {
             Write::ApplyService(_) => "Service",
             Write::LabelPod(_) => "Pod",
             Write::Status(_) => "InferenceService/status",
+            Write::RemoveAnnotations(_) => "InferenceService",
             Write::Event(_) => "Event",
         }
     }
@@ -80,6 +86,7 @@ impl Write {
             Write::ApplyDeployment { .. } | Write::ApplyService(_) | Write::Status(_) => "apply",
             Write::ScaleDeployment { .. } => "scale",
             Write::LabelPod(_) => "label",
+            Write::RemoveAnnotations(_) => "annotate",
             Write::DeleteDeployment { .. } => "delete",
             Write::Event(_) => "create",
         }
@@ -110,6 +117,9 @@ pub fn plan_writes(desired: &Desired, observed: &Observed) -> Vec<Write> {
     out.extend(desired.rotation.iter().cloned().map(Write::LabelPod));
     if *desired.status != observed.status {
         out.push(Write::Status(desired.status.clone()));
+    }
+    if !desired.consumed.is_empty() {
+        out.push(Write::RemoveAnnotations(desired.consumed.clone()));
     }
     out.extend(shrink);
     out.extend(desired.prune.iter().map(|rev| Write::DeleteDeployment {

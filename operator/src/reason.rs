@@ -31,6 +31,27 @@ pub enum Reason {
     DrainingPreviousRevisions,
     /// The target revision cannot become ready.
     RolloutStalled,
+    /// The target was rolled back; the stable revision serves.
+    RolloutRolledBack,
+    /// `spec.rollout.paused` holds the target at the gate.
+    RolloutPaused,
+    /// The golden set runs against the target; it holds until decided.
+    QualityGateRunning,
+    /// The golden set cannot be used (malformed, or an entry every
+    /// revision refuses): the rollout holds until the ConfigMap is fixed.
+    GoldenSetInvalid,
+    /// The golden set's ConfigMap does not exist: the rollout holds.
+    GoldenSetNotFound,
+    /// A pod could not be asked for the golden set: the rollout holds.
+    QualityUnavailable,
+
+    // RolledBack condition, rollback events and
+    // `steward_operator_rollbacks_total{reason}`.
+    /// The quality gate failed: a category below `minScore` or below the
+    /// stable's score minus the margin.
+    QualityGateFailed,
+    /// The user aborted the canary.
+    Aborted,
 
     // Degraded condition.
     /// Nothing is wrong.
@@ -47,6 +68,10 @@ pub enum Reason {
     RevisionPromoted,
     /// A retired revision's Deployment was deleted.
     RevisionPruned,
+    /// A rolled-back revision is run again at the user's request.
+    Retried,
+    /// A manual request annotation was ignored (the event says why).
+    ManualRequestIgnored,
     /// The Ready condition turned true.
     Ready,
     /// The Degraded condition turned true.
@@ -86,12 +111,22 @@ impl Reason {
             Reason::RevisionRollingOut => "RevisionRollingOut",
             Reason::DrainingPreviousRevisions => "DrainingPreviousRevisions",
             Reason::RolloutStalled => "RolloutStalled",
+            Reason::RolloutRolledBack => "RolloutRolledBack",
+            Reason::RolloutPaused => "RolloutPaused",
+            Reason::QualityGateRunning => "QualityGateRunning",
+            Reason::GoldenSetInvalid => "GoldenSetInvalid",
+            Reason::GoldenSetNotFound => "GoldenSetNotFound",
+            Reason::QualityUnavailable => "QualityUnavailable",
+            Reason::QualityGateFailed => "QualityGateFailed",
+            Reason::Aborted => "Aborted",
             Reason::AsExpected => "AsExpected",
             Reason::PodProblem => "PodProblem",
             Reason::RevisionCreated => "RevisionCreated",
             Reason::RevisionScaled => "RevisionScaled",
             Reason::RevisionPromoted => "RevisionPromoted",
             Reason::RevisionPruned => "RevisionPruned",
+            Reason::Retried => "Retried",
+            Reason::ManualRequestIgnored => "ManualRequestIgnored",
             Reason::Ready => "Ready",
             Reason::Degraded => "Degraded",
             Reason::Recovered => "Recovered",
@@ -125,6 +160,9 @@ mod tests {
             Reason::NoServingPods,
             Reason::DrainingPreviousRevisions,
             Reason::RevisionPromoted,
+            Reason::QualityGateFailed,
+            Reason::GoldenSetInvalid,
+            Reason::ManualRequestIgnored,
             Reason::WriteTimedOut,
             Reason::CachesNotReady,
             Reason::Panicked,

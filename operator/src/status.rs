@@ -5,11 +5,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{InferenceServiceStatus, Phase, ReplicaStatus, RevisionStatus};
+use crate::crd::{InferenceServiceStatus, Phase, QualityStatus, ReplicaStatus, RevisionStatus};
 use crate::observe::{count, Observed, PodView};
 use crate::pool::Rotation;
 use crate::reason::Reason;
-use crate::rollout::{Progress, RolloutPlan};
+use crate::rollout::{HoldCause, Progress, RolloutPlan};
 
 /// Condition types.
 pub mod condition {
@@ -20,6 +20,9 @@ pub mod condition {
     pub const PROGRESSING: &str = "Progressing";
     /// The desired revision cannot become ready, or nothing serves.
     pub const DEGRADED: &str = "Degraded";
+    /// The spec's revision was rolled back (quality gate or abort); present
+    /// only while it is remembered (`status.rollout.rolledBackRevision`).
+    pub const ROLLED_BACK: &str = "RolledBack";
 }
 
 /// What status is computed from.
@@ -33,6 +36,9 @@ pub struct StatusInput<'a> {
     pub generation: Option<i64>,
     /// The time to stamp on conditions that change.
     pub now: Time,
+    /// The quality gate's results of this pass, if it ran (otherwise the
+    /// stored ones stay).
+    pub quality: Option<QualityStatus>,
 }
 
 struct Cond {
@@ -177,6 +183,49 @@ fn progress_conditions(plan: &RolloutPlan, routable: i32) -> (Phase, Cond, Optio
             ),
             None,
         ),
+        Progress::Held { cause, from } => {
+            let why = match cause {
+                HoldCause::Paused => "the rollout is paused (spec.rollout.paused)".to_owned(),
+                HoldCause::QualityRunning => {
+                    format!("the golden set runs against {target} and {from}")
+                }
+                HoldCause::QualityUnknown { message, .. } => {
+                    format!("the quality gate cannot decide: {message}")
+                }
+            };
+            (
+                Phase::Progressing,
+                progressing(
+                    cause.reason(),
+                    format!("revision {target} is ready and held: {why}; {from} keeps the traffic"),
+                ),
+                None,
+            )
+        }
+        Progress::RolledBack {
+            revision, pods, ..
+        } => (
+            if *pods > 0 {
+                Phase::RollingBack
+            } else {
+                Phase::RolledBack
+            },
+            Cond::new(
+                condition::PROGRESSING,
+                false,
+                Reason::RolloutRolledBack,
+                format!(
+                    "revision {revision} was rolled back; {} serves{}",
+                    plan.stable.as_deref().unwrap_or("the stable revision"),
+                    if *pods > 0 {
+                        format!(" ({pods} pods of {revision} draining)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            None,
+        ),
         Progress::Stuck(problem) => (
             Phase::Degraded,
             Cond::new(
@@ -219,8 +268,21 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
             "no pod of the desired revision is stuck".into(),
         )
     });
+    let rolled_back = plan.memory.rolled_back_revision.as_ref().map(|rev| {
+        let reason = plan.memory.rollback_reason.as_deref().unwrap_or_default();
+        Cond {
+            type_: condition::ROLLED_BACK,
+            status: true,
+            reason: reason.to_owned(),
+            message: format!(
+                "revision {rev} was rolled back: {}",
+                plan.memory.rollback_message.as_deref().unwrap_or(reason)
+            ),
+        }
+    });
     let conditions = [ready_cond, progressing, degraded]
         .into_iter()
+        .chain(rolled_back)
         .map(|c| merge_condition(c, input))
         .collect();
     let revisions = plan
@@ -255,7 +317,7 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
         ttft_p99: previous.ttft_p99.clone(),
         revisions,
         alarms: previous.alarms.clone(),
-        quality: previous.quality.clone(),
+        quality: input.quality.clone().or_else(|| previous.quality.clone()),
         conditions,
     }
 }
@@ -335,7 +397,7 @@ mod tests {
     use crate::autoscale::ScalePlan;
     use crate::observe::build::{deployment, observed, pod};
     use crate::observe::PodProblem;
-    use crate::rollout::{decide, RolloutInput};
+    use crate::rollout::{decide, ManualControl, QualityVerdict, RolloutInput};
     use k8s_openapi::jiff::Timestamp;
 
     fn at(secs: i64) -> Time {
@@ -359,12 +421,15 @@ mod tests {
             observed: &obs,
             now: at(now).0,
             handoff: Duration::ZERO,
+            manual: &ManualControl::default(),
+            quality: &QualityVerdict::NotConfigured,
         });
         compute(&StatusInput {
             plan: &plan,
             observed: &obs,
             generation: Some(3),
             now: at(now),
+            quality: None,
         })
     }
 

@@ -27,9 +27,10 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, error, instrument, warn};
 
 use self::backoff::Backoff;
+use self::quality::{QualityRunner, QualityRunnerConfig};
 use crate::children::{TemplateConfig, UnsupportedUri, MANAGED_BY};
 use crate::crd::{labels, UncheckedInferenceService};
 use crate::metrics::Metrics;
@@ -119,6 +120,8 @@ pub struct OperatorConfig {
     pub backoff_base: Duration,
     /// Longest retry delay of a failed pass.
     pub backoff_max: Duration,
+    /// The golden-set runner's bounds.
+    pub quality: QualityRunnerConfig,
 }
 
 impl Default for OperatorConfig {
@@ -134,6 +137,7 @@ impl Default for OperatorConfig {
             handoff: Duration::from_secs(2),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            quality: QualityRunnerConfig::default(),
         }
     }
 }
@@ -148,6 +152,7 @@ pub struct Context {
     pub(crate) pods: Store<Pod>,
     pub(crate) services: Store<Service>,
     pub(crate) backoff: Backoff,
+    pub(crate) quality: QualityRunner,
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -191,6 +196,15 @@ pub async fn run(
         controller: FIELD_MANAGER.into(),
         instance: Some(cfg.identity.clone()),
     };
+    let quality = match QualityRunner::new(client.clone(), cfg.quality.clone(), metrics.quality()) {
+        Ok(q) => q,
+        Err(e) => {
+            // Without an HTTP client no golden set can run; nothing else
+            // can either (the TLS back-end is shared), so stop here.
+            error!(error = %e, "cannot start the quality gate runner");
+            return;
+        }
+    };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -200,6 +214,7 @@ pub async fn run(
         pods,
         services,
         backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
+        quality,
     });
     let map_by_label = |meta: &kube::api::ObjectMeta| {
         let name = meta.labels.as_ref()?.get(labels::SERVICE)?.clone();

@@ -12,13 +12,19 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::quality::{target_of, RunKey, RunRequest, RunState};
 use super::writes;
 use super::{caches_ready, owned_by, Context, ReconcileError};
 use crate::children::Parent;
+use crate::crd::QualityStatus;
 use crate::crd::{labels, InferenceService};
 use crate::desired::{desired, PassInput};
 use crate::observe::Observed;
 use crate::plan::plan_writes;
+use crate::quality::GateSettings;
+use crate::revision::revision_of;
+use crate::rollout::manual::{self, RolloutView};
+use crate::rollout::QualityVerdict;
 
 pub(crate) async fn reconcile(
     obj: &InferenceService,
@@ -62,6 +68,18 @@ pub(crate) async fn reconcile(
         obj.status.as_ref(),
     );
 
+    // The user's requests, judged against the status they saw.
+    let stored = obj.status.clone().unwrap_or_default();
+    let manual = manual::read(
+        obj.annotations(),
+        obj.spec.rollout.paused,
+        RolloutView {
+            canary: stored.canary_revision.as_deref(),
+            rolled_back: stored.rollout.rolled_back_revision.as_deref(),
+        },
+    );
+    let (quality, quality_status) = quality_gate(ctx, obj, &ns, &name, &observed, &pods);
+
     // Decide.
     let want = desired(&PassInput {
         parent: &parent,
@@ -71,11 +89,17 @@ pub(crate) async fn reconcile(
         template: &ctx.cfg.template,
         now: Timestamp::now(),
         handoff: ctx.cfg.handoff,
+        manual: &manual,
+        quality: &quality,
+        quality_status,
     })?;
     let plan = plan_writes(&want, &observed);
 
     // Act.
     writes::execute(ctx, &ns, &name, &obj.object_ref(&()), plan).await?;
+    for reason in &want.rollbacks {
+        ctx.metrics.rolled_back(*reason);
+    }
 
     let next = if want.settled {
         ctx.cfg.resync
@@ -87,4 +111,73 @@ pub(crate) async fn reconcile(
         .requeue_after
         .map_or(next, |d| next.min(d + Duration::from_millis(100)));
     Ok(Action::requeue(next))
+}
+
+/// Asks the runner for the quality gate's answer on the target, when one
+/// would replace a stable revision and `analysis.quality` is set: one
+/// ready pod of each revision is asked (`controller::quality`). The runner
+/// never blocks; a run in progress answers `Running` and the pass looks
+/// again soon (`rollout::QUALITY_POLL`).
+fn quality_gate(
+    ctx: &Context,
+    obj: &InferenceService,
+    ns: &str,
+    name: &str,
+    observed: &Observed,
+    pods: &[Arc<Pod>],
+) -> (QualityVerdict, Option<QualityStatus>) {
+    let Some(spec) = obj.spec.rollout.analysis.quality.as_ref() else {
+        return (QualityVerdict::NotConfigured, None);
+    };
+    let target = revision_of(&obj.spec);
+    let rollout = &observed.status.rollout;
+    let stable = observed
+        .status
+        .stable_revision
+        .as_deref()
+        .filter(|s| *s != target && observed.deployments.contains_key(*s));
+    let Some(stable) = stable else {
+        // Nothing to compare with (first revision, or the target is stable).
+        return (QualityVerdict::NotConfigured, None);
+    };
+    if rollout.rolled_back_revision.as_deref() == Some(target.as_str()) {
+        return (QualityVerdict::NotStarted, None);
+    }
+    let ready_pod = |rev: &str| {
+        pods.iter()
+            .filter(|p| p.labels().get(labels::REVISION).map(String::as_str) == Some(rev))
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+            .find_map(|p| target_of(p, rev))
+    };
+    let (Some(canary), Some(stable_pod)) = (ready_pod(&target), ready_pod(stable)) else {
+        return (QualityVerdict::NotStarted, None);
+    };
+    let step = rollout.step.unwrap_or(1);
+    let req = RunRequest {
+        key: RunKey {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            canary: target.clone(),
+            stable: stable.to_owned(),
+            step,
+        },
+        config_map: spec.golden_set.config_map.clone(),
+        settings: GateSettings::from(spec),
+        canary,
+        stable: stable_pod,
+    };
+    match ctx.quality.poll(req) {
+        RunState::Running => (QualityVerdict::Running, None),
+        RunState::Done(report) => (
+            QualityVerdict::Decided(report.gate.clone()),
+            Some(report.to_status(&target, stable, step)),
+        ),
+    }
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

@@ -97,6 +97,16 @@ pub(crate) async fn execute(
                     "status updated"
                 );
             }
+            Write::RemoveAnnotations(keys) => {
+                let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), ns);
+                let nulls: serde_json::Map<String, serde_json::Value> = keys
+                    .iter()
+                    .map(|k| ((*k).to_owned(), serde_json::Value::Null))
+                    .collect();
+                let body = Patch::Merge(json!({ "metadata": { "annotations": nulls } }));
+                timed(ctx, kind, verb, name, api.patch(name, &merge, &body)).await?;
+                info!(annotations = ?keys, "manual requests consumed");
+            }
             Write::DeleteDeployment { name } => {
                 let params = DeleteParams::background();
                 let call = deployments.delete(&name, &params);

@@ -26,6 +26,9 @@ pub enum Phase {
     Progressing,
     /// A canary is being rolled back.
     RollingBack,
+    /// The spec's revision was rolled back and its pods are gone; the
+    /// stable revision serves (change the spec, or retry the revision).
+    RolledBack,
     /// The desired revision cannot become ready (see the Degraded condition).
     Degraded,
     /// The spec cannot be acted on at all.
@@ -40,6 +43,7 @@ impl Phase {
             Phase::Ready => "Ready",
             Phase::Progressing => "Progressing",
             Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
             Phase::Degraded => "Degraded",
             Phase::Failed => "Failed",
         }
@@ -163,6 +167,13 @@ pub struct RolloutStatus {
     /// spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_revision: Option<String>,
+    /// Why it was rolled back: `QualityGateFailed` or `Aborted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_reason: Option<String>,
+    /// The rollback's message (the failing category with both scores, or
+    /// who aborted), kept for the RolledBack condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_message: Option<String>,
     /// Analysis checks of the current step that came back firing, in a row.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_checks: i32,

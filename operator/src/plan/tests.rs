@@ -17,6 +17,7 @@ use crate::observe::{PodView, ServiceView};
 use crate::pool::Rotation;
 use crate::reason::Reason;
 use crate::revision::revision_of;
+use crate::rollout::{ManualControl, QualityVerdict};
 
 const HANDOFF: Duration = Duration::from_secs(2);
 
@@ -56,6 +57,9 @@ fn pass(spec: &InferenceServiceSpec, obs: &Observed, now: i64) -> (Desired, Vec<
         template: &TemplateConfig::default(),
         now: at(now),
         handoff: HANDOFF,
+        manual: &ManualControl::default(),
+        quality: &QualityVerdict::NotConfigured,
+        quality_status: None,
     })
     .expect("desired");
     let w = plan_writes(&d, obs);
@@ -107,7 +111,7 @@ fn apply(obs: &mut Observed, writes: &[Write], now: i64) {
             Write::DeleteDeployment { name } => obs
                 .deployments
                 .retain(|_, d| deployment_name("chat", &d.revision) != *name),
-            Write::Event(_) => {}
+            Write::RemoveAnnotations(_) | Write::Event(_) => {}
         }
     }
     kubelet(obs, now);
@@ -246,6 +250,8 @@ fn writes_come_in_the_documented_order() {
             action: "PruneRevision",
             message: "m".into(),
         }],
+        consumed: vec![crate::rollout::manual::ABORT],
+        rollbacks: Vec::new(),
         settled: false,
         requeue_after: None,
     };
@@ -263,8 +269,9 @@ fn writes_come_in_the_documented_order() {
             ("Service", "apply"),    // the Service
             ("Pod", "label"),        // rotation
             ("InferenceService/status", "apply"),
-            ("Deployment", "scale"),  // shrink: old 2 -> 0
-            ("Deployment", "delete"), // prune
+            ("InferenceService", "annotate"), // manual requests consumed
+            ("Deployment", "scale"),          // shrink: old 2 -> 0
+            ("Deployment", "delete"),         // prune
             ("Event", "create"),
         ]
     );

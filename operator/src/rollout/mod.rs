@@ -19,11 +19,19 @@
 //! [`Observed::status`]); everything else is derived from what is observed,
 //! so a restarted operator or a new leader reaches the same decisions.
 //!
-//! One pass is [`decide`]: [`steps`] (who holds the traffic: hold or
-//! promote), [`sizing`] (pods per revision), [`history`] (retire and prune),
-//! [`progress`] (where things stand).
+//! Before a target replaces a stable revision it passes the [`gate`]: the
+//! user's [`manual`] control (pause, promote, abort, retry) and the quality
+//! gate's verdict; a failed gate or an abort rolls the target back (no
+//! traffic, scaled to zero, remembered in `status.rollout` so it is not
+//! tried again until the spec changes or the user retries it).
+//!
+//! One pass is [`decide`]: [`steps`] (who holds the traffic: hold, promote
+//! or roll back, after the [`gate`]), [`sizing`] (pods per revision),
+//! [`history`] (retire and prune), [`progress`] (where things stand).
 
+pub mod gate;
 mod history;
+pub mod manual;
 mod progress;
 mod sizing;
 mod steps;
@@ -33,12 +41,17 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+pub use gate::{HoldCause, QualityVerdict, RollbackCause, Verdict};
 pub use history::RETIRED_KEPT;
+pub use manual::ManualControl;
 pub use progress::Progress;
 
 use crate::autoscale::ScalePlan;
 use crate::crd::{RevisionRole, RolloutStatus, TrafficTarget};
 use crate::observe::Observed;
+
+/// How often a pass looks again while the golden set runs.
+pub const QUALITY_POLL: Duration = Duration::from_secs(2);
 
 /// What the decision needs.
 #[derive(Clone, Debug)]
@@ -55,6 +68,11 @@ pub struct RolloutInput<'a> {
     /// How long the router's views are given to catch up around a traffic
     /// change (see the module docs).
     pub handoff: Duration,
+    /// The user's requests of this pass (`spec.rollout.paused` and the
+    /// request annotations).
+    pub manual: &'a ManualControl,
+    /// The quality gate's answer for the target.
+    pub quality: &'a QualityVerdict,
 }
 
 /// One revision in the plan.
@@ -82,6 +100,17 @@ pub enum Decision {
     },
     /// The target took all traffic from the previous stable revision.
     Promoted { from: Option<String>, to: String },
+    /// The target was rolled back before it took the traffic.
+    RolledBack {
+        /// The rolled-back revision.
+        revision: String,
+        /// The revision that keeps serving.
+        stable: String,
+        /// Why.
+        cause: RollbackCause,
+        /// The gate's or the user's words (category and both scores).
+        message: String,
+    },
     /// An old revision's Deployment is deleted (beyond the kept history).
     Pruned { revision: String },
 }
@@ -107,6 +136,11 @@ pub struct RolloutPlan {
     pub decisions: Vec<Decision>,
     /// When a time-based decision (a hand-off) is due, if one is pending.
     pub requeue_after: Option<Duration>,
+    /// The gate's verdict on a target beside a stable revision.
+    pub gate: Option<Verdict>,
+    /// A promote request for the target that waits for its pods: its
+    /// annotation stays until the promotion happens.
+    pub promote_pending: bool,
 }
 
 impl RolloutPlan {
@@ -131,7 +165,17 @@ pub fn decide(input: &RolloutInput<'_>) -> RolloutPlan {
     let prune = history::prune(input.observed, &mut revisions);
     let progress = progress::of(input, &step, &revisions);
 
-    let mut decisions: Vec<Decision> = step.promoted.clone().into_iter().collect();
+    // A running golden set ends without a watch event: look again soon.
+    let quality_wait =
+        matches!(step.gate, Some(Verdict::Hold(HoldCause::QualityRunning))).then_some(QUALITY_POLL);
+    let promote_pending =
+        matches!(step.gate, Some(Verdict::Go { forced: true })) && step.promoted.is_none();
+    let mut decisions: Vec<Decision> = step
+        .promoted
+        .clone()
+        .into_iter()
+        .chain(step.rolled_back.clone())
+        .collect();
     decisions.extend(size_changes(input.observed, &revisions));
     decisions.extend(prune.iter().map(|r| Decision::Pruned {
         revision: r.clone(),
@@ -145,7 +189,9 @@ pub fn decide(input: &RolloutInput<'_>) -> RolloutPlan {
         memory: step.memory,
         progress,
         decisions,
-        requeue_after: earliest(step.wait, sized.wait),
+        requeue_after: earliest(earliest(step.wait, sized.wait), quality_wait),
+        gate: step.gate,
+        promote_pending,
     }
 }
 

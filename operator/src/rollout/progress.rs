@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::gate::{HoldCause, Verdict};
 use super::steps::{fully_ready, Steps};
 use super::{RevisionPlan, RolloutInput};
 use crate::observe::{Observed, PodProblem};
@@ -35,6 +36,26 @@ pub enum Progress {
     },
     /// The target cannot become ready: the reason comes from its pods.
     Stuck(PodProblem),
+    /// The target is ready but waits at the gate (paused, or the quality
+    /// gate is running or undecided); the stable revision keeps the
+    /// traffic.
+    Held {
+        /// Why.
+        cause: HoldCause,
+        /// The revision that keeps the traffic.
+        from: String,
+    },
+    /// The target was rolled back; the stable revision serves.
+    RolledBack {
+        /// The rolled-back revision.
+        revision: String,
+        /// `QualityGateFailed` or `Aborted`.
+        reason: String,
+        /// The gate's or the user's words.
+        message: String,
+        /// Its pods still there (draining).
+        pods: i32,
+    },
 }
 
 pub(super) fn of(
@@ -44,6 +65,17 @@ pub(super) fn of(
 ) -> Progress {
     let obs = input.observed;
     let target = input.target;
+    if matches!(
+        steps.gate,
+        Some(Verdict::RollBack { .. } | Verdict::RolledBack)
+    ) {
+        return Progress::RolledBack {
+            revision: target.to_owned(),
+            reason: steps.memory.rollback_reason.clone().unwrap_or_default(),
+            message: steps.memory.rollback_message.clone().unwrap_or_default(),
+            pods: obs.existing_of(target),
+        };
+    }
     let desired = revisions.get(target).map_or(0, |r| r.replicas);
     if !fully_ready(obs, target, desired) {
         return match target_problem(obs, target) {
@@ -56,7 +88,13 @@ pub(super) fn of(
     }
     match &steps.stable {
         Some(s) if s != target => {
-            return Progress::HandingOff { from: s.clone() };
+            return match &steps.gate {
+                Some(Verdict::Hold(cause)) => Progress::Held {
+                    cause: cause.clone(),
+                    from: s.clone(),
+                },
+                _ => Progress::HandingOff { from: s.clone() },
+            };
         }
         None => {
             return Progress::WaitingForPods {

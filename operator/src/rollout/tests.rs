@@ -37,6 +37,8 @@ fn decide_at(target: &str, obs: &Observed, now: i64) -> RolloutPlan {
         observed: obs,
         now: at(now),
         handoff: HANDOFF,
+        manual: &ManualControl::default(),
+        quality: &QualityVerdict::NotConfigured,
     })
 }
 
@@ -347,6 +349,8 @@ fn warm_pods_count_toward_the_revision_size() {
         observed: &obs,
         now: at(NOW),
         handoff: HANDOFF,
+        manual: &ManualControl::default(),
+        quality: &QualityVerdict::NotConfigured,
     });
     assert_eq!(plan.replicas_of("r1"), 3);
     assert_eq!(
@@ -373,4 +377,226 @@ fn a_restarted_operator_resumes_the_handoff_from_status() {
     assert_eq!(plan.replicas_of("r1"), 2);
     assert_eq!(plan.requeue_after, Some(Duration::from_secs(1)));
     assert!(plan.decisions.is_empty());
+}
+
+// The gate: manual control and the quality gate before a promotion.
+
+fn decide_gated(
+    target: &str,
+    obs: &Observed,
+    manual: &ManualControl,
+    quality: &QualityVerdict,
+) -> RolloutPlan {
+    decide(&RolloutInput {
+        target,
+        scale: ScalePlan {
+            serving: 2,
+            warm: 0,
+        },
+        observed: obs,
+        now: at(NOW),
+        handoff: HANDOFF,
+        manual,
+        quality,
+    })
+}
+
+/// r1 stable with 2 ready pods, r2 ready beside it.
+fn canary_ready() -> Observed {
+    let mut pods = two_ready("r1", ["a", "b"]);
+    pods.extend(two_ready("r2", ["c", "d"]));
+    with_stable(
+        observed(vec![deployment("r1", 2, 1), deployment("r2", 2, 2)], pods),
+        Some("r1"),
+    )
+}
+
+fn asked(action: manual::Action, rev: &str) -> ManualControl {
+    ManualControl {
+        paused: false,
+        decisions: vec![manual::Decision::Apply {
+            action,
+            revision: rev.into(),
+        }],
+        consumed: vec![action.annotation()],
+    }
+}
+
+fn failed_gate() -> QualityVerdict {
+    QualityVerdict::Decided(crate::quality::Gate::Fail(
+        "category `facts` scored 0.40 on canary r2 and 1.00 on stable r1, below minScore 0.90"
+            .into(),
+    ))
+}
+
+#[test]
+fn a_ready_target_holds_while_the_golden_set_runs_and_stable_keeps_the_traffic() {
+    let obs = canary_ready();
+    let plan = decide_gated(
+        "r2",
+        &obs,
+        &ManualControl::default(),
+        &QualityVerdict::Running,
+    );
+    assert_eq!(plan.traffic[0].revision, "r1");
+    assert_eq!(plan.canary.as_deref(), Some("r2"));
+    assert_eq!(plan.replicas_of("r2"), 2, "the canary keeps its pods");
+    assert!(plan.decisions.is_empty(), "{:?}", plan.decisions);
+    assert!(matches!(
+        plan.progress,
+        Progress::Held {
+            cause: HoldCause::QualityRunning,
+            ..
+        }
+    ));
+    assert_eq!(plan.requeue_after, Some(QUALITY_POLL));
+}
+
+#[test]
+fn a_failed_quality_gate_rolls_the_canary_back_to_zero_and_remembers_why() {
+    let obs = canary_ready();
+    let plan = decide_gated("r2", &obs, &ManualControl::default(), &failed_gate());
+    assert_eq!(plan.stable.as_deref(), Some("r1"));
+    assert_eq!(plan.canary, None);
+    assert_eq!(plan.traffic, obs.status.traffic, "r1 keeps 100%");
+    // The canary never had weight: no hand-off to wait for.
+    assert_eq!(plan.replicas_of("r2"), 0);
+    assert_eq!(plan.revisions["r2"].role, RevisionRole::Retiring);
+    assert_eq!(plan.replicas_of("r1"), 2);
+    assert_eq!(plan.memory.rolled_back_revision.as_deref(), Some("r2"));
+    assert_eq!(
+        plan.memory.rollback_reason.as_deref(),
+        Some("QualityGateFailed")
+    );
+    assert!(plan
+        .memory
+        .rollback_message
+        .as_deref()
+        .is_some_and(|m| m.contains("category `facts`")));
+    assert!(plan.decisions.iter().any(|d| matches!(d,
+        Decision::RolledBack { revision, stable, cause: RollbackCause::QualityGate, .. }
+            if revision == "r2" && stable == "r1")));
+    assert!(matches!(
+        plan.progress,
+        Progress::RolledBack { pods: 2, .. }
+    ));
+
+    // The next pass: the rollback is remembered, even once the gate's
+    // result is gone and no run is under way; r2 stays at zero.
+    let mut next = obs.clone();
+    next.status.rollout = plan.memory.clone();
+    next.deployments.get_mut("r2").expect("r2").replicas = 0;
+    next.pods.retain(|p| p.revision != "r2");
+    let again = decide_gated(
+        "r2",
+        &next,
+        &ManualControl::default(),
+        &QualityVerdict::NotStarted,
+    );
+    assert_eq!(again.replicas_of("r2"), 0);
+    assert_eq!(again.traffic[0].revision, "r1");
+    assert!(again.decisions.is_empty(), "{:?}", again.decisions);
+    assert_eq!(again.memory, plan.memory);
+    assert!(matches!(
+        again.progress,
+        Progress::RolledBack { pods: 0, .. }
+    ));
+
+    // A retry clears the memory and the canary comes up again.
+    let retried = decide_gated(
+        "r2",
+        &next,
+        &asked(manual::Action::Retry, "r2"),
+        &QualityVerdict::NotStarted,
+    );
+    assert_eq!(retried.memory.rolled_back_revision, None);
+    assert_eq!(retried.memory.rollback_reason, None);
+    assert_eq!(retried.replicas_of("r2"), 2);
+    assert_eq!(retried.canary.as_deref(), Some("r2"));
+
+    // A spec change is a new try: r3 is not held by r2's rollback.
+    let newer = decide_gated(
+        "r3",
+        &next,
+        &ManualControl::default(),
+        &QualityVerdict::NotConfigured,
+    );
+    assert_eq!(newer.memory.rolled_back_revision, None);
+    assert_eq!(newer.canary.as_deref(), Some("r3"));
+}
+
+#[test]
+fn abort_rolls_back_even_before_the_canary_is_ready() {
+    let mut pods = two_ready("r1", ["a", "b"]);
+    pods.push(pod("c", "r2", false));
+    let obs = with_stable(
+        observed(vec![deployment("r1", 2, 1), deployment("r2", 2, 2)], pods),
+        Some("r1"),
+    );
+    let plan = decide_gated(
+        "r2",
+        &obs,
+        &asked(manual::Action::Abort, "r2"),
+        &QualityVerdict::NotStarted,
+    );
+    assert_eq!(plan.replicas_of("r2"), 0);
+    assert_eq!(plan.memory.rollback_reason.as_deref(), Some("Aborted"));
+    assert!(plan.decisions.iter().any(|d| matches!(
+        d,
+        Decision::RolledBack {
+            cause: RollbackCause::Aborted,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn promote_skips_the_gate_once_ready_and_waits_for_the_pods_otherwise() {
+    let obs = canary_ready();
+    let plan = decide_gated(
+        "r2",
+        &obs,
+        &asked(manual::Action::Promote, "r2"),
+        &QualityVerdict::Running,
+    );
+    assert_eq!(plan.traffic[0].revision, "r2");
+    assert!(!plan.promote_pending);
+
+    let mut pods = two_ready("r1", ["a", "b"]);
+    pods.push(pod("c", "r2", false));
+    let not_ready = with_stable(
+        observed(vec![deployment("r1", 2, 1), deployment("r2", 2, 2)], pods),
+        Some("r1"),
+    );
+    let plan = decide_gated(
+        "r2",
+        &not_ready,
+        &asked(manual::Action::Promote, "r2"),
+        &QualityVerdict::NotStarted,
+    );
+    assert_eq!(plan.traffic[0].revision, "r1");
+    assert!(plan.promote_pending, "the request must wait, not vanish");
+}
+
+#[test]
+fn pause_holds_a_ready_canary_that_would_otherwise_be_promoted() {
+    let obs = canary_ready();
+    let paused = ManualControl {
+        paused: true,
+        ..ManualControl::default()
+    };
+    let plan = decide_gated("r2", &obs, &paused, &QualityVerdict::NotConfigured);
+    assert_eq!(plan.traffic[0].revision, "r1");
+    assert!(matches!(
+        plan.progress,
+        Progress::Held {
+            cause: HoldCause::Paused,
+            ..
+        }
+    ));
+    // Pause and gate do not apply to a first revision: nothing to compare.
+    let first = observed(vec![deployment("r1", 2, 1)], two_ready("r1", ["a", "b"]));
+    let plan = decide_gated("r1", &first, &paused, &failed_gate());
+    assert_eq!(plan.stable.as_deref(), Some("r1"));
+    assert_eq!(plan.memory.rolled_back_revision, None);
 }
