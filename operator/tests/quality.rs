@@ -61,7 +61,7 @@ async fn tiny_model() -> &'static Path {
             .expect("tempdir")
             .keep();
         let st = Command::new(engine_bin())
-            .args(["make-model", "--size", "tiny", "--out-dir"])
+            .args(["make-model", "--size", "tiny"])
             .arg(&dir)
             .status()
             .expect("run make-model");
