@@ -383,11 +383,23 @@ async fn unservable_specs_are_degraded_with_the_pods_reason_and_the_newest_spec_
     );
     assert_eq!(st.traffic[0].revision, rev1);
     assert!(st.canary_revision.is_some());
-    // No hot loop: a stuck object costs no writes pass after pass.
-    let writes = writes_during_passes(&env, &op, "chat").await;
+    // No hot loop: a stuck object costs no writes pass after pass. The
+    // kubelet may still move the pod on (ErrImagePull -> ImagePullBackOff)
+    // right after the first Degraded status, and that one change is
+    // written; a hot loop writes on every pass, so three passes that all
+    // write fail the test.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let writes = writes_during_passes(&env, &op, "chat").await;
+        seen.push(writes);
+        if writes == 0 {
+            break;
+        }
+    }
     assert_eq!(
-        writes, 0,
-        "a degraded object made {writes} writes in a pass"
+        seen.last(),
+        Some(&0),
+        "a degraded object kept writing pass after pass: {seen:?} writes"
     );
 
     // More GPUs than any node has: the scheduler's reason; the unfinished
