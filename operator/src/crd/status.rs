@@ -190,6 +190,15 @@ pub struct AutoscalingStatus {
     /// When the serving count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_at: Option<Time>,
+    /// Why it last changed, for people: the signal, its value and target,
+    /// and the counts (`executor_utilization 92% > 70%: serving 2 -> 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// The serving count the autoscaler decided last: the count it scales
+    /// from (pod labels cannot say it: a new pod starts labelled serving
+    /// before the pool makes it warm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<i32>,
 }
 
 fn is_zero(n: &i32) -> bool {

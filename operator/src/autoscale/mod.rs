@@ -1,0 +1,624 @@
+//! Sizing: how many pods of a revision are in rotation, how many are kept
+//! warm (loaded, ready, out of rotation), and which pod leaves on a
+//! scale-in.
+//!
+//! Two entry points, both pure:
+//! - [`decide`]: the bounds alone (`replicas.min` serving, `replicas.warm`
+//!   warm), what the rollout sizes revisions with until the signal
+//!   snapshot is wired in.
+//! - [`autoscale`]: the autoscaler over the signals ([`Signals`]), the
+//!   revision's pods ([`PodState`]) and its memory in `status.autoscaling`.
+//!   It returns a [`ScaleDecision`]: the plan, the pod that goes to
+//!   draining, the draining pods whose hand-off is over (removed now), the
+//!   memory to store, the conditions and the event.
+//!
+//! The rules (docs/operator.md, "Autoscaling"):
+//! - Per signal, HPA-style: `ceil(serving × value / target)` with a 10%
+//!   tolerance band ([`rule`]); the highest answer over the signals, clamped
+//!   to `[min, max]`. Signals: executor utilisation and KV-cache usage
+//!   (averaged over the serving pods; target `targetUtilization`%) and the
+//!   waiting queue per serving pod (target [`QUEUE_TARGET_PER_POD`]).
+//! - Scale-out is immediate and may add several pods at once; the pool
+//!   promotes warm pods first (a label flip), the Deployment grows by the
+//!   same number, so the warm pool is backfilled by new pods.
+//! - Scale-in waits until every signal has stayed below its band for
+//!   `scaleInAfter` (`status.autoscaling.lowSince`), removes one pod at a
+//!   time (the least loaded serving pod goes to draining), never below
+//!   `min`, and not while another pod is still draining. The window starts
+//!   again after each change.
+//! - A draining pod is removed once it has been out of rotation for the
+//!   drain delay (the traffic hand-off: the router has stopped sending to
+//!   it) and every other pod of the revision is ready (a ReplicaSet
+//!   removes unready pods before any pod-deletion-cost applies). Its
+//!   streams finish in the engine's own drain on SIGTERM.
+//! - No data is never zero: without a fresh snapshot, or with no value for
+//!   any signal, the count holds (no scale-in, no scale-out) and
+//!   `MetricsUnavailable` says why. With some signals missing, scale-out on
+//!   the others still happens; scale-in does not.
+//!
+//! Memory (`status.autoscaling`): `serving` (the count to scale from),
+//! `lowSince`, `lastScaleAt`, `lastScaleReason`. With `max` unset or equal
+//! to `min` nothing is decided from signals: the plan is the bounds.
+
+pub mod rule;
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{AutoscalingSpec, AutoscalingStatus, ReplicasSpec};
+use crate::pool::Rotation;
+
+/// The waiting-queue target: one request waiting per serving pod. A
+/// steady queue means every batch is full; above this the pods are too few
+/// however the utilisation reads.
+pub const QUEUE_TARGET_PER_POD: f64 = 1.0;
+
+/// What sizing by the bounds needs.
+#[derive(Clone, Debug)]
+pub struct ScaleInput<'a> {
+    /// The spec's bounds.
+    pub replicas: &'a ReplicasSpec,
+}
+
+/// Pods of one revision: in rotation and warm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScalePlan {
+    /// Pods in rotation.
+    pub serving: i32,
+    /// Pods loaded and ready but out of rotation.
+    pub warm: i32,
+}
+
+impl ScalePlan {
+    /// No pods at all.
+    pub const ZERO: ScalePlan = ScalePlan {
+        serving: 0,
+        warm: 0,
+    };
+
+    /// The Deployment's replica count: serving plus warm.
+    pub fn total(self) -> i32 {
+        self.serving.saturating_add(self.warm)
+    }
+}
+
+/// The spec's bounds, clamped: the API server keeps `min <= max` and both
+/// non-negative, but a spec that bypassed validation is clamped, never
+/// trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bounds {
+    min: i32,
+    max: i32,
+    warm: i32,
+}
+
+impl Bounds {
+    fn of(r: &ReplicasSpec) -> Self {
+        let max = r.effective_max().max(0);
+        Bounds {
+            min: r.min.clamp(0, max),
+            max,
+            warm: r.warm.max(0),
+        }
+    }
+}
+
+/// Decides the serving and warm counts from the bounds alone.
+pub fn decide(input: &ScaleInput<'_>) -> ScalePlan {
+    let b = Bounds::of(input.replicas);
+    ScalePlan {
+        serving: b.min,
+        warm: b.warm,
+    }
+}
+
+/// The load of the revision, from the latest fresh signal snapshot.
+/// `None` is no data (never read as zero).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    /// Executor utilisation averaged over the serving pods, 0-1.
+    pub executor: Option<f64>,
+    /// KV-cache usage averaged over the serving pods, 0-1.
+    pub kv_cache: Option<f64>,
+    /// Requests waiting, averaged over the serving pods.
+    pub queue_per_pod: Option<f64>,
+}
+
+/// What the autoscaler knows about the load.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signals {
+    /// No fresh snapshot (no Prometheus configured, none taken yet, stale,
+    /// or Prometheus down): why, for the condition.
+    Unavailable(String),
+    /// A fresh snapshot's readings.
+    Fresh(Load),
+}
+
+/// One pod of the revision being scaled, as the autoscaler sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodState {
+    /// Pod name.
+    pub name: String,
+    /// Its rotation label.
+    pub rotation: Option<Rotation>,
+    /// Ready.
+    pub ready: bool,
+    /// Has a deletion timestamp (already on its way out; not counted).
+    pub terminating: bool,
+    /// When it was labelled draining (its annotation); `None` for a pod
+    /// labelled draining without one, which counts as long ago.
+    pub draining_since: Option<Timestamp>,
+    /// Its own load (the higher of its executor utilisation and KV-cache
+    /// usage), when known; the least loaded serving pod leaves first.
+    pub load: Option<f64>,
+}
+
+/// What the autoscaler needs.
+#[derive(Clone, Debug)]
+pub struct AutoscaleInput<'a> {
+    /// The spec's bounds.
+    pub replicas: &'a ReplicasSpec,
+    /// Target and scale-in window.
+    pub autoscaling: &'a AutoscalingSpec,
+    /// The load.
+    pub signals: &'a Signals,
+    /// The pods of the revision being scaled (the stable one, or the first
+    /// revision while it starts).
+    pub pods: &'a [PodState],
+    /// `status.autoscaling` as stored.
+    pub memory: &'a AutoscalingStatus,
+    /// The time of this pass.
+    pub now: Timestamp,
+    /// How long a draining pod stays out of rotation before it is removed
+    /// (the traffic hand-off: the router stops sending within it).
+    pub drain_delay: Duration,
+}
+
+/// Which way the serving count moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// More serving pods.
+    Out,
+    /// Fewer serving pods.
+    In,
+}
+
+impl Direction {
+    /// The `direction` label of `steward_operator_scale_events_total`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
+/// What moved the count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Executor utilisation.
+    ExecutorUtilization,
+    /// KV-cache usage.
+    KvCacheUsage,
+    /// The waiting queue.
+    Queue,
+    /// Every signal stayed low for `scaleInAfter`.
+    LowUtilization,
+    /// The spec's bounds changed (`min`, `max`).
+    Bounds,
+}
+
+impl Cause {
+    /// The `reason` label of `steward_operator_scale_events_total`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Cause::ExecutorUtilization => "executor_utilization",
+            Cause::KvCacheUsage => "kv_cache_usage",
+            Cause::Queue => "queue",
+            Cause::LowUtilization => "low_utilization",
+            Cause::Bounds => "bounds",
+        }
+    }
+}
+
+/// A change of the serving count, for the event and the metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScaleEvent {
+    /// Which way.
+    pub direction: Direction,
+    /// Why.
+    pub cause: Cause,
+    /// Serving pods before.
+    pub from: i32,
+    /// Serving pods after.
+    pub to: i32,
+    /// Of the added pods, how many come from the warm pool (the rest
+    /// cold-start).
+    pub from_warm: i32,
+    /// For people: the signal's value against its target, and the counts.
+    pub message: String,
+}
+
+/// More serving pods are wanted than are ready: the rest are starting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColdStart {
+    /// Serving pods wanted.
+    pub wanted: i32,
+    /// Ready pods that can serve (serving or warm, not draining).
+    pub ready: i32,
+}
+
+/// The autoscaler's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleDecision {
+    /// Serving and warm counts for the pool and the Deployment.
+    pub plan: ScalePlan,
+    /// Draining pods that stay in the Deployment this pass (the
+    /// Deployment's size is `plan.total() + draining`).
+    pub draining: i32,
+    /// The pod that leaves rotation this pass (label → draining).
+    pub drain: Option<String>,
+    /// Draining pods removed this pass: their Deployment no longer counts
+    /// them, and their pod-deletion-cost makes the ReplicaSet remove
+    /// exactly them.
+    pub remove: Vec<String>,
+    /// `status.autoscaling` to store.
+    pub memory: AutoscalingStatus,
+    /// Why signals could not be used, when they could not (the
+    /// `MetricsUnavailable` condition): the count holds.
+    pub metrics_unavailable: Option<String>,
+    /// Serving pods wanted but not ready yet (`CapacityColdStarting`).
+    pub cold_start: Option<ColdStart>,
+    /// The change of this pass, if any.
+    pub event: Option<ScaleEvent>,
+    /// When a time-based decision (a scale-in, a removal) is due.
+    pub requeue_after: Option<Duration>,
+}
+
+impl ScaleDecision {
+    /// The Deployment's replica count: serving, warm and still-draining.
+    pub fn replicas(&self) -> i32 {
+        self.plan.total().saturating_add(self.draining)
+    }
+}
+
+/// One signal's reading against its target.
+struct Reading {
+    cause: Cause,
+    name: &'static str,
+    value: Option<f64>,
+    target: f64,
+    percent: bool,
+}
+
+impl Reading {
+    fn text(&self, v: f64) -> String {
+        if self.percent {
+            format!(
+                "{} {:.0}% against {:.0}%",
+                self.name,
+                v * 100.0,
+                self.target * 100.0
+            )
+        } else {
+            format!("{} {v:.2} against {:.2}", self.name, self.target)
+        }
+    }
+}
+
+fn readings(load: &Load, target_utilization: i32) -> [Reading; 3] {
+    let target = f64::from(target_utilization.clamp(1, 100)) / 100.0;
+    [
+        Reading {
+            cause: Cause::ExecutorUtilization,
+            name: "executor_utilization",
+            value: load.executor,
+            target,
+            percent: true,
+        },
+        Reading {
+            cause: Cause::KvCacheUsage,
+            name: "kv_cache_usage",
+            value: load.kv_cache,
+            target,
+            percent: true,
+        },
+        Reading {
+            cause: Cause::Queue,
+            name: "queue_waiting_per_pod",
+            value: load.queue_per_pod,
+            target: QUEUE_TARGET_PER_POD,
+            percent: false,
+        },
+    ]
+}
+
+/// Time from `since` to `now`; zero when `since` is ahead of `now`.
+fn since(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
+}
+
+/// What is left of `wait` after `from`, if anything.
+fn left(from: Timestamp, now: Timestamp, wait: Duration) -> Option<Duration> {
+    wait.checked_sub(since(from, now)).filter(|d| !d.is_zero())
+}
+
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The serving count to change to, before the scale-in window.
+enum Want {
+    /// Hold the current count (no data, or nothing to do).
+    Hold,
+    /// More pods, now.
+    Out { to: i32, cause: Cause, text: String },
+    /// Every signal is low: fewer pods would do once the window has passed.
+    Low { text: String },
+}
+
+/// Decides the serving count from the signals (see the module docs).
+pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
+    let b = Bounds::of(input.replicas);
+    let now = input.now;
+    let live: Vec<&PodState> = input.pods.iter().filter(|p| !p.terminating).collect();
+    let draining: Vec<&PodState> = live
+        .iter()
+        .copied()
+        .filter(|p| p.rotation == Some(Rotation::Draining))
+        .collect();
+    let others_ready = live
+        .iter()
+        .filter(|p| p.rotation != Some(Rotation::Draining))
+        .all(|p| p.ready);
+
+    // Draining pods: removed once out of rotation for the drain delay and
+    // nothing else of the revision is unready.
+    let mut remove = Vec::new();
+    let mut requeue = None;
+    for p in &draining {
+        let wait = p
+            .draining_since
+            .and_then(|t| left(t, now, input.drain_delay));
+        if wait.is_none() && others_ready {
+            remove.push(p.name.clone());
+        }
+        requeue = earliest(requeue, wait);
+    }
+    let draining_kept = i32::try_from(draining.len() - remove.len()).unwrap_or(i32::MAX);
+
+    let current = input.memory.serving.unwrap_or(b.min).clamp(b.min, b.max);
+    let mut memory = AutoscalingStatus {
+        serving: Some(current),
+        ..input.memory.clone()
+    };
+    let mut metrics_unavailable = None;
+    let mut event = None;
+    let mut drain = None;
+    let mut serving = current;
+
+    let enabled = b.max > b.min;
+    let want = if !enabled {
+        // No range to scale in: the bounds are the plan.
+        Want::Hold
+    } else {
+        match input.signals {
+            Signals::Unavailable(why) => {
+                metrics_unavailable = Some(why.clone());
+                Want::Hold
+            }
+            Signals::Fresh(load) => {
+                let (want, missing) =
+                    from_load(load, input.autoscaling.target_utilization, current, b);
+                if !missing.is_empty() {
+                    let held = if matches!(want, Want::Out { .. }) {
+                        "scale-in held"
+                    } else {
+                        "scaling held"
+                    };
+                    metrics_unavailable =
+                        Some(format!("no data for {}: {held}", missing.join(", ")));
+                }
+                want
+            }
+        }
+    };
+
+    let stored = input.memory.serving;
+    match want {
+        Want::Out { to, cause, text } => {
+            serving = to;
+            let ready_warm = count(
+                live.iter()
+                    .filter(|p| p.ready && p.rotation == Some(Rotation::Warm)),
+            );
+            let from_warm = ready_warm.min(to - current);
+            let message = format!(
+                "{text}: serving {current} -> {to} ({from_warm} from the warm pool, {} cold-starting)",
+                to - current - from_warm
+            );
+            memory.low_since = None;
+            memory.last_scale_at = Some(Time(now));
+            memory.last_scale_reason = Some(message.clone());
+            event = Some(ScaleEvent {
+                direction: Direction::Out,
+                cause,
+                from: current,
+                to,
+                from_warm,
+                message,
+            });
+        }
+        Want::Low { text } => {
+            let low_since = input.memory.low_since.as_ref().map_or(now, |t| t.0);
+            let wait = left(low_since, now, input.autoscaling.scale_in_after.get());
+            let victim = (wait.is_none() && draining.is_empty())
+                .then(|| victim(&live))
+                .flatten();
+            match victim {
+                Some(v) => {
+                    serving = current - 1;
+                    let message = format!(
+                        "{text} for {}: serving {current} -> {serving} ({v} drains)",
+                        humantime::format_duration(input.autoscaling.scale_in_after.get())
+                    );
+                    // The window starts again: one pod per window.
+                    memory.low_since = None;
+                    memory.last_scale_at = Some(Time(now));
+                    memory.last_scale_reason = Some(message.clone());
+                    event = Some(ScaleEvent {
+                        direction: Direction::In,
+                        cause: Cause::LowUtilization,
+                        from: current,
+                        to: serving,
+                        from_warm: 0,
+                        message,
+                    });
+                    drain = Some(v);
+                }
+                None => {
+                    memory.low_since = Some(Time(low_since));
+                    requeue = earliest(requeue, wait);
+                }
+            }
+        }
+        Want::Hold => {
+            memory.low_since = None;
+            // A bounds change moves a stored count into `[min, max]` at
+            // once; that is a scale event too.
+            if let Some(before) = stored.filter(|s| *s != current) {
+                let direction = if current > before {
+                    Direction::Out
+                } else {
+                    Direction::In
+                };
+                let message = format!(
+                    "replicas.min/max are {}/{}: serving {before} -> {current}",
+                    b.min, b.max
+                );
+                memory.last_scale_at = Some(Time(now));
+                memory.last_scale_reason = Some(message.clone());
+                event = Some(ScaleEvent {
+                    direction,
+                    cause: Cause::Bounds,
+                    from: before,
+                    to: current,
+                    from_warm: 0,
+                    message,
+                });
+            }
+        }
+    }
+    // Without a range there is nothing to remember: status stays as it
+    // was before autoscaling existed.
+    memory.serving = enabled.then_some(serving);
+
+    let ready = count(live.iter().filter(|p| {
+        p.ready && p.rotation != Some(Rotation::Draining) && drain.as_deref() != Some(&p.name)
+    }));
+    let cold_start = (enabled && serving > ready).then_some(ColdStart {
+        wanted: serving,
+        ready,
+    });
+    let draining_kept = draining_kept + i32::from(drain.is_some());
+    ScaleDecision {
+        plan: ScalePlan {
+            serving,
+            warm: b.warm,
+        },
+        draining: draining_kept,
+        drain,
+        remove,
+        memory,
+        metrics_unavailable,
+        cold_start,
+        event,
+        requeue_after: requeue,
+    }
+}
+
+/// The serving count the readings ask for, and the signals with no data.
+fn from_load(
+    load: &Load,
+    target_utilization: i32,
+    current: i32,
+    b: Bounds,
+) -> (Want, Vec<&'static str>) {
+    let readings = readings(load, target_utilization);
+    let missing: Vec<&'static str> = readings
+        .iter()
+        .filter(|r| r.value.is_none())
+        .map(|r| r.name)
+        .collect();
+    // The highest answer; the first signal wins ties (utilisation first).
+    let mut best: Option<(i32, &Reading, f64)> = None;
+    for r in &readings {
+        let Some(v) = r.value else { continue };
+        let d = rule::desired(current, v, r.target);
+        if best.is_none_or(|(bd, _, _)| d > bd) {
+            best = Some((d, r, v));
+        }
+    }
+    let Some((desired, reading, value)) = best else {
+        return (Want::Hold, missing);
+    };
+    let to = desired.clamp(b.min, b.max);
+    let want = if to > current {
+        Want::Out {
+            to,
+            cause: reading.cause,
+            text: reading.text(value),
+        }
+    } else if missing.is_empty()
+        && current > b.min
+        && readings.iter().all(|r| {
+            r.value
+                .is_some_and(|v| rule::band(v, r.target) == rule::Band::Low)
+        })
+        && to < current
+    {
+        let text = readings
+            .iter()
+            .filter_map(|r| r.value.map(|v| r.text(v)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Want::Low {
+            text: format!("low ({text})"),
+        }
+    } else {
+        Want::Hold
+    };
+    (want, missing)
+}
+
+/// The serving pod that leaves on a scale-in: ready, in rotation, the
+/// least loaded; pods with no known load count as more loaded than any
+/// known one; ties go to the last by name (the pool keeps serving pods by
+/// name, so the others stay where they are).
+fn victim(live: &[&PodState]) -> Option<String> {
+    live.iter()
+        .filter(|p| p.ready && p.rotation == Some(Rotation::Serving))
+        .min_by(|a, b| {
+            let load = |p: &PodState| p.load.filter(|v| v.is_finite());
+            match (load(a), load(b)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            }
+            .then_with(|| b.name.cmp(&a.name))
+        })
+        .map(|p| p.name.clone())
+}
+
+fn count<T>(it: impl Iterator<Item = T>) -> i32 {
+    i32::try_from(it.count()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests;
