@@ -195,7 +195,13 @@ impl LocalCluster {
                 pki.sa_key.display()
             ),
             format!("--root-ca-file={}", pki.ca_cert.display()),
-            "--controllers=*".into(),
+            // The local node gives pods loopback IPs (127.0.0.0/8), which the
+            // API server refuses in Endpoints and EndpointSlices by design; the
+            // three endpoint controllers would retry forever and fill
+            // `kubectl get events` with FailedToUpdateEndpoint warnings.
+            // Nothing in Steward reads them (the router watches pods), so they
+            // are off here and only here; real clusters keep them.
+            "--controllers=*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller".into(),
             "--kube-api-qps=200".into(),
             "--kube-api-burst=400".into(),
             "--concurrent-deployment-syncs=10".into(),

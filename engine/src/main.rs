@@ -44,13 +44,11 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::MakeModel { .. } => None,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    steward_telemetry::init_logging(
+        "info",
+        steward_telemetry::LogFormat::Text,
+        steward_telemetry::LogStream::Stderr,
+    );
     if let Some(e) = reexec_error {
         tracing::warn!(error = %e, "could not re-execute to set OMP_WAIT_POLICY; keeping the inherited policy");
     }

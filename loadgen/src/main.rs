@@ -9,13 +9,11 @@ use steward_loadgen::driver;
 use steward_loadgen::report::Report;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    steward_telemetry::init_logging(
+        "warn",
+        steward_telemetry::LogFormat::Text,
+        steward_telemetry::LogStream::Stderr,
+    );
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))

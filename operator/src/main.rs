@@ -8,20 +8,17 @@ use steward_operator::config::Cli;
 use steward_operator::leader::LeaseConfig;
 use steward_operator::metrics::Metrics;
 use steward_operator::run::{run, RunConfig};
+use steward_telemetry::{init_logging, shutdown_signal, LogFormat, LogStream};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if cli.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
+    let format = if cli.log_json {
+        LogFormat::Json
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+        LogFormat::Text
+    };
+    init_logging("info", format, LogStream::Stdout);
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client (KUBECONFIG or in-cluster)")?;
@@ -42,15 +39,7 @@ async fn main() -> anyhow::Result<()> {
         lease,
     };
     let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        shutdown_signal().await;
     };
     run(client, cfg, Arc::new(Metrics::new()), shutdown)
         .await

@@ -7,7 +7,6 @@ use steward_router::discovery::{self, static_routes, DiscoveryConfig};
 use steward_router::index::SharedIndex;
 use steward_router::serve::{serve, DrainReport, ShutdownHandle};
 use steward_router::server::{serve_parts, RouterState};
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc: the proxy allocates small, short-lived buffers per request;
 /// glibc malloc's consolidation showed up at ~10% of CPU under load.
@@ -16,14 +15,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match cli.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
+    let format = match cli.log_format {
+        LogFormat::Json => steward_telemetry::LogFormat::Json,
+        LogFormat::Text => steward_telemetry::LogFormat::Text,
+    };
+    steward_telemetry::init_logging("info", format, steward_telemetry::LogStream::Stdout);
     let workers = cli
         .server
         .workers
@@ -91,7 +87,7 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                shutdown_signal().await;
+                steward_telemetry::shutdown_signal().await;
                 shutdown.trigger();
             }
         });
@@ -135,20 +131,4 @@ fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     socket
         .listen(1024)
         .with_context(|| format!("listening on {addr}"))
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("termination signal received");
 }

@@ -56,12 +56,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    steward_telemetry::init_logging(
+        "info,kube=warn",
+        steward_telemetry::LogFormat::Text,
+        steward_telemetry::LogStream::Stdout,
+    );
     let args = Args::parse();
     std::fs::create_dir_all(&args.log_dir)?;
     let client = steward_e2e::client_from_kubeconfig(&args.kubeconfig).await?;
@@ -90,15 +89,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        steward_telemetry::shutdown_signal().await;
         let _ = tx.send(());
     });
     agent::run(client, spec, wcfg, rx).await

@@ -259,6 +259,20 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
     println!("  export KUBECONFIG={}", kubeconfig.display());
+    // The kubectl built into the cache (and the `kubectl steward` plugin)
+    // first on PATH, so an older kubectl on the machine is not used silently.
+    let mut path_dirs: Vec<String> = Vec::new();
+    for found in [find_tool("kubectl"), workspace_bin("kubectl-steward")] {
+        if let Some(dir) = found.ok().as_deref().and_then(Path::parent) {
+            let dir = dir.display().to_string();
+            if !path_dirs.contains(&dir) {
+                path_dirs.push(dir);
+            }
+        }
+    }
+    if !path_dirs.is_empty() {
+        println!("  export PATH={}:$PATH", path_dirs.join(":"));
+    }
     println!("  kubectl get nodes,pods -A");
     println!("  kubectl get llmsvc -w");
     println!(
@@ -271,6 +285,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  pod logs:       {}/<namespace>_<pod>_<uid>/<container>.log",
         node.log_dir().display()
+    );
+    println!(
+        "  (pods get loopback IPs on this local node, so Services have no Endpoints here; \
+         the router finds pods itself)"
     );
     println!("Ctrl-C stops everything.");
 
