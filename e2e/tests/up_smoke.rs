@@ -110,6 +110,33 @@ async fn up_serves_the_sample_through_the_router_and_stops_cleanly_on_ctrl_c() {
     .await;
     assert!(scraped.is_ok(), "Prometheus never scraped the engine pod");
 
+    // The sample's `resources.cpu: "1"` reaches the engine through the
+    // downward API (STEWARD_CPU_LIMIT), and the engine sizes libtorch's pool
+    // from it: one thread, not the node's cores.
+    let threads = eventually(Duration::from_secs(30), || {
+        let http = http.clone();
+        let prom = prom.clone();
+        async move {
+            let v: serde_json::Value = http
+                .get(format!("http://{prom}/api/v1/query"))
+                .query(&[("query", "steward_engine_torch_threads{service=\"chat\"}")])
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let r = v["data"]["result"].as_array()?.first()?.clone();
+            r["value"][1].as_str().map(str::to_owned)
+        }
+    })
+    .await;
+    assert_eq!(
+        threads.ok().as_deref(),
+        Some("1"),
+        "the engine did not take its thread count from resources.cpu"
+    );
+
     // A component that dies is reported (issue 13: the operator panicked
     // under `./dev up` and nothing said so).
     let log_text = up_log();

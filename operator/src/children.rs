@@ -13,7 +13,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
     ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    ResourceFieldSelector, ResourceRequirements, Service, ServicePort, ServiceSpec, SleepAction,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -167,6 +168,37 @@ pub fn engine_args(spec: &InferenceServiceSpec, model_path: &str) -> Vec<String>
     args
 }
 
+/// The engine's environment: its pod IP, and with a CPU limit the limit
+/// itself (downward API), from which the engine sizes its thread pools.
+fn engine_env(cpu_limited: bool) -> Vec<EnvVar> {
+    let mut env = vec![EnvVar {
+        name: "POD_IP".to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    }];
+    if cpu_limited {
+        env.push(EnvVar {
+            name: "STEWARD_CPU_LIMIT".to_owned(),
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    container_name: Some(ENGINE_CONTAINER.to_owned()),
+                    resource: "limits.cpu".to_owned(),
+                    divisor: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            value: None,
+        });
+    }
+    env
+}
+
 fn http_probe(path: &str, period: i32, failure: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -258,17 +290,9 @@ pub fn pod_template(
         image_pull_policy: e.image_pull_policy.map(|p| p.as_str().to_owned()),
         command: Some(vec![cfg.engine_command.clone()]),
         args: Some(engine_args(spec, &location.path)),
-        env: Some(vec![EnvVar {
-            name: "POD_IP".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".to_owned(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-            value: None,
-        }]),
+        env: Some(engine_env(
+            e.resources.as_ref().is_some_and(|r| r.cpu.is_some()),
+        )),
         ports: Some(vec![ContainerPort {
             name: Some(HTTP_PORT_NAME.to_owned()),
             container_port: e.port,
@@ -524,6 +548,34 @@ mod tests {
         .unwrap();
         let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
         assert!(c.resources.is_none());
+        let env = c.env.as_ref().unwrap();
+        assert!(env.iter().all(|e| e.name != "STEWARD_CPU_LIMIT"));
+    }
+
+    #[test]
+    fn cpu_limit_reaches_the_engine_through_the_downward_api() {
+        let d = revision_deployment(
+            &parent(),
+            &spec("engine: { gpus: 0, resources: { cpu: 500m } }"),
+            "r",
+            1,
+            &TemplateConfig::default(),
+        )
+        .unwrap();
+        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        let env = c.env.as_ref().unwrap();
+        let cpu = env
+            .iter()
+            .find(|e| e.name == "STEWARD_CPU_LIMIT")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.resource_field_ref.as_ref())
+            .expect("STEWARD_CPU_LIMIT from a resourceFieldRef");
+        assert_eq!(cpu.resource, "limits.cpu");
+        assert_eq!(cpu.container_name.as_deref(), Some(ENGINE_CONTAINER));
+        assert_eq!(
+            c.resources.as_ref().unwrap().limits.as_ref().unwrap()["cpu"].0,
+            "500m"
+        );
     }
 
     #[test]
