@@ -90,22 +90,9 @@ async fn up_serves_the_sample_through_the_router_and_stops_cleanly_on_ctrl_c() {
     .expect("a completion through the router");
     assert_eq!(body["usage"]["completion_tokens"], 8);
 
-    let scraped = eventually(Duration::from_secs(60), || {
-        let http = http.clone();
-        let prom = prom.clone();
-        async move {
-            let v: serde_json::Value = http
-                .get(format!("http://{prom}/api/v1/query"))
-                .query(&[("query", "up{service=\"chat\",rotation=\"serving\"}")])
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let r = v["data"]["result"].as_array()?.first()?.clone();
-            (r["value"][1] == "1").then_some(r)
-        }
+    let scraped = eventually(Duration::from_secs(60), || async {
+        let up = first_sample(&http, &prom, "up{service=\"chat\",rotation=\"serving\"}");
+        up.await.filter(|v| v == "1")
     })
     .await;
     assert!(scraped.is_ok(), "Prometheus never scraped the engine pod");
@@ -114,21 +101,11 @@ async fn up_serves_the_sample_through_the_router_and_stops_cleanly_on_ctrl_c() {
     // downward API (STEWARD_CPU_LIMIT), and the engine sizes libtorch's pool
     // from it: one thread, not the node's cores.
     let threads = eventually(Duration::from_secs(30), || {
-        let http = http.clone();
-        let prom = prom.clone();
-        async move {
-            let v: serde_json::Value = http
-                .get(format!("http://{prom}/api/v1/query"))
-                .query(&[("query", "steward_engine_torch_threads{service=\"chat\"}")])
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let r = v["data"]["result"].as_array()?.first()?.clone();
-            r["value"][1].as_str().map(str::to_owned)
-        }
+        first_sample(
+            &http,
+            &prom,
+            "steward_engine_torch_threads{service=\"chat\"}",
+        )
     })
     .await;
     assert_eq!(
@@ -187,4 +164,20 @@ async fn up_serves_the_sample_through_the_router_and_stops_cleanly_on_ctrl_c() {
         .expect("pgrep");
     let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(left.is_empty(), "processes left behind: {left}");
+}
+
+/// The value of the first series an instant query returns, as Prometheus
+/// writes it ("1", "0.25"); `None` while there is none or on any error.
+async fn first_sample(http: &reqwest::Client, prom: &str, query: &str) -> Option<String> {
+    let v: serde_json::Value = http
+        .get(format!("http://{prom}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let r = v["data"]["result"].as_array()?.first()?.clone();
+    r["value"][1].as_str().map(str::to_owned)
 }
