@@ -57,7 +57,7 @@ pub struct WriteArgs {
 pub struct PrometheusArgs {
     /// Prometheus base URL (e.g. http://prometheus.monitoring:9090). Unset:
     /// signals are unavailable (alarms read NoData, never zero).
-    #[arg(long, env = "STEWARD_PROMETHEUS_URL")]
+    #[arg(long, env = "STEWARD_PROMETHEUS_URL", value_parser = http_url)]
     pub prometheus_url: Option<String>,
     /// Limit of one Prometheus query (also capped at the analysis interval).
     #[arg(long, env = "STEWARD_PROMETHEUS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -73,9 +73,36 @@ pub struct PrometheusArgs {
         default_value = "docs/runbooks/"
     )]
     pub runbook_base_url: String,
+    /// Own a PrometheusRule (SLO alerts) per InferenceService where the
+    /// prometheus-operator API exists.
+    #[arg(long, env = "STEWARD_PROMETHEUS_RULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prometheus_rules: bool,
+}
+
+/// An `http://` or `https://` address with a host.
+fn http_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("{s:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 impl PrometheusArgs {
+    /// The signal settings of the controller.
+    pub fn signals(&self) -> crate::controller::SignalsConfig {
+        crate::controller::SignalsConfig {
+            prometheus: self.config(),
+            prometheus_rules: self.prometheus_rules,
+            rules: crate::rules::RuleOptions {
+                runbook_base: self.runbook_base_url.clone(),
+            },
+        }
+    }
+
     /// The client settings, when an address is configured.
     pub fn config(&self) -> Option<crate::controller::prometheus::PrometheusConfig> {
         self.prometheus_url
@@ -149,6 +176,7 @@ impl Cli {
             write_timeout: self.writes.write_timeout,
             handoff: self.writes.traffic_handoff,
             quality: QualityRunnerConfig::from(&self.quality),
+            signals: self.prometheus.signals(),
             ..OperatorConfig::default()
         }
     }
@@ -175,5 +203,29 @@ mod tests {
         .unwrap();
         assert!(!cli.leader.leader_elect);
         assert_eq!(cli.operator_config().namespace.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn prometheus_address_is_checked_and_unset_means_no_signals() {
+        let cli = Cli::try_parse_from(["steward-operator"]).unwrap();
+        assert!(cli.operator_config().signals.prometheus.is_none());
+        assert!(cli.operator_config().signals.prometheus_rules);
+        let cli = Cli::try_parse_from([
+            "steward-operator",
+            "--prometheus-url",
+            "http://prometheus.monitoring:9090/",
+            "--prometheus-timeout",
+            "3s",
+        ])
+        .unwrap();
+        let p = cli.operator_config().signals.prometheus.unwrap();
+        assert_eq!(p.url, "http://prometheus.monitoring:9090");
+        assert_eq!(p.timeout, Duration::from_secs(3));
+        for bad in ["prometheus:9090", "http://", "ftp://x"] {
+            let err = Cli::try_parse_from(["steward-operator", "--prometheus-url", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("prometheus-url"), "{bad}: {err}");
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! One pass's decisions, composed into the state the object should have.
 //!
-//! Pure: from the spec and what is observed (children and stored status)
-//! it runs `autoscale` (serving and warm counts) → `rollout` (revisions,
-//! sizes, traffic, memory) → `pool` (rotation labels) → `status` (the value)
-//! → `children` (the objects) → `events` (what people are told), and
+//! Pure: from the spec, what is observed (children and stored status) and
+//! the latest signal snapshot it runs `autoscale` (serving and warm counts)
+//! → `alarm` (a verdict per revision, `status.alarms`, the signal
+//! conditions) → `rollout` (revisions, sizes, traffic, memory; it gets the
+//! verdicts) → `pool` (rotation labels) → `status` (the value) →
+//! `children` (the objects) → `events` (what people are told), and
 //! returns a [`Desired`] that `plan::plan_writes` compares with what is
 //! observed. The controller only gathers the inputs and executes the plan.
 
@@ -15,6 +17,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use crate::alarm::{self, AnalysisInput, Targets};
 use crate::autoscale::{self, ScaleInput};
 use crate::children::{self, Parent, TemplateConfig, UnsupportedUri};
 use crate::crd::{InferenceServiceSpec, InferenceServiceStatus, QualityStatus};
@@ -25,6 +28,7 @@ use crate::reason::Reason;
 use crate::revision::revision_of;
 use crate::rollout::manual::{self, ManualControl};
 use crate::rollout::{self, Decision, Progress, QualityVerdict, RolloutInput};
+use crate::signals::{Latest, Reading};
 use crate::status::{self, StatusInput};
 
 /// What one pass starts from.
@@ -50,6 +54,14 @@ pub struct PassInput<'a> {
     pub quality: &'a QualityVerdict,
     /// The quality gate's results of this pass, for `status.quality`.
     pub quality_status: Option<QualityStatus>,
+    /// What the object's signal poller covers (`alarm::targets` of this
+    /// spec and observation).
+    pub targets: &'a Targets,
+    /// The poller's latest snapshot (`Latest::NotConfigured` without a
+    /// Prometheus).
+    pub signals: &'a Latest,
+    /// Readings supplied by other parts (the quality gate, later), by leaf.
+    pub external: &'a BTreeMap<String, Reading>,
 }
 
 /// One revision's Deployment as it should be.
@@ -99,6 +111,18 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
     let scale = autoscale::decide(&ScaleInput {
         replicas: &input.spec.replicas,
     });
+    // Judge against the stable revision that holds the traffic now (the
+    // baseline of relative leaves), before the rollout decides.
+    let analysis = alarm::analyse(&AnalysisInput {
+        spec: input.spec,
+        targets: input.targets,
+        stable: obs.status.stable_revision.as_deref(),
+        signals: input.signals,
+        external: input.external,
+        previous: &obs.status,
+        generation: input.generation,
+        now: input.now,
+    });
     let plan = rollout::decide(&RolloutInput {
         target: &target,
         scale,
@@ -107,14 +131,16 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         handoff: input.handoff,
         manual: input.manual,
         quality: input.quality,
+        verdicts: &analysis.verdicts,
     });
-    let status = status::compute(&StatusInput {
+    let mut status = status::compute(&StatusInput {
         plan: &plan,
         observed: obs,
         generation: input.generation,
         now: Time(input.now),
         quality: input.quality_status.clone(),
     });
+    analysis.write_into(&mut status);
     let rotation = plan
         .revisions
         .iter()
@@ -147,6 +173,7 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
     let mut notes = events::for_manual(input.manual);
     notes.extend(events::for_decisions(&plan.decisions));
     notes.extend(events::for_transitions(&transitions));
+    notes.extend(events::for_alarms(&analysis.transitions));
     // A promotion asked for before the target is ready waits for it with
     // its annotation in place.
     let consumed = input
@@ -175,6 +202,6 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         consumed,
         rollbacks,
         settled: plan.progress == Progress::Settled,
-        requeue_after: plan.requeue_after,
+        requeue_after: rollout::earliest(plan.requeue_after, analysis.requeue_after),
     })
 }

@@ -2,6 +2,7 @@
 //! shows them, built as values. Only a change makes one, so a converged
 //! object publishes none; the controller publishes them last in a pass.
 
+use crate::alarm;
 use crate::reason::Reason;
 use crate::rollout::manual::{self, Action, ManualControl};
 use crate::rollout::Decision;
@@ -145,6 +146,41 @@ pub fn for_transitions(transitions: &[Transition]) -> Vec<Note> {
         .collect()
 }
 
+/// Events for alarm leaves that started or stopped firing: a Warning
+/// naming the revision, the leaf, its value and threshold; when it stops,
+/// what it is now (Ok, or unknown when its signal went away).
+pub fn for_alarms(transitions: &[alarm::Transition]) -> Vec<Note> {
+    transitions
+        .iter()
+        .map(|t| {
+            let value = t.value.as_deref().unwrap_or("no value");
+            let threshold = t.threshold.as_deref().unwrap_or("its threshold");
+            if t.firing {
+                Note {
+                    severity: Severity::Warning,
+                    reason: Reason::AlarmFiring,
+                    action: "Analyse",
+                    message: format!(
+                        "revision {}: {} is firing: {value} (threshold {threshold})",
+                        t.revision, t.node
+                    ),
+                }
+            } else {
+                normal(
+                    Reason::AlarmResolved,
+                    "Analyse",
+                    format!(
+                        "revision {}: {} stopped firing; now {} ({value})",
+                        t.revision,
+                        t.node,
+                        t.state.as_str()
+                    ),
+                )
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +233,40 @@ mod tests {
         assert_eq!(events[1].message, "Unschedulable: no gpu");
         let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(reasons, ["Ready", "Degraded", "Recovered"]);
+    }
+
+    #[test]
+    fn a_leaf_that_starts_firing_is_a_warning_and_one_that_stops_says_what_it_is_now() {
+        let t = [
+            alarm::Transition {
+                revision: "b".into(),
+                node: "ttftP99".into(),
+                firing: true,
+                state: alarm::State::Firing,
+                value: Some("1.02s".into()),
+                threshold: Some("> 600ms".into()),
+            },
+            alarm::Transition {
+                revision: "b".into(),
+                node: "ttftP99".into(),
+                firing: false,
+                state: alarm::State::NoData,
+                value: None,
+                threshold: Some("> 600ms".into()),
+            },
+        ];
+        let e = for_alarms(&t);
+        assert_eq!(e[0].severity, Severity::Warning);
+        assert_eq!(e[0].reason, Reason::AlarmFiring);
+        assert_eq!(
+            e[0].message,
+            "revision b: ttftP99 is firing: 1.02s (threshold > 600ms)"
+        );
+        assert_eq!(e[1].severity, Severity::Normal);
+        assert_eq!(e[1].reason, Reason::AlarmResolved);
+        assert_eq!(
+            e[1].message,
+            "revision b: ttftP99 stopped firing; now NoData (no value)"
+        );
     }
 }

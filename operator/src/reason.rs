@@ -78,6 +78,10 @@ pub enum Reason {
     Degraded,
     /// The Degraded condition turned false again.
     Recovered,
+    /// An alarm leaf of a revision started firing.
+    AlarmFiring,
+    /// An alarm leaf of a revision stopped firing.
+    AlarmResolved,
 
     // Reconcile errors.
     /// A write was refused or failed.
@@ -130,6 +134,8 @@ impl Reason {
             Reason::Ready => "Ready",
             Reason::Degraded => "Degraded",
             Reason::Recovered => "Recovered",
+            Reason::AlarmFiring => "AlarmFiring",
+            Reason::AlarmResolved => "AlarmResolved",
             Reason::WriteFailed => "WriteFailed",
             Reason::WriteTimedOut => "WriteTimedOut",
             Reason::IncompleteObject => "IncompleteObject",
@@ -167,6 +173,8 @@ mod tests {
             Reason::CachesNotReady,
             Reason::Panicked,
             Reason::InvalidSpec,
+            Reason::AlarmFiring,
+            Reason::AlarmResolved,
         ] {
             assert_eq!(r.as_str(), format!("{r:?}"));
         }

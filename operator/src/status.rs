@@ -423,6 +423,7 @@ mod tests {
             handoff: Duration::ZERO,
             manual: &ManualControl::default(),
             quality: &QualityVerdict::NotConfigured,
+            verdicts: &std::collections::BTreeMap::new(),
         });
         compute(&StatusInput {
             plan: &plan,

@@ -66,6 +66,8 @@ pub struct Transition {
     pub node: String,
     /// True: started firing; false: stopped.
     pub firing: bool,
+    /// The state it is in now (`Firing`, or what it fell back to).
+    pub state: State,
     /// Its value now.
     pub value: Option<String>,
     /// Its threshold.
@@ -206,6 +208,7 @@ pub fn judge(input: &JudgeInput<'_>) -> Judgement {
                     revision: rev.clone(),
                     node: n.name.clone(),
                     firing: is_firing,
+                    state: n.state,
                     value: n.value.clone(),
                     threshold: n.threshold.clone(),
                 });
@@ -323,6 +326,7 @@ mod tests {
                 revision: "b".into(),
                 node: "ttftP99".into(),
                 firing: true,
+                state: State::Firing,
                 value: Some("1.5s".into()),
                 threshold: Some("> 800ms".into())
             }]

@@ -6,6 +6,10 @@
 //! `spec.slo`) → [`evaluate`] over a [`crate::signals::Latest`] snapshot →
 //! [`Evaluation`] (a [`Verdict`], every reported node's state for
 //! `status.alarms`, and the [`Memory`] to keep for the next pass).
+//! [`judge`] does that for every revision of one object; [`analyse`] (in
+//! `pass`) shapes it for status, conditions, events, the rollout decision
+//! and the next requeue, and [`targets`] says what the signal poller should
+//! cover.
 //!
 //! Invariants:
 //! - Unknown is never Ok and never Firing. A leaf without a conclusive
@@ -24,6 +28,7 @@
 mod compile;
 mod evaluate;
 mod judge;
+mod pass;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +42,7 @@ pub use evaluate::{evaluate, EvalInput};
 pub use judge::{
     judge, CondValue, JudgeInput, Judgement, Transition, ALARM_INVALID, SIGNALS_UNAVAILABLE,
 };
+pub use pass::{analyse, targets, Analysis, AnalysisInput, Targets};
 
 /// The evaluable alarm tree of one InferenceService.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,10 +1,14 @@
 //! The I/O layer: watches, the reconcile pass, and the writes.
 //!
-//! One reconcile = observe (from reflector stores, no API reads) → decide
+//! One reconcile = observe (from reflector stores, no API reads, and the
+//! latest signal snapshot kept by the object's poller) → decide
 //! (`desired::desired` and `plan::plan_writes`, pure) → execute the planned
-//! writes in their order, each with a timeout (`writes`). A failed pass is
-//! retried with per-object exponential back-off (`backoff`). This module
-//! wires the watches and the controller; `reconcile` holds the pass itself.
+//! writes in their order, each with a timeout (`writes`), then the
+//! object's PrometheusRule (`rules`). A failed pass is retried with
+//! per-object exponential back-off (`backoff`). This module wires the
+//! watches, the signal pollers (whose snapshot changes wake the object
+//! through `reconcile_on`) and the controller; `reconcile` holds the pass
+//! itself.
 
 mod backoff;
 pub mod poller;
@@ -30,11 +34,15 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, error, instrument, warn};
 
 use self::backoff::Backoff;
+use self::poller::Pollers;
+use self::prometheus::{Prometheus, PrometheusConfig};
 use self::quality::{QualityRunner, QualityRunnerConfig};
+use self::rules::RuleWriter;
 use crate::children::{TemplateConfig, UnsupportedUri, MANAGED_BY};
 use crate::crd::{labels, UncheckedInferenceService};
 use crate::metrics::Metrics;
 use crate::reason::Reason;
+use crate::rules::RuleOptions;
 
 /// The one field manager of every write.
 pub const FIELD_MANAGER: &str = "steward-operator";
@@ -122,6 +130,31 @@ pub struct OperatorConfig {
     pub backoff_max: Duration,
     /// The golden-set runner's bounds.
     pub quality: QualityRunnerConfig,
+    /// Where signals come from and whether alert rules are written.
+    pub signals: SignalsConfig,
+}
+
+/// Signals and SLO alert rules.
+#[derive(Clone, Debug)]
+pub struct SignalsConfig {
+    /// The Prometheus to query; `None`: signals unavailable (every alarm
+    /// reads NoData, the objects get `SignalsUnavailable`).
+    pub prometheus: Option<PrometheusConfig>,
+    /// Write a PrometheusRule per InferenceService where the
+    /// prometheus-operator API exists.
+    pub prometheus_rules: bool,
+    /// Settings of the generated rules.
+    pub rules: RuleOptions,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            prometheus: None,
+            prometheus_rules: true,
+            rules: RuleOptions::default(),
+        }
+    }
 }
 
 impl Default for OperatorConfig {
@@ -138,6 +171,7 @@ impl Default for OperatorConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             quality: QualityRunnerConfig::default(),
+            signals: SignalsConfig::default(),
         }
     }
 }
@@ -153,6 +187,11 @@ pub struct Context {
     pub(crate) services: Store<Service>,
     pub(crate) backoff: Backoff,
     pub(crate) quality: QualityRunner,
+    /// The controller's own store of InferenceServices (a poller ends when
+    /// its object leaves it).
+    pub(crate) objects: Store<UncheckedInferenceService>,
+    pub(crate) pollers: Arc<Pollers>,
+    pub(crate) rules: RuleWriter,
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -205,6 +244,20 @@ pub async fn run(
             return;
         }
     };
+    let prometheus = cfg.signals.prometheus.as_ref().and_then(|p| {
+        Prometheus::new(p, metrics.clone())
+            .map(Arc::new)
+            .map_err(|e| error!(error = %e, "signals unavailable: bad Prometheus address"))
+            .ok()
+    });
+    let (pollers, wake) = Pollers::new(prometheus, metrics.clone());
+    let wake = futures::stream::unfold(wake, |mut rx| async move {
+        rx.recv().await.map(|key| (key, rx))
+    });
+    let controller = Controller::new(
+        api::<UncheckedInferenceService>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -215,6 +268,9 @@ pub async fn run(
         services,
         backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max),
         quality,
+        objects: controller.store(),
+        pollers,
+        rules: RuleWriter::new(cfg.signals.prometheus_rules),
     });
     let map_by_label = |meta: &kube::api::ObjectMeta| {
         let name = meta.labels.as_ref()?.get(labels::SERVICE)?.clone();
@@ -223,23 +279,21 @@ pub async fn run(
     };
     // The raw form: one object that does not parse must not fail the
     // watch of all of them (crd::check).
-    Controller::new(
-        api::<UncheckedInferenceService>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns_stream(dep_stream)
-    .owns_stream(svc_stream)
-    .watches_stream(pod_stream, move |pod: Pod| map_by_label(&pod.metadata))
-    .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => debug!(object = %obj, "reconciled"),
-            Err(e) => debug!(error = %e, "reconcile failed"),
-        }
-    })
-    .await;
+    controller
+        .owns_stream(dep_stream)
+        .owns_stream(svc_stream)
+        .watches_stream(pod_stream, move |pod: Pod| map_by_label(&pod.metadata))
+        .reconcile_on(wake)
+        .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
 }
 
 /// A failed pass is retried after a delay that doubles with each failure

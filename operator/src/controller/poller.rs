@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use super::prometheus::Prometheus;
-use crate::crd::InferenceService;
+use crate::crd::UncheckedInferenceService;
 use crate::metrics::Metrics;
 use crate::signals::promql::{self, Scope, Window};
 use crate::signals::{Latest, QueryError, QueryErrorKind, Reading, Series, Signal, Snapshot};
@@ -39,7 +39,9 @@ pub struct PollPlan {
     pub queries: Vec<(String, String)>,
 }
 
-type Key = ObjectRef<InferenceService>;
+// The controller watches the raw form (`crd::check`), so its store and
+// its wake-ups are keyed by it.
+type Key = ObjectRef<UncheckedInferenceService>;
 
 struct Entry {
     plan: watch::Sender<PollPlan>,
@@ -81,7 +83,7 @@ impl Pollers {
     /// Starts or updates the poller of `plan`'s object and returns its
     /// latest snapshot. `store` is the controller's store of
     /// InferenceServices; the poller ends when the object leaves it.
-    pub fn observe(&self, plan: PollPlan, store: &Store<InferenceService>) -> Latest {
+    pub fn observe(&self, plan: PollPlan, store: &Store<UncheckedInferenceService>) -> Latest {
         let Some(prom) = &self.prometheus else {
             return Latest::NotConfigured;
         };
@@ -129,7 +131,7 @@ struct Task {
     plan: watch::Receiver<PollPlan>,
     latest: watch::Sender<Latest>,
     wake: mpsc::Sender<Key>,
-    store: Store<InferenceService>,
+    store: Store<UncheckedInferenceService>,
     metrics: Arc<Metrics>,
 }
 

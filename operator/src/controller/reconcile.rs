@@ -1,7 +1,10 @@
-//! One reconcile pass over one InferenceService: observe from the stores,
-//! decide with the pure modules (`desired`, `plan`), then execute the
-//! planned writes in their order (see `plan` for why that order).
+//! One reconcile pass over one InferenceService: observe from the stores
+//! and the object's signal poller (started or updated here, never waited
+//! on), decide with the pure modules (`alarm::targets`, `desired`, `plan`),
+//! execute the planned writes in their order (see `plan` for why that
+//! order), then bring the object's PrometheusRule up to date.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +15,14 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::poller::PollPlan;
 use super::quality::{target_of, RunKey, RunRequest, RunState};
+use super::rules::RuleTarget;
 use super::writes;
 use super::{caches_ready, owned_by, Context, ReconcileError};
+use crate::alarm;
 use crate::children::Parent;
-use crate::crd::QualityStatus;
-use crate::crd::{labels, InferenceService};
+use crate::crd::{labels, InferenceService, QualityStatus};
 use crate::desired::{desired, PassInput};
 use crate::observe::Observed;
 use crate::plan::plan_writes;
@@ -79,6 +84,18 @@ pub(crate) async fn reconcile(
         },
     );
     let (quality, quality_status) = quality_gate(ctx, obj, &ns, &name, &observed, &pods);
+    // The signals of the revisions worth judging, from the object's poller.
+    let targets = alarm::targets(&obj.spec, &observed);
+    let signals = ctx.pollers.observe(
+        PollPlan {
+            namespace: ns.clone(),
+            name: name.clone(),
+            interval: targets.interval,
+            revisions: targets.revisions.clone(),
+            queries: targets.queries.clone(),
+        },
+        &ctx.objects,
+    );
 
     // Decide.
     let want = desired(&PassInput {
@@ -92,6 +109,9 @@ pub(crate) async fn reconcile(
         manual: &manual,
         quality: &quality,
         quality_status,
+        targets: &targets,
+        signals: &signals,
+        external: &BTreeMap::new(),
     })?;
     let plan = plan_writes(&want, &observed);
 
@@ -99,6 +119,17 @@ pub(crate) async fn reconcile(
     writes::execute(ctx, &ns, &name, &obj.object_ref(&()), plan).await?;
     for reason in &want.rollbacks {
         ctx.metrics.rolled_back(*reason);
+    }
+    // The SLO alert rules. A spec whose objectives do not compile has no
+    // rules; its AlarmQueryInvalid condition already says why.
+    if let Ok(file) = crate::rules::rule_file(&ns, &name, &obj.spec, &ctx.cfg.signals.rules) {
+        let target = RuleTarget {
+            name: &name,
+            namespace: &ns,
+            owner: &parent.owner,
+            file: &file,
+        };
+        writes::sync_rules(ctx, target).await?;
     }
 
     let next = if want.settled {

@@ -19,6 +19,7 @@ use kube::Resource;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::rules::RuleTarget;
 use super::{Context, ReconcileError, FIELD_MANAGER};
 use crate::crd::{labels, InferenceService};
 use crate::events::{Note, Severity};
@@ -118,6 +119,41 @@ pub(crate) async fn execute(
         }
     }
     Ok(())
+}
+
+/// Brings the object's PrometheusRule up to date (the writer probes the
+/// API and skips an unchanged rule), under the write timeout; it counts
+/// its own writes.
+pub(crate) async fn sync_rules(
+    ctx: &Context,
+    target: RuleTarget<'_>,
+) -> Result<(), ReconcileError> {
+    let (kind, verb) = ("PrometheusRule", "apply");
+    let name = format!("{}-slo", target.name);
+    let after = ctx.cfg.write_timeout;
+    match tokio::time::timeout(after, ctx.rules.sync(&ctx.client, &ctx.metrics, target)).await {
+        Ok(Ok(wrote)) => {
+            if wrote {
+                info!(rule = %name, "applied PrometheusRule");
+            }
+            Ok(())
+        }
+        Ok(Err(source)) => Err(ReconcileError::Write {
+            verb,
+            kind,
+            name,
+            source,
+        }),
+        Err(_) => {
+            ctx.metrics.write_timed_out(kind, verb);
+            Err(ReconcileError::TimedOut {
+                verb,
+                kind,
+                name,
+                after,
+            })
+        }
+    }
 }
 
 /// Runs one API call under the write timeout, counting it.

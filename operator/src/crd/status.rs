@@ -87,6 +87,19 @@ pub enum AlarmState {
     Inconclusive,
 }
 
+impl AlarmState {
+    /// The state as status and events write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Ok => "Ok",
+            AlarmState::Pending => "Pending",
+            AlarmState::Firing => "Firing",
+            AlarmState::NoData => "NoData",
+            AlarmState::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
 /// One alarm node's last evaluation for one revision.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

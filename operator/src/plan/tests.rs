@@ -18,6 +18,7 @@ use crate::pool::Rotation;
 use crate::reason::Reason;
 use crate::revision::revision_of;
 use crate::rollout::{ManualControl, QualityVerdict};
+use crate::signals::{Latest, Signal, Snapshot};
 
 const HANDOFF: Duration = Duration::from_secs(2);
 
@@ -47,8 +48,18 @@ fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).expect("time")
 }
 
-/// One pass: the desired state and its writes.
+/// One pass without Prometheus: the desired state and its writes.
 fn pass(spec: &InferenceServiceSpec, obs: &Observed, now: i64) -> (Desired, Vec<Write>) {
+    pass_with(spec, obs, now, &Latest::NotConfigured)
+}
+
+/// One pass over the given signals.
+fn pass_with(
+    spec: &InferenceServiceSpec,
+    obs: &Observed,
+    now: i64,
+    signals: &Latest,
+) -> (Desired, Vec<Write>) {
     let d = desired(&PassInput {
         parent: &parent(),
         spec,
@@ -60,6 +71,9 @@ fn pass(spec: &InferenceServiceSpec, obs: &Observed, now: i64) -> (Desired, Vec<
         manual: &ManualControl::default(),
         quality: &QualityVerdict::NotConfigured,
         quality_status: None,
+        targets: &crate::alarm::targets(spec, obs),
+        signals,
+        external: &std::collections::BTreeMap::new(),
     })
     .expect("desired");
     let w = plan_writes(&d, obs);
@@ -342,4 +356,108 @@ fn traffic_moves_before_old_pods_leave_and_after_new_pods_serve() {
     assert_eq!(obs.status.phase, crate::crd::Phase::Ready);
     assert_eq!(obs.deployments[&r1].replicas, 0);
     assert!(obs.pods_of(&r1).next().is_none());
+}
+
+/// A snapshot taken at `at` in which `revision` shows TTFT p99 `ttft`
+/// seconds over 100 requests and nothing else amiss.
+fn snapshot(at_s: i64, revision: &str, ttft: f64) -> Latest {
+    let one = |v: f64| -> crate::signals::Series { Ok([(revision.to_owned(), v)].into()) };
+    let mut signals: BTreeMap<Signal, crate::signals::Series> = Signal::ALL
+        .iter()
+        .map(|s| (*s, Ok(BTreeMap::new())))
+        .collect();
+    signals.insert(Signal::TtftP99, one(ttft));
+    signals.insert(Signal::Requests, one(100.0));
+    for s in [
+        Signal::ItlP99,
+        Signal::ServerErrorRatio,
+        Signal::KvCacheUsage,
+    ] {
+        signals.insert(s, one(0.0));
+    }
+    Latest::Taken(std::sync::Arc::new(Snapshot {
+        taken_at: at(at_s),
+        window: Duration::from_secs(30),
+        signals,
+        queries: BTreeMap::new(),
+    }))
+}
+
+fn alarm_events(w: &[Write]) -> Vec<(Reason, String)> {
+    w.iter()
+        .filter_map(|w| match w {
+            Write::Event(n) if matches!(n.reason, Reason::AlarmFiring | Reason::AlarmResolved) => {
+                Some((n.reason, n.message.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_leaf_that_starts_firing_reaches_status_and_one_event_and_steady_signals_plan_no_writes() {
+    let spec = spec("slo: { ttftP99: 600ms }\nrollout: { analysis: { interval: 2s } }");
+    let mut obs = Observed::default();
+    let (_, now) = converge(&spec, &mut obs, 100);
+    let stable = obs
+        .status
+        .stable_revision
+        .clone()
+        .expect("a stable revision");
+    let leaf = |o: &Observed| {
+        o.status
+            .alarms
+            .iter()
+            .find(|a| a.revision == stable && a.name == "ttftP99")
+            .map(|a| (a.state, a.value.clone()))
+    };
+
+    // Fast: Ok, the column shows it; the first pass writes status.
+    let fast = snapshot(now, &stable, 0.2);
+    let (d, w) = pass_with(&spec, &obs, now, &fast);
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs(4)),
+        "two intervals"
+    );
+    assert!(alarm_events(&w).is_empty(), "{w:?}");
+    apply(&mut obs, &w, now);
+    assert_eq!(
+        leaf(&obs),
+        Some((crate::crd::AlarmState::Ok, Some("200ms".into())))
+    );
+    assert_eq!(obs.status.ttft_p99.as_deref(), Some("200ms"));
+    let (_, w) = pass_with(&spec, &obs, now + 1, &fast);
+    assert!(w.is_empty(), "the same signals plan nothing: {w:?}");
+
+    // Slow: Firing at once (no `for:`), one Warning event naming it.
+    let slow = snapshot(now + 2, &stable, 1.1);
+    let (_, w) = pass_with(&spec, &obs, now + 2, &slow);
+    let told = alarm_events(&w);
+    assert_eq!(told.len(), 1, "{w:?}");
+    assert_eq!(told[0].0, Reason::AlarmFiring);
+    assert!(told[0].1.contains(&stable) && told[0].1.contains("ttftP99"));
+    apply(&mut obs, &w, now + 2);
+    assert_eq!(
+        leaf(&obs).map(|l| l.0),
+        Some(crate::crd::AlarmState::Firing)
+    );
+    let (_, w) = pass_with(&spec, &obs, now + 3, &slow);
+    assert!(
+        w.is_empty(),
+        "still firing: no second event, no write: {w:?}"
+    );
+
+    // The snapshot goes stale (two intervals): unknown, never Ok, and the
+    // leaf is told to have stopped firing.
+    let (_, w) = pass_with(&spec, &obs, now + 7, &slow);
+    let told = alarm_events(&w);
+    assert_eq!(told.len(), 1, "{w:?}");
+    assert_eq!(told[0].0, Reason::AlarmResolved);
+    apply(&mut obs, &w, now + 7);
+    assert_eq!(
+        leaf(&obs).map(|l| l.0),
+        Some(crate::crd::AlarmState::NoData)
+    );
+    assert_eq!(obs.status.ttft_p99, None, "blank, never 0");
 }

@@ -46,6 +46,7 @@ pub use history::RETIRED_KEPT;
 pub use manual::ManualControl;
 pub use progress::Progress;
 
+use crate::alarm::Verdict as AlarmVerdict;
 use crate::autoscale::ScalePlan;
 use crate::crd::{RevisionRole, RolloutStatus, TrafficTarget};
 use crate::observe::Observed;
@@ -73,6 +74,11 @@ pub struct RolloutInput<'a> {
     pub manual: &'a ManualControl,
     /// The quality gate's answer for the target.
     pub quality: &'a QualityVerdict,
+    /// The alarm verdict of each judged revision (those with ready pods)
+    /// over the latest signals: Ok, Firing (roll back) or Unknown (hold).
+    /// Canary analysis (issue 11) decides steps and rollbacks from it;
+    /// today's policy (promote when ready) does not read it yet.
+    pub verdicts: &'a BTreeMap<String, AlarmVerdict>,
 }
 
 /// One revision in the plan.
@@ -216,7 +222,8 @@ fn size_changes<'a>(
         })
 }
 
-fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+/// The sooner of two optional waits.
+pub(crate) fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -39,6 +39,7 @@ fn decide_at(target: &str, obs: &Observed, now: i64) -> RolloutPlan {
         handoff: HANDOFF,
         manual: &ManualControl::default(),
         quality: &QualityVerdict::NotConfigured,
+        verdicts: &BTreeMap::new(),
     })
 }
 
@@ -351,6 +352,7 @@ fn warm_pods_count_toward_the_revision_size() {
         handoff: HANDOFF,
         manual: &ManualControl::default(),
         quality: &QualityVerdict::NotConfigured,
+        verdicts: &BTreeMap::new(),
     });
     assert_eq!(plan.replicas_of("r1"), 3);
     assert_eq!(
@@ -398,6 +400,7 @@ fn decide_gated(
         handoff: HANDOFF,
         manual,
         quality,
+        verdicts: &BTreeMap::new(),
     })
 }
 
