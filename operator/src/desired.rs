@@ -129,6 +129,8 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         observed: obs,
         now: input.now,
         handoff: input.handoff,
+        steps: &input.spec.rollout.steps,
+        unknown_timeout: input.spec.rollout.analysis.unknown_timeout.map(|d| d.get()),
         manual: input.manual,
         quality: input.quality,
         verdicts: &analysis.verdicts,

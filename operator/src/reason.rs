@@ -44,6 +44,9 @@ pub enum Reason {
     GoldenSetNotFound,
     /// A pod could not be asked for the golden set: the rollout holds.
     QualityUnavailable,
+    /// The canary's step is over but its alarm verdict is unknown (no
+    /// data, too few requests, stale or unavailable signals): it holds.
+    AnalysisUnknown,
 
     // RolledBack condition, rollback events and
     // `steward_operator_rollbacks_total{reason}`.
@@ -52,6 +55,8 @@ pub enum Reason {
     QualityGateFailed,
     /// The user aborted the canary.
     Aborted,
+    /// Analysis stayed unknown at a step for `analysis.unknownTimeout`.
+    AnalysisUnavailable,
 
     // Degraded condition.
     /// Nothing is wrong.
@@ -123,6 +128,8 @@ impl Reason {
             Reason::QualityUnavailable => "QualityUnavailable",
             Reason::QualityGateFailed => "QualityGateFailed",
             Reason::Aborted => "Aborted",
+            Reason::AnalysisUnavailable => "AnalysisUnavailable",
+            Reason::AnalysisUnknown => "AnalysisUnknown",
             Reason::AsExpected => "AsExpected",
             Reason::PodProblem => "PodProblem",
             Reason::RevisionCreated => "RevisionCreated",

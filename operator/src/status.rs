@@ -183,24 +183,33 @@ fn progress_conditions(plan: &RolloutPlan, routable: i32) -> (Phase, Cond, Optio
             ),
             None,
         ),
-        Progress::Held { cause, from } => {
-            let why = match cause {
-                HoldCause::Paused => "the rollout is paused (spec.rollout.paused)".to_owned(),
-                HoldCause::QualityRunning => {
-                    format!("the golden set runs against {target} and {from}")
-                }
-                HoldCause::QualityUnknown { message, .. } => {
-                    format!("the quality gate cannot decide: {message}")
-                }
-            };
-            (
-                Phase::Progressing,
-                progressing(
-                    cause.reason(),
-                    format!("revision {target} is ready and held: {why}; {from} keeps the traffic"),
+        Progress::Held { cause, from } => (
+            Phase::Progressing,
+            progressing(
+                cause.reason(),
+                format!(
+                    "revision {target} is ready and held: {}; {from} keeps the traffic",
+                    held_why(cause, &target, from)
                 ),
-                None,
-            )
+            ),
+            None,
+        ),
+        Progress::Canary { from, step } => {
+            let at = format!(
+                "canary {target} at step {}/{} with {}% of the traffic, {from} keeps {}%",
+                step.step,
+                step.of,
+                step.weight,
+                100 - step.weight
+            );
+            let (reason, message) = match &step.held {
+                None => (Reason::RevisionRollingOut, at),
+                Some(cause) => (
+                    cause.reason(),
+                    format!("{at}; held: {}", held_why(cause, &target, from)),
+                ),
+            };
+            (Phase::Progressing, progressing(reason, message), None)
         }
         Progress::RolledBack {
             revision, pods, ..
@@ -241,6 +250,20 @@ fn progress_conditions(plan: &RolloutPlan, routable: i32) -> (Phase, Cond, Optio
                 reason: problem.reason.clone(),
                 message: problem.message.clone(),
             }),
+        ),
+    }
+}
+
+/// Why a ready target (or a canary at a step) does not move on.
+fn held_why(cause: &HoldCause, target: &str, from: &str) -> String {
+    match cause {
+        HoldCause::Paused => "the rollout is paused (spec.rollout.paused)".to_owned(),
+        HoldCause::QualityRunning => format!("the golden set runs against {target} and {from}"),
+        HoldCause::QualityUnknown { message, .. } => {
+            format!("the quality gate cannot decide: {message}")
+        }
+        HoldCause::AnalysisUnknown { why } => format!(
+            "analysis cannot decide ({why}); the step holds until it can, never promoting blind"
         ),
     }
 }
@@ -421,6 +444,8 @@ mod tests {
             observed: &obs,
             now: at(now).0,
             handoff: Duration::ZERO,
+            steps: &[],
+            unknown_timeout: None,
             manual: &ManualControl::default(),
             quality: &QualityVerdict::NotConfigured,
             verdicts: &std::collections::BTreeMap::new(),

@@ -145,13 +145,38 @@ pub fn analyse(input: &AnalysisInput<'_>) -> Analysis {
         _ if pending => Some(interval),
         _ => Some(2 * interval),
     };
+    let mut verdicts = j.verdicts;
+    with_stable_values(&mut verdicts, &j.alarms, input.stable);
     Analysis {
-        verdicts: j.verdicts,
+        verdicts,
         alarms: j.alarms,
         ttft_p99: j.ttft_p99,
         conditions,
         transitions: j.transitions,
         requeue_after,
+    }
+}
+
+/// A firing leaf of an absolute test (an SLO objective, a threshold) has
+/// no baseline of its own; the stable revision's value of the same leaf
+/// goes in its place, so a rollback can name both values.
+fn with_stable_values(
+    verdicts: &mut BTreeMap<String, Verdict>,
+    alarms: &[AlarmStatus],
+    stable: Option<&str>,
+) {
+    let Some(stable) = stable else { return };
+    for (rev, v) in verdicts.iter_mut() {
+        let Verdict::Firing { leaf, values } = v else {
+            continue;
+        };
+        if rev == stable || values.baseline.is_some() {
+            continue;
+        }
+        values.baseline = alarms
+            .iter()
+            .find(|a| a.revision == stable && a.name == *leaf)
+            .and_then(|a| a.value.clone());
     }
 }
 
@@ -307,6 +332,14 @@ mod tests {
         assert!(status.conditions.iter().all(|c| c.status == "False"));
         assert_eq!(a.transitions.len(), 1);
         assert_eq!(a.requeue_after, Some(Duration::from_secs(4)));
+        // A rollback can name both values: the stable's value of the same
+        // leaf stands in for the absolute test's missing baseline.
+        let Some(Verdict::Firing { leaf, values }) = a.verdicts.get("b") else {
+            panic!("{:?}", a.verdicts)
+        };
+        assert_eq!(leaf, "ttftP99");
+        assert_eq!(values.value.as_deref(), Some("1.5s"));
+        assert_eq!(values.baseline.as_deref(), Some("200ms"));
 
         // The next pass with Prometheus down: the condition turns true at
         // that pass's time; a pass after keeps that time.

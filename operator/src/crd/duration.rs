@@ -318,6 +318,15 @@ macro_rules! duration_field {
             ) -> Result<GoDuration, D::Error> {
                 BOUNDS.deserialize(d)
             }
+
+            /// Deserializes an optional field (with `#[serde(default)]`)
+            /// with the range check.
+            #[allow(dead_code)]
+            pub fn deserialize_opt<'de, D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> Result<Option<GoDuration>, D::Error> {
+                BOUNDS.deserialize(d).map(Some)
+            }
         }
     };
 }
@@ -364,6 +373,12 @@ pub mod fields {
         secs(3600)
     );
     duration_field!(
+        /// `rollout.analysis.unknownTimeout`: 1s to a week.
+        unknown_timeout,
+        secs(1),
+        LONGEST
+    );
+    duration_field!(
         /// The `for` of a PromQL alarm: 1s to 24h.
         query_for,
         secs(1),
@@ -384,6 +399,7 @@ pub mod fields {
         ("slo.itlP99", itl_p99::BOUNDS),
         ("rollout.steps[].pause", step_pause::BOUNDS),
         ("rollout.analysis.interval", analysis_interval::BOUNDS),
+        ("rollout.analysis.unknownTimeout", unknown_timeout::BOUNDS),
         ("rollout.analysis.rollbackOn…query.for", query_for::BOUNDS),
         ("draining.window", drain_window::BOUNDS),
     ];

@@ -65,6 +65,12 @@ use super::status::InferenceServiceStatus;
         json_path = ".status.canaryWeight",
         description = "percent of traffic on the canary"
     ),
+    printcolumn(
+        name = "Step",
+        type_ = "integer",
+        json_path = ".status.rollout.step",
+        description = "the canary's step of spec.rollout.steps"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "TTFT-P99",
@@ -383,6 +389,17 @@ pub struct AnalysisSpec {
     pub interval: GoDuration,
     /// The composite alarm that rolls the canary back.
     pub rollback_on: AlarmExpr,
+    /// How long the canary's verdict may stay unknown (no data, too few
+    /// requests, Prometheus unavailable) at a step before the rollout fails
+    /// and rolls back with reason `AnalysisUnavailable`. Unset: the step
+    /// holds, with a condition saying why, and never promotes blind.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "fields::unknown_timeout::deserialize_opt"
+    )]
+    #[schemars(schema_with = "fields::unknown_timeout::schema")]
+    pub unknown_timeout: Option<GoDuration>,
     /// The golden-set quality gate; no gate when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<QualitySpec>,
@@ -399,6 +416,7 @@ impl Default for AnalysisSpec {
                 (None, Some(AlarmKind::KvCacheSaturation)),
             ]),
             quality: None,
+            unknown_timeout: None,
         }
     }
 }

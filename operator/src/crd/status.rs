@@ -180,7 +180,8 @@ pub struct RolloutStatus {
     /// spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_revision: Option<String>,
-    /// Why it was rolled back: `QualityGateFailed` or `Aborted`.
+    /// Why it was rolled back: `AlarmFiring`, `AnalysisUnavailable`,
+    /// `QualityGateFailed` or `Aborted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_reason: Option<String>,
     /// The rollback's message (the failing category with both scores, or
@@ -190,6 +191,10 @@ pub struct RolloutStatus {
     /// Analysis checks of the current step that came back firing, in a row.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_checks: i32,
+    /// Since when the canary's alarm verdict at the current step has been
+    /// unknown (`analysis.unknownTimeout` counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_unknown_since: Option<Time>,
 }
 
 /// Autoscaling memory, kept in status for the same reason.

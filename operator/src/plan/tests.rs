@@ -37,9 +37,16 @@ fn parent() -> Parent {
     }
 }
 
+/// A spec with `extra`; no canary steps (promote once ready) unless
+/// `extra` sets `rollout` itself.
 fn spec(extra: &str) -> InferenceServiceSpec {
+    let rollout = if extra.contains("rollout:") {
+        ""
+    } else {
+        "rollout: { steps: [] }"
+    };
     serde_yaml::from_str(&format!(
-        "model: {{ name: m, uri: 'file:///models/m' }}\n{extra}"
+        "model: {{ name: m, uri: 'file:///models/m' }}\n{rollout}\n{extra}"
     ))
     .expect("spec")
 }
@@ -396,7 +403,7 @@ fn alarm_events(w: &[Write]) -> Vec<(Reason, String)> {
 
 #[test]
 fn a_leaf_that_starts_firing_reaches_status_and_one_event_and_steady_signals_plan_no_writes() {
-    let spec = spec("slo: { ttftP99: 600ms }\nrollout: { analysis: { interval: 2s } }");
+    let spec = spec("slo: { ttftP99: 600ms }\nrollout: { steps: [], analysis: { interval: 2s } }");
     let mut obs = Observed::default();
     let (_, now) = converge(&spec, &mut obs, 100);
     let stable = obs

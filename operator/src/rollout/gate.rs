@@ -12,13 +12,18 @@
 //! 3. a promote names the target: it takes the traffic once its pods are
 //!    ready, skipping the quality gate and a pause;
 //! 4. a failed quality gate rolls back (a pause does not stop analysis);
-//! 5. `spec.rollout.paused`: hold;
-//! 6. the rest of the quality gate: anything undecided holds (never
-//!    promote blind), Pass (or no gate configured) promotes.
+//! 5. `rollbackOn` firing for a canary that carries traffic (a step)
+//!    rolls back, naming the leaf, the canary's and the stable's values;
+//! 6. `spec.rollout.paused`: hold;
+//! 7. the rest of the quality gate: anything undecided holds (never
+//!    promote blind), Pass (or no gate configured) lets the target go on
+//!    (`steps` then walks the canary steps; an unknown alarm verdict holds
+//!    there).
 //!
 //! Only a revision that would replace a stable one is gated: the first
 //! revision of a service has nothing to roll back to.
 
+use crate::alarm::Verdict as AlarmVerdict;
 use crate::quality::{Gate, UnknownReason};
 use crate::reason::Reason;
 
@@ -47,6 +52,11 @@ pub enum RollbackCause {
     QualityGate,
     /// The user aborted it.
     Aborted,
+    /// `rollbackOn` fired for the canary during a step.
+    Alarm,
+    /// Analysis stayed unknown at a step for longer than
+    /// `analysis.unknownTimeout`.
+    AnalysisUnavailable,
 }
 
 impl RollbackCause {
@@ -56,6 +66,8 @@ impl RollbackCause {
         match self {
             RollbackCause::QualityGate => Reason::QualityGateFailed,
             RollbackCause::Aborted => Reason::Aborted,
+            RollbackCause::Alarm => Reason::AlarmFiring,
+            RollbackCause::AnalysisUnavailable => Reason::AnalysisUnavailable,
         }
     }
 
@@ -76,6 +88,7 @@ impl HoldCause {
                 UnknownReason::GoldenSetNotFound => Reason::GoldenSetNotFound,
                 UnknownReason::QualityUnavailable => Reason::QualityUnavailable,
             },
+            HoldCause::AnalysisUnknown { .. } => Reason::AnalysisUnknown,
         }
     }
 }
@@ -93,6 +106,13 @@ pub enum HoldCause {
         reason: UnknownReason,
         /// What happened, naming the entry, revision or object.
         message: String,
+    },
+    /// The canary's step is over but its alarm verdict is unknown (no
+    /// data, too few requests, stale or unavailable signals): the step
+    /// holds, never promoting blind.
+    AnalysisUnknown {
+        /// Which leaves are unknown and why.
+        why: String,
     },
 }
 
@@ -123,6 +143,8 @@ pub enum Verdict {
 pub struct GateInput<'a> {
     /// The target revision.
     pub target: &'a str,
+    /// The stable revision it would replace.
+    pub stable: &'a str,
     /// The rolled-back revision remembered for this target (after a retry
     /// or a spec change, none).
     pub rolled_back: Option<&'a str>,
@@ -130,6 +152,9 @@ pub struct GateInput<'a> {
     pub manual: &'a ManualControl,
     /// The quality gate's answer.
     pub quality: &'a QualityVerdict,
+    /// The target's alarm verdict, only while it carries canary traffic
+    /// (before its first step its signals say nothing about real load).
+    pub alarm: Option<&'a AlarmVerdict>,
 }
 
 /// Decides the gate for a target that would replace a stable revision.
@@ -157,6 +182,20 @@ pub fn decide(input: &GateInput<'_>) -> Verdict {
         return Verdict::RollBack {
             cause: RollbackCause::QualityGate,
             message: msg.clone(),
+        };
+    }
+    if let Some(AlarmVerdict::Firing { leaf, values }) = input.alarm {
+        let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        return Verdict::RollBack {
+            cause: RollbackCause::Alarm,
+            message: format!(
+                "alarm {leaf} fired on canary {}: {} against stable {}: {} (threshold {})",
+                input.target,
+                or_unknown(&values.value),
+                input.stable,
+                or_unknown(&values.baseline),
+                or_unknown(&values.threshold),
+            ),
         };
     }
     if input.manual.paused {
@@ -200,12 +239,116 @@ mod tests {
     }
 
     fn gate(m: &ManualControl, q: &QualityVerdict, rolled_back: Option<&str>) -> Verdict {
+        gate_with(m, q, rolled_back, None)
+    }
+
+    fn gate_with(
+        m: &ManualControl,
+        q: &QualityVerdict,
+        rolled_back: Option<&str>,
+        alarm: Option<&AlarmVerdict>,
+    ) -> Verdict {
         decide(&GateInput {
             target: "r2",
+            stable: "r1",
             rolled_back,
             manual: m,
             quality: q,
+            alarm,
         })
+    }
+
+    fn firing() -> AlarmVerdict {
+        AlarmVerdict::Firing {
+            leaf: "ttftP99".into(),
+            values: crate::alarm::FiringValues {
+                value: Some("1.02s".into()),
+                baseline: Some("41ms".into()),
+                threshold: Some("600ms".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn a_firing_alarm_rolls_back_naming_the_leaf_and_both_values_even_when_paused() {
+        for m in [ManualControl::default(), manual(true, None)] {
+            for q in [
+                QualityVerdict::NotConfigured,
+                QualityVerdict::Running,
+                QualityVerdict::Decided(Gate::Pass),
+            ] {
+                let v = gate_with(&m, &q, None, Some(&firing()));
+                let Verdict::RollBack { cause, message } = &v else {
+                    panic!("{v:?}")
+                };
+                assert_eq!(*cause, RollbackCause::Alarm);
+                assert_eq!(cause.as_str(), "AlarmFiring");
+                assert_eq!(
+                    message,
+                    "alarm ttftP99 fired on canary r2: 1.02s against stable r1: 41ms (threshold 600ms)"
+                );
+            }
+        }
+    }
+
+    /// An unknown or OK alarm verdict is not the gate's business: the
+    /// steps hold on unknown. Abort, promote and a failed quality gate
+    /// still come first.
+    #[test]
+    fn only_a_firing_alarm_changes_the_gate_and_manual_requests_come_first() {
+        let unknown = AlarmVerdict::Unknown {
+            why: "ttftP99: too few requests".into(),
+        };
+        for a in [None, Some(&AlarmVerdict::Ok), Some(&unknown)] {
+            assert_eq!(
+                gate_with(
+                    &ManualControl::default(),
+                    &QualityVerdict::NotConfigured,
+                    None,
+                    a
+                ),
+                Verdict::Go { forced: false }
+            );
+        }
+        let promote = manual(false, Some((Action::Promote, "r2")));
+        assert_eq!(
+            gate_with(
+                &promote,
+                &QualityVerdict::NotConfigured,
+                None,
+                Some(&firing())
+            ),
+            Verdict::Go { forced: true }
+        );
+        let abort = manual(false, Some((Action::Abort, "r2")));
+        assert!(matches!(
+            gate_with(
+                &abort,
+                &QualityVerdict::NotConfigured,
+                None,
+                Some(&firing())
+            ),
+            Verdict::RollBack {
+                cause: RollbackCause::Aborted,
+                ..
+            }
+        ));
+        assert!(matches!(
+            gate_with(&ManualControl::default(), &fail(), None, Some(&firing())),
+            Verdict::RollBack {
+                cause: RollbackCause::QualityGate,
+                ..
+            }
+        ));
+        assert_eq!(
+            gate_with(
+                &ManualControl::default(),
+                &QualityVerdict::NotConfigured,
+                Some("r2"),
+                Some(&firing())
+            ),
+            Verdict::RolledBack
+        );
     }
 
     fn fail() -> QualityVerdict {

@@ -1,13 +1,16 @@
 //! The rollout: which revisions run, at what size, and which one gets the
 //! traffic.
 //!
-//! Until canary analysis exists the policy is: a new revision is brought up
-//! beside the stable one while the stable one keeps 100% of the traffic;
-//! once every pod of the new revision is ready and in rotation it takes
-//! 100% (promotion); every other revision then scales to zero and its pods
-//! drain. A spec change in the middle of a rollout makes a newer target:
-//! the unfinished canary is neither stable nor target, so it goes to zero
-//! too and nothing is left half-scaled.
+//! A new revision is brought up beside the stable one while the stable one
+//! keeps 100% of the traffic; once every pod of the new revision is ready
+//! and in rotation it walks `spec.rollout.steps` as the canary (each
+//! step's weight for the step's pause, moving on only when the canary's
+//! alarm verdict is Ok: see [`steps`]); after the last step it takes 100%
+//! (promotion) and every other revision scales to zero and drains.
+//! Without steps it takes 100% as soon as it is ready. A spec change in
+//! the middle of a rollout makes a newer target: the unfinished canary is
+//! neither stable nor target, so it goes to zero too and the newer one
+//! starts before step 1.
 //!
 //! Hand-off, so the data plane never has a gap while the router's views of
 //! pods and of weights lag each other: weight rises only onto pods that
@@ -45,10 +48,11 @@ pub use gate::{HoldCause, QualityVerdict, RollbackCause, Verdict};
 pub use history::RETIRED_KEPT;
 pub use manual::ManualControl;
 pub use progress::Progress;
+pub use steps::CanaryStep;
 
 use crate::alarm::Verdict as AlarmVerdict;
 use crate::autoscale::ScalePlan;
-use crate::crd::{RevisionRole, RolloutStatus, TrafficTarget};
+use crate::crd::{RevisionRole, RolloutStatus, RolloutStep, TrafficTarget};
 use crate::observe::Observed;
 
 /// How often a pass looks again while the golden set runs.
@@ -69,6 +73,11 @@ pub struct RolloutInput<'a> {
     /// How long the router's views are given to catch up around a traffic
     /// change (see the module docs).
     pub handoff: Duration,
+    /// `spec.rollout.steps` (empty: promote once ready).
+    pub steps: &'a [RolloutStep],
+    /// `spec.rollout.analysis.unknownTimeout`: how long an unknown verdict
+    /// may hold a step before the rollout fails (`None`: hold and warn).
+    pub unknown_timeout: Option<Duration>,
     /// The user's requests of this pass (`spec.rollout.paused` and the
     /// request annotations).
     pub manual: &'a ManualControl,
@@ -76,8 +85,7 @@ pub struct RolloutInput<'a> {
     pub quality: &'a QualityVerdict,
     /// The alarm verdict of each judged revision (those with ready pods)
     /// over the latest signals: Ok, Firing (roll back) or Unknown (hold).
-    /// Canary analysis (issue 11) decides steps and rollbacks from it;
-    /// today's policy (promote when ready) does not read it yet.
+    /// Read for the canary while it is in a step.
     pub verdicts: &'a BTreeMap<String, AlarmVerdict>,
 }
 
@@ -132,6 +140,8 @@ pub struct RolloutPlan {
     pub stable: Option<String>,
     /// The revision being brought up beside the stable one, if any.
     pub canary: Option<String>,
+    /// The canary's step, while it walks the steps.
+    pub step: Option<CanaryStep>,
     /// The traffic split for status.
     pub traffic: Vec<TrafficTarget>,
     /// The rollout memory to store.
@@ -191,6 +201,7 @@ pub fn decide(input: &RolloutInput<'_>) -> RolloutPlan {
         prune,
         stable: step.stable,
         canary: step.canary,
+        step: step.step,
         traffic: step.traffic,
         memory: step.memory,
         progress,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::gate::{HoldCause, Verdict};
-use super::steps::{fully_ready, Steps};
+use super::steps::{fully_ready, CanaryStep, Steps};
 use super::{RevisionPlan, RolloutInput};
 use crate::observe::{Observed, PodProblem};
 
@@ -36,6 +36,14 @@ pub enum Progress {
     },
     /// The target cannot become ready: the reason comes from its pods.
     Stuck(PodProblem),
+    /// The canary walks `spec.rollout.steps`: it has its step's weight,
+    /// the stable revision the rest.
+    Canary {
+        /// The stable revision.
+        from: String,
+        /// The step, its weight, and what holds it if anything does.
+        step: CanaryStep,
+    },
     /// The target is ready but waits at the gate (paused, or the quality
     /// gate is running or undecided); the stable revision keeps the
     /// traffic.
@@ -88,6 +96,12 @@ pub(super) fn of(
     }
     match &steps.stable {
         Some(s) if s != target => {
+            if let Some(step) = &steps.step {
+                return Progress::Canary {
+                    from: s.clone(),
+                    step: step.clone(),
+                };
+            }
             return match &steps.gate {
                 Some(Verdict::Hold(cause)) => Progress::Held {
                     cause: cause.clone(),

@@ -37,6 +37,8 @@ fn decide_at(target: &str, obs: &Observed, now: i64) -> RolloutPlan {
         observed: obs,
         now: at(now),
         handoff: HANDOFF,
+        steps: &[],
+        unknown_timeout: None,
         manual: &ManualControl::default(),
         quality: &QualityVerdict::NotConfigured,
         verdicts: &BTreeMap::new(),
@@ -350,6 +352,8 @@ fn warm_pods_count_toward_the_revision_size() {
         observed: &obs,
         now: at(NOW),
         handoff: HANDOFF,
+        steps: &[],
+        unknown_timeout: None,
         manual: &ManualControl::default(),
         quality: &QualityVerdict::NotConfigured,
         verdicts: &BTreeMap::new(),
@@ -398,6 +402,8 @@ fn decide_gated(
         observed: obs,
         now: at(NOW),
         handoff: HANDOFF,
+        steps: &[],
+        unknown_timeout: None,
         manual,
         quality,
         verdicts: &BTreeMap::new(),
@@ -603,3 +609,5 @@ fn pause_holds_a_ready_canary_that_would_otherwise_be_promoted() {
     assert_eq!(plan.stable.as_deref(), Some("r1"));
     assert_eq!(plan.memory.rolled_back_revision, None);
 }
+
+mod canary;

@@ -172,7 +172,8 @@ impl Drop for Operator {
     }
 }
 
-/// A valid manifest: the stand-in engine, no GPUs, `min` pods, merged with
+/// A valid manifest: the stand-in engine, no GPUs, `min` pods, no canary
+/// steps, merged with
 /// `spec_patch` (a JSON merge of the spec).
 pub fn manifest(env: &TestEnv, name: &str, min: i32, spec_patch: Value) -> Value {
     let mut spec = serde_json::json!({
@@ -180,6 +181,9 @@ pub fn manifest(env: &TestEnv, name: &str, min: i32, spec_patch: Value) -> Value
         "engine": { "image": STANDIN_IMAGE, "gpus": 0 },
         "replicas": { "min": min },
         "draining": { "window": "2s" },
+        // No canary steps: a ready revision is promoted at once (the
+        // lifecycle tests); a test that walks steps sets its own.
+        "rollout": { "steps": [] },
     });
     merge(&mut spec, spec_patch);
     serde_json::json!({
