@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::alarm::{self, AnalysisInput, Targets};
-use crate::autoscale::{self, ScaleInput};
+use crate::autoscale::{self, AutoscaleInput, PodState, Signals};
 use crate::children::{self, Parent, TemplateConfig, UnsupportedUri};
 use crate::crd::{InferenceServiceSpec, InferenceServiceStatus, QualityStatus};
 use crate::events::{self, Note};
@@ -98,6 +98,9 @@ pub struct Desired {
     pub consumed: Vec<&'static str>,
     /// Rollbacks decided this pass, by reason (for the metric).
     pub rollbacks: Vec<Reason>,
+    /// Serving-count changes of this pass, as (direction, reason) labels
+    /// of `steward_operator_scale_events_total`.
+    pub scale_events: Vec<(&'static str, &'static str)>,
     /// True when nothing is under way (the next look is the resync).
     pub settled: bool,
     /// When a time-based decision is due, if one is pending.
@@ -108,9 +111,35 @@ pub struct Desired {
 pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
     let obs = input.observed;
     let target = revision_of(input.spec);
-    let scale = autoscale::decide(&ScaleInput {
+    // The autoscaler sizes the revision that holds the traffic (the first
+    // one while it starts) from its signals; a canary gets the same plan.
+    let scaled = obs
+        .status
+        .stable_revision
+        .clone()
+        .unwrap_or_else(|| target.clone());
+    let signals = Signals::from_latest(input.signals, input.now, input.targets.interval, &scaled);
+    let pods: Vec<PodState> = obs
+        .pods_of(&scaled)
+        .map(|p| PodState {
+            name: p.name.clone(),
+            rotation: p.rotation,
+            ready: p.ready,
+            terminating: p.terminating,
+            draining_since: p.draining_since,
+            load: None,
+        })
+        .collect();
+    let scaling = autoscale::autoscale(&AutoscaleInput {
         replicas: &input.spec.replicas,
+        autoscaling: &input.spec.autoscaling,
+        signals: &signals,
+        pods: &pods,
+        memory: &obs.status.autoscaling,
+        now: input.now,
+        drain_delay: input.handoff,
     });
+    let scale = scaling.plan;
     // Judge against the stable revision that holds the traffic now (the
     // baseline of relative leaves), before the rollout decides.
     let analysis = alarm::analyse(&AnalysisInput {
@@ -143,10 +172,23 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         quality: input.quality_status.clone(),
     });
     analysis.write_into(&mut status);
+    autoscale::report::write_into(
+        &scaling,
+        &mut status,
+        &obs.status,
+        input.generation,
+        &Time(input.now),
+    );
     let rotation = plan
         .revisions
         .iter()
-        .filter_map(|(rev, p)| p.pool.map(|scale| pool::assign(obs, rev, scale)))
+        .filter_map(|(rev, p)| {
+            let leaving = (*rev == scaled)
+                .then_some(scaling.drain.as_deref())
+                .flatten();
+            p.pool
+                .map(|scale| pool::assign_leaving(obs, rev, scale, leaving))
+        })
         .flatten()
         .collect();
     let mut deployments = BTreeMap::new();
@@ -176,6 +218,7 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
     notes.extend(events::for_decisions(&plan.decisions));
     notes.extend(events::for_transitions(&transitions));
     notes.extend(events::for_alarms(&analysis.transitions));
+    notes.extend(autoscale::report::notes(&scaling, &obs.status));
     // A promotion asked for before the target is ready waits for it with
     // its annotation in place.
     let consumed = input
@@ -203,7 +246,15 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         events: notes,
         consumed,
         rollbacks,
+        scale_events: scaling
+            .event
+            .iter()
+            .map(|e| (e.direction.as_str(), e.cause.as_str()))
+            .collect(),
         settled: plan.progress == Progress::Settled,
-        requeue_after: rollout::earliest(plan.requeue_after, analysis.requeue_after),
+        requeue_after: rollout::earliest(
+            rollout::earliest(plan.requeue_after, analysis.requeue_after),
+            scaling.requeue_after,
+        ),
     })
 }

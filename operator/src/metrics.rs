@@ -43,6 +43,16 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `scale_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    /// `out` or `in`.
+    pub direction: &'static str,
+    /// What moved the count: `executor_utilization`, `kv_cache_usage`,
+    /// `queue`, `low_utilization`, `bounds`.
+    pub reason: &'static str,
+}
+
 /// The operator's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -58,6 +68,7 @@ pub struct Metrics {
     pollers: Gauge,
     wakes_dropped: Counter,
     rollbacks: Family<ErrorLabels, Counter>,
+    scale_events: Family<ScaleLabels, Counter>,
     quality: QualityMetrics,
 }
 
@@ -133,6 +144,12 @@ impl Metrics {
             "Canaries rolled back, by reason (QualityGateFailed, Aborted)",
             rollbacks.clone(),
         );
+        let scale_events = Family::<ScaleLabels, Counter>::default();
+        registry.register(
+            "scale_events",
+            "Serving-count changes by the autoscaler, by direction and reason",
+            scale_events.clone(),
+        );
         let quality = QualityMetrics::register(&mut registry);
         Self {
             registry,
@@ -148,6 +165,7 @@ impl Metrics {
             pollers,
             wakes_dropped,
             rollbacks,
+            scale_events,
             quality,
         }
     }
@@ -202,6 +220,20 @@ impl Metrics {
             .get_or_create(&ErrorLabels {
                 reason: reason.as_str(),
             })
+            .get()
+    }
+
+    /// The autoscaler changed a serving count.
+    pub fn scaled(&self, direction: &'static str, reason: &'static str) {
+        self.scale_events
+            .get_or_create(&ScaleLabels { direction, reason })
+            .inc();
+    }
+
+    /// Scale events with these labels so far.
+    pub fn scale_events(&self, direction: &'static str, reason: &'static str) -> u64 {
+        self.scale_events
+            .get_or_create(&ScaleLabels { direction, reason })
             .get()
     }
 
@@ -270,7 +302,11 @@ mod tests {
         m.reconcile_finished(Duration::from_millis(3));
         m.reconcile_failed(Reason::WriteTimedOut);
         m.write_timed_out("Deployment", "apply");
+        m.scaled("out", "executor_utilization");
         let text = m.encode().unwrap();
+        assert!(text.contains(
+            "steward_operator_scale_events_total{direction=\"out\",reason=\"executor_utilization\"} 1"
+        ));
         assert!(
             text.contains("steward_operator_reconciles_total 1"),
             "{text}"

@@ -55,6 +55,9 @@ pub struct PodView {
     pub terminating: bool,
     /// Why it is stuck, if it is.
     pub problem: Option<PodProblem>,
+    /// When it was labelled draining (its `serving.steward.dev/draining-since`
+    /// annotation), if it was and the time parses.
+    pub draining_since: Option<Timestamp>,
 }
 
 /// A revision's Deployment.
@@ -190,6 +193,12 @@ fn pod_view(p: &Pod) -> Option<PodView> {
         ready_since: ready_cond.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)),
         terminating: p.metadata.deletion_timestamp.is_some(),
         problem: if ready { None } else { pod_problem(p) },
+        draining_since: p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(labels::DRAINING_SINCE))
+            .and_then(|t| t.parse().ok()),
     })
 }
 
@@ -266,6 +275,7 @@ pub(crate) mod build {
             ready_since: ready.then_some(Timestamp::UNIX_EPOCH),
             terminating: false,
             problem: None,
+            draining_since: None,
         }
     }
 

@@ -74,13 +74,37 @@ pub struct RotationChange {
 /// The label changes that bring `revision`'s ready pods to the plan's
 /// serving and warm counts.
 pub fn assign(obs: &Observed, revision: &str, plan: ScalePlan) -> Vec<RotationChange> {
+    assign_leaving(obs, revision, plan, None)
+}
+
+/// As [`assign`], with one pod leaving rotation this pass (the
+/// autoscaler's scale-in): it is labelled draining and not counted.
+pub fn assign_leaving(
+    obs: &Observed,
+    revision: &str,
+    plan: ScalePlan,
+    leaving: Option<&str>,
+) -> Vec<RotationChange> {
+    let leaves = |p: &PodView| leaving == Some(p.name.as_str());
     let mut ready: Vec<&PodView> = obs
         .pods_of(revision)
-        .filter(|p| p.ready && !p.terminating && p.rotation != Some(Rotation::Draining))
+        .filter(|p| {
+            p.ready && !p.terminating && p.rotation != Some(Rotation::Draining) && !leaves(p)
+        })
         .collect();
-    // Serving pods first, then by name: a stable order that keeps pods in
-    // rotation where they are.
-    ready.sort_by_key(|p| (Rotation::keep_order(p.rotation), p.name.as_str()));
+    // Serving pods first, longest ready first, then by name: a stable order
+    // that keeps pods in rotation where they are. A new pod carries the
+    // template's `serving` label before it was ever in rotation; ordering
+    // by readiness makes it the one that goes warm (backfill), not a pod
+    // that has been serving.
+    ready.sort_by_key(|p| {
+        (
+            Rotation::keep_order(p.rotation),
+            p.ready_since.is_none(),
+            p.ready_since,
+            p.name.as_str(),
+        )
+    });
     let serving = usize::try_from(plan.serving.max(0)).unwrap_or(0);
     let warm = usize::try_from(plan.warm.max(0)).unwrap_or(0);
     ready
@@ -97,6 +121,14 @@ pub fn assign(obs: &Observed, revision: &str, plan: ScalePlan) -> Vec<RotationCh
                 rotation: want,
             })
         })
+        .chain(
+            obs.pods_of(revision)
+                .filter(|p| leaves(p) && !p.terminating && p.rotation != Some(Rotation::Draining))
+                .map(|p| RotationChange {
+                    pod: p.name.clone(),
+                    rotation: Rotation::Draining,
+                }),
+        )
         .collect()
 }
 
@@ -113,7 +145,11 @@ mod tests {
     }
 
     fn plan(serving: i32, warm: i32) -> ScalePlan {
-        ScalePlan { serving, warm }
+        ScalePlan {
+            serving,
+            warm,
+            draining: 0,
+        }
     }
 
     fn change(pod: &str, rotation: Rotation) -> RotationChange {
@@ -136,6 +172,30 @@ mod tests {
         assert_eq!(
             assign(&obs, "r1", plan(2, 1)),
             vec![change("c", Rotation::Warm)]
+        );
+    }
+
+    #[test]
+    fn a_new_pod_backfills_the_pool_instead_of_a_serving_one_leaving() {
+        // After a scale-out 2 -> 3 (warm c promoted), the new pod "a2" comes
+        // up with the template's serving label; it sorts before c by name
+        // but has been ready for less time, so it is the one made warm.
+        let new = PodView {
+            ready_since: Some(k8s_openapi::jiff::Timestamp::from_second(100).expect("time")),
+            ..pod("a2", "r1", true)
+        };
+        let obs = observed(
+            vec![],
+            vec![
+                pod("a", "r1", true),
+                new,
+                pod("b", "r1", true),
+                pod("c", "r1", true),
+            ],
+        );
+        assert_eq!(
+            assign(&obs, "r1", plan(3, 1)),
+            vec![change("a2", Rotation::Warm)]
         );
     }
 
@@ -198,6 +258,32 @@ mod tests {
             assign(&obs, "r1", plan(2, 0)),
             vec![change("a", Rotation::Serving)]
         );
+    }
+
+    #[test]
+    fn a_leaving_pod_drains_and_the_rest_keep_their_places() {
+        // Scale-in 3 -> 2 with a warm pod: b leaves, a and c keep serving,
+        // d stays warm (not promoted into b's place).
+        let obs = observed(
+            vec![],
+            vec![
+                pod("a", "r1", true),
+                pod("b", "r1", true),
+                pod("c", "r1", true),
+                warm("d"),
+            ],
+        );
+        assert_eq!(
+            assign_leaving(&obs, "r1", plan(2, 1), Some("b")),
+            vec![change("b", Rotation::Draining)]
+        );
+        // Already draining: nothing more to write.
+        let drained = PodView {
+            rotation: Some(Rotation::Draining),
+            ..pod("b", "r1", true)
+        };
+        let obs = observed(vec![], vec![pod("a", "r1", true), drained]);
+        assert!(assign_leaving(&obs, "r1", plan(1, 0), Some("b")).is_empty());
     }
 
     #[test]

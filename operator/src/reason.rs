@@ -83,6 +83,21 @@ pub enum Reason {
     Degraded,
     /// The Degraded condition turned false again.
     Recovered,
+
+    // Autoscaling: events and the MetricsUnavailable / CapacityColdStarting
+    // conditions.
+    /// The autoscaler added serving pods.
+    ScaledOut,
+    /// The autoscaler took a serving pod out (it drains, then goes).
+    ScaledIn,
+    /// No fresh value for the autoscaling signals: the count holds.
+    NoFreshSignals,
+    /// Every autoscaling signal has a fresh value.
+    SignalsFresh,
+    /// More serving pods are wanted than are ready.
+    PodsStarting,
+    /// Every wanted serving pod is ready.
+    CapacityReady,
     /// An alarm leaf of a revision started firing.
     AlarmFiring,
     /// An alarm leaf of a revision stopped firing.
@@ -141,6 +156,12 @@ impl Reason {
             Reason::Ready => "Ready",
             Reason::Degraded => "Degraded",
             Reason::Recovered => "Recovered",
+            Reason::ScaledOut => "ScaledOut",
+            Reason::ScaledIn => "ScaledIn",
+            Reason::NoFreshSignals => "NoFreshSignals",
+            Reason::SignalsFresh => "SignalsFresh",
+            Reason::PodsStarting => "PodsStarting",
+            Reason::CapacityReady => "CapacityReady",
             Reason::AlarmFiring => "AlarmFiring",
             Reason::AlarmResolved => "AlarmResolved",
             Reason::WriteFailed => "WriteFailed",
@@ -182,6 +203,12 @@ mod tests {
             Reason::InvalidSpec,
             Reason::AlarmFiring,
             Reason::AlarmResolved,
+            Reason::ScaledOut,
+            Reason::ScaledIn,
+            Reason::NoFreshSignals,
+            Reason::SignalsFresh,
+            Reason::PodsStarting,
+            Reason::CapacityReady,
         ] {
             assert_eq!(r.as_str(), format!("{r:?}"));
         }

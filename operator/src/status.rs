@@ -468,6 +468,7 @@ mod tests {
         let scale = ScalePlan {
             serving: 2,
             warm: 0,
+            draining: 0,
         };
         status_with(target, scale, obs, prev, now)
     }
@@ -568,6 +569,7 @@ mod tests {
         let warm_only = ScalePlan {
             serving: 0,
             warm: 1,
+            draining: 0,
         };
         let mut only = pod("a", "r1", true);
         only.rotation = Some(Rotation::Warm);

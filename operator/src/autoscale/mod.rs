@@ -40,6 +40,7 @@
 //! `lowSince`, `lastScaleAt`, `lastScaleReason`. With `max` unset or equal
 //! to `min` nothing is decided from signals: the plan is the bounds.
 
+pub mod report;
 pub mod rule;
 
 use std::time::Duration;
@@ -49,6 +50,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{AutoscalingSpec, AutoscalingStatus, ReplicasSpec};
 use crate::pool::Rotation;
+use crate::signals::{Latest, Signal};
 
 /// The waiting-queue target: one request waiting per serving pod. A
 /// steady queue means every batch is full; above this the pods are too few
@@ -62,13 +64,16 @@ pub struct ScaleInput<'a> {
     pub replicas: &'a ReplicasSpec,
 }
 
-/// Pods of one revision: in rotation and warm.
+/// Pods of one revision: in rotation, warm, and draining on their way out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScalePlan {
     /// Pods in rotation.
     pub serving: i32,
     /// Pods loaded and ready but out of rotation.
     pub warm: i32,
+    /// Pods out of rotation that the Deployment still keeps until their
+    /// drain is over (a scale-in's pod).
+    pub draining: i32,
 }
 
 impl ScalePlan {
@@ -76,11 +81,14 @@ impl ScalePlan {
     pub const ZERO: ScalePlan = ScalePlan {
         serving: 0,
         warm: 0,
+        draining: 0,
     };
 
-    /// The Deployment's replica count: serving plus warm.
+    /// The Deployment's replica count: serving, warm and draining.
     pub fn total(self) -> i32 {
-        self.serving.saturating_add(self.warm)
+        self.serving
+            .saturating_add(self.warm)
+            .saturating_add(self.draining)
     }
 }
 
@@ -111,6 +119,7 @@ pub fn decide(input: &ScaleInput<'_>) -> ScalePlan {
     ScalePlan {
         serving: b.min,
         warm: b.warm,
+        draining: 0,
     }
 }
 
@@ -134,6 +143,31 @@ pub enum Signals {
     Unavailable(String),
     /// A fresh snapshot's readings.
     Fresh(Load),
+}
+
+impl Signals {
+    /// The readings of `revision` in the latest snapshot, if it is fresh at
+    /// `now` (younger than two `interval`s) and Prometheus answered; why
+    /// not otherwise.
+    pub fn from_latest(
+        latest: &Latest,
+        now: Timestamp,
+        interval: Duration,
+        revision: &str,
+    ) -> Self {
+        if let Some(why) = latest.unavailable_reason(now, interval) {
+            return Signals::Unavailable(why);
+        }
+        let Some(snapshot) = latest.fresh(now, interval) else {
+            return Signals::Unavailable("no fresh signal snapshot".into());
+        };
+        let value = |s| snapshot.reading(s, revision).value();
+        Signals::Fresh(Load {
+            executor: value(Signal::ExecutorUtilization),
+            kv_cache: value(Signal::KvCacheUsage),
+            queue_per_pod: value(Signal::QueueWaitingPerPod),
+        })
+    }
 }
 
 /// One pod of the revision being scaled, as the autoscaler sees it.
@@ -253,11 +287,12 @@ pub struct ColdStart {
 /// The autoscaler's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScaleDecision {
-    /// Serving and warm counts for the pool and the Deployment.
+    /// `max` is above `min`: the count follows the signals (otherwise the
+    /// plan is the bounds and no condition is shown).
+    pub enabled: bool,
+    /// Serving, warm and still-draining counts for the pool and the
+    /// Deployment (whose size is `plan.total()`).
     pub plan: ScalePlan,
-    /// Draining pods that stay in the Deployment this pass (the
-    /// Deployment's size is `plan.total() + draining`).
-    pub draining: i32,
     /// The pod that leaves rotation this pass (label → draining).
     pub drain: Option<String>,
     /// Draining pods removed this pass: their Deployment no longer counts
@@ -275,13 +310,6 @@ pub struct ScaleDecision {
     pub event: Option<ScaleEvent>,
     /// When a time-based decision (a scale-in, a removal) is due.
     pub requeue_after: Option<Duration>,
-}
-
-impl ScaleDecision {
-    /// The Deployment's replica count: serving, warm and still-draining.
-    pub fn replicas(&self) -> i32 {
-        self.plan.total().saturating_add(self.draining)
-    }
 }
 
 /// One signal's reading against its target.
@@ -527,11 +555,12 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
     });
     let draining_kept = draining_kept + i32::from(drain.is_some());
     ScaleDecision {
+        enabled,
         plan: ScalePlan {
             serving,
             warm: b.warm,
+            draining: draining_kept,
         },
-        draining: draining_kept,
         drain,
         remove,
         memory,

@@ -121,7 +121,19 @@ impl Case {
 }
 
 fn plan(serving: i32, warm: i32) -> ScalePlan {
-    ScalePlan { serving, warm }
+    ScalePlan {
+        serving,
+        warm,
+        draining: 0,
+    }
+}
+
+fn with_draining(serving: i32, warm: i32, draining: i32) -> ScalePlan {
+    ScalePlan {
+        serving,
+        warm,
+        draining,
+    }
 }
 
 /// Two serving pods and one warm: the usual starting point.
@@ -155,6 +167,7 @@ fn out_of_range_bounds_are_clamped_not_trusted() {
 #[test]
 fn total_saturates_instead_of_overflowing() {
     assert_eq!(plan(i32::MAX, 1).total(), i32::MAX);
+    assert_eq!(with_draining(2, 1, 1).total(), 4);
 }
 
 // --- Autoscaling off --------------------------------------------------------
@@ -170,7 +183,7 @@ fn without_a_range_the_plan_is_the_bounds_and_status_is_untouched() {
     ] {
         let d = Case::new(bounds(2, None, 1), signals, pool_2_1()).run();
         assert_eq!(d.plan, plan(2, 1));
-        assert_eq!(d.replicas(), 3);
+        assert_eq!(d.plan.total(), 3);
         assert_eq!(d.memory, AutoscalingStatus::default());
         assert_eq!(d.metrics_unavailable, None);
         assert_eq!(d.cold_start, None);
@@ -205,7 +218,7 @@ fn scale_out_above_target_takes_the_warm_pod_first_and_backfills() {
         .run();
     assert_eq!(d.plan, plan(3, 1));
     // The Deployment grows by one: the warm pool is backfilled.
-    assert_eq!(d.replicas(), 4);
+    assert_eq!(d.plan.total(), 4);
     let e = d.event.expect("a scale-out event");
     assert_eq!(
         (e.direction, e.cause, e.from, e.to, e.from_warm),
@@ -343,13 +356,13 @@ fn after_the_window_one_pod_drains_and_the_deployment_keeps_it() {
     let d = Case::new(bounds(1, Some(8), 1), load(0.1, 0.1, 0.0), pods)
         .memory(low_since(3, T0 - 60))
         .run();
-    assert_eq!(d.plan, plan(2, 1));
+    assert_eq!(d.plan, with_draining(2, 1, 1));
     // The least loaded serving pod leaves rotation; the warm pod is never
     // chosen.
     assert_eq!(d.drain.as_deref(), Some("b"));
     // It stays in the Deployment until its drain is over.
-    assert_eq!(d.draining, 1);
-    assert_eq!(d.replicas(), 4);
+    assert_eq!(d.plan.draining, 1);
+    assert_eq!(d.plan.total(), 4);
     assert!(d.remove.is_empty());
     let e = d.event.expect("a scale-in event");
     assert_eq!(
@@ -396,11 +409,11 @@ fn no_second_scale_in_while_a_pod_is_still_draining() {
     let d = Case::new(bounds(1, Some(8), 1), load(0.0, 0.0, 0.0), pods)
         .memory(low_since(2, T0 - 600))
         .run();
-    assert_eq!(d.plan, plan(2, 1));
+    assert_eq!(d.plan, with_draining(2, 1, 1));
     assert_eq!(d.drain, None);
     // The window is kept: the next pod goes once the draining one is gone.
     assert_eq!(d.memory.low_since, Some(Time(at(T0 - 600))));
-    assert_eq!(d.draining, 1);
+    assert_eq!(d.plan.draining, 1);
     assert_eq!(d.requeue_after, Some(Duration::from_secs(1)));
 }
 
@@ -497,7 +510,7 @@ fn a_draining_pod_is_removed_after_the_drain_delay() {
         .memory(memory(1))
         .run();
     assert!(d.remove.is_empty());
-    assert_eq!(d.replicas(), 3);
+    assert_eq!(d.plan.total(), 3);
     assert_eq!(d.requeue_after, Some(Duration::from_secs(1)));
     // 2 s later: removed, the Deployment shrinks by exactly it.
     let d = Case::new(bounds(1, Some(8), 1), load(0.5, 0.5, 0.5), pods)
@@ -505,8 +518,8 @@ fn a_draining_pod_is_removed_after_the_drain_delay() {
         .now(T0 + 1)
         .run();
     assert_eq!(d.remove, vec!["b".to_string()]);
-    assert_eq!(d.draining, 0);
-    assert_eq!(d.replicas(), 2);
+    assert_eq!(d.plan.draining, 0);
+    assert_eq!(d.plan.total(), 2);
 }
 
 #[test]
@@ -525,7 +538,7 @@ fn a_draining_pod_waits_while_another_pod_is_unready() {
         .memory(memory(1))
         .run();
     assert!(d.remove.is_empty());
-    assert_eq!(d.replicas(), 3);
+    assert_eq!(d.plan.total(), 3);
 }
 
 #[test]
@@ -555,8 +568,8 @@ fn terminating_pods_are_not_counted() {
         .memory(memory(1))
         .run();
     assert!(d.remove.is_empty());
-    assert_eq!(d.draining, 0);
-    assert_eq!(d.replicas(), 1);
+    assert_eq!(d.plan.draining, 0);
+    assert_eq!(d.plan.total(), 1);
     assert_eq!(d.cold_start, None);
 }
 
@@ -717,4 +730,78 @@ fn a_target_of_fifty_scales_out_earlier() {
     // 60% against 50%: ceil(2 × 1.2) = 3.
     c.autoscaling.target_utilization = 50;
     assert_eq!(c.run().plan.serving, 3);
+}
+
+// --- From the poller's snapshot -----------------------------------------------
+
+mod from_latest {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::signals::{QueryError, QueryErrorKind, Signal, Snapshot};
+
+    const I: Duration = Duration::from_secs(5);
+
+    fn snapshot(taken: i64, signals: BTreeMap<Signal, crate::signals::Series>) -> Latest {
+        Latest::Taken(Arc::new(Snapshot {
+            taken_at: at(taken),
+            window: Duration::from_secs(30),
+            signals,
+            queries: BTreeMap::new(),
+        }))
+    }
+
+    fn ok(rev: &str, v: f64) -> crate::signals::Series {
+        Ok(BTreeMap::from([(rev.to_string(), v)]))
+    }
+
+    #[test]
+    fn fresh_values_of_the_revision_are_read_and_missing_ones_stay_none() {
+        let latest = snapshot(
+            T0 - 1,
+            BTreeMap::from([
+                (Signal::ExecutorUtilization, ok("r1", 0.8)),
+                (Signal::KvCacheUsage, ok("r2", 0.9)),
+                (Signal::QueueWaitingPerPod, ok("r1", f64::NAN)),
+            ]),
+        );
+        assert_eq!(
+            Signals::from_latest(&latest, at(T0), I, "r1"),
+            Signals::Fresh(Load {
+                executor: Some(0.8),
+                kv_cache: None,
+                queue_per_pod: None,
+            })
+        );
+    }
+
+    #[test]
+    fn no_prometheus_no_snapshot_stale_or_down_is_unavailable() {
+        let why = |l: &Latest| match Signals::from_latest(l, at(T0), I, "r1") {
+            Signals::Unavailable(w) => w,
+            other => panic!("expected unavailable, got {other:?}"),
+        };
+        assert!(why(&Latest::NotConfigured).contains("no Prometheus address"));
+        assert!(why(&Latest::Waiting).contains("no signal snapshot"));
+        let stale = snapshot(
+            T0 - 11,
+            BTreeMap::from([(Signal::ExecutorUtilization, ok("r1", 0.8))]),
+        );
+        assert!(why(&stale).contains("older than two intervals"));
+        let refused = || {
+            Err(QueryError {
+                kind: QueryErrorKind::Unavailable,
+                message: "connection refused".into(),
+            })
+        };
+        let down = snapshot(
+            T0,
+            BTreeMap::from([
+                (Signal::ExecutorUtilization, refused()),
+                (Signal::KvCacheUsage, refused()),
+            ]),
+        );
+        assert!(why(&down).contains("connection refused"));
+    }
 }

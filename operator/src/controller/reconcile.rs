@@ -120,6 +120,9 @@ pub(crate) async fn reconcile(
     for reason in &want.rollbacks {
         ctx.metrics.rolled_back(*reason);
     }
+    for (direction, reason) in &want.scale_events {
+        ctx.metrics.scaled(direction, reason);
+    }
     // The SLO alert rules. A spec whose objectives do not compile has no
     // rules; its AlarmQueryInvalid condition already says why.
     if let Ok(file) = crate::rules::rule_file(&ns, &name, &obj.spec, &ctx.cfg.signals.rules) {

@@ -13,6 +13,7 @@ use std::future::Future;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::Resource;
@@ -24,6 +25,7 @@ use super::{Context, ReconcileError, FIELD_MANAGER};
 use crate::crd::{labels, InferenceService};
 use crate::events::{Note, Severity};
 use crate::plan::Write;
+use crate::pool::Rotation;
 
 /// Parameters of the non-apply patches (scale, pod rotation), under the
 /// same field manager.
@@ -73,9 +75,23 @@ pub(crate) async fn execute(
             Write::LabelPod(change) => {
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
                 let rotation = change.rotation.as_label();
-                let body = Patch::Merge(
-                    json!({ "metadata": { "labels": { labels::ROTATION: rotation } } }),
-                );
+                let body = if change.rotation == Rotation::Draining {
+                    // When it left rotation (the autoscaler removes it a
+                    // hand-off later), and the cost that makes the
+                    // ReplicaSet remove exactly this pod when the
+                    // Deployment shrinks.
+                    Patch::Merge(json!({ "metadata": {
+                        "labels": { labels::ROTATION: rotation },
+                        "annotations": {
+                            labels::DRAINING_SINCE: Timestamp::now().to_string(),
+                            labels::POD_DELETION_COST: labels::DRAINING_DELETION_COST,
+                        },
+                    } }))
+                } else {
+                    Patch::Merge(
+                        json!({ "metadata": { "labels": { labels::ROTATION: rotation } } }),
+                    )
+                };
                 let call = api.patch(&change.pod, &merge, &body);
                 // A pod that went away meanwhile is not an error; the next
                 // pass sees it gone.

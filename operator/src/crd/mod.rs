@@ -44,6 +44,14 @@ pub mod labels {
     pub const ROTATION_WARM: &str = "warm";
     /// Value of [`ROTATION`] for pods taken out of rotation before they go.
     pub const ROTATION_DRAINING: &str = "draining";
+    /// Annotation: when a pod was labelled draining (RFC 3339); the
+    /// autoscaler removes it once the traffic hand-off has passed since.
+    pub const DRAINING_SINCE: &str = "serving.steward.dev/draining-since";
+    /// The ReplicaSet controller's annotation: among ready pods, the lowest
+    /// cost goes first when a Deployment shrinks.
+    pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+    /// The cost a draining pod gets, so a shrink removes exactly it.
+    pub const DRAINING_DELETION_COST: &str = "-1000";
 }
 
 /// The CRD: the derived one plus the rule on `metadata.name` (only the root

@@ -166,6 +166,7 @@ fn kubelet(obs: &mut Observed, now: i64) {
                     ready_since: Some(at(now)),
                     terminating: false,
                     problem: None,
+                    draining_since: None,
                 });
             }
         }
@@ -273,6 +274,7 @@ fn writes_come_in_the_documented_order() {
         }],
         consumed: vec![crate::rollout::manual::ABORT],
         rollbacks: Vec::new(),
+        scale_events: Vec::new(),
         settled: false,
         requeue_after: None,
     };

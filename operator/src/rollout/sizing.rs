@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::steps::Steps;
 use super::{remaining, RevisionPlan, RolloutInput};
+use crate::autoscale::ScalePlan;
 use crate::crd::RevisionRole;
 
 /// The sizes of one pass.
@@ -21,10 +22,22 @@ pub(super) struct Sized {
 
 pub(super) fn size(input: &RolloutInput<'_>, steps: &Steps) -> Sized {
     let obs = input.observed;
-    let active = |role| RevisionPlan {
-        role,
-        replicas: input.scale.total(),
-        pool: Some(input.scale),
+    let active = |role| {
+        // Draining pods are the scaled revision's (the stable one, or the
+        // first while it starts); a canary keeps none.
+        let scale = if role == RevisionRole::Canary {
+            ScalePlan {
+                draining: 0,
+                ..input.scale
+            }
+        } else {
+            input.scale
+        };
+        RevisionPlan {
+            role,
+            replicas: scale.total(),
+            pool: Some(scale),
+        }
     };
     let mut revisions = BTreeMap::new();
     match (&steps.stable, &steps.canary) {

@@ -33,6 +33,7 @@ fn decide_at(target: &str, obs: &Observed, now: i64) -> RolloutPlan {
         scale: ScalePlan {
             serving: 2,
             warm: 0,
+            draining: 0,
         },
         observed: obs,
         now: at(now),
@@ -348,6 +349,7 @@ fn warm_pods_count_toward_the_revision_size() {
         scale: ScalePlan {
             serving: 2,
             warm: 1,
+            draining: 0,
         },
         observed: &obs,
         now: at(NOW),
@@ -363,7 +365,8 @@ fn warm_pods_count_toward_the_revision_size() {
         plan.revisions["r1"].pool,
         Some(ScalePlan {
             serving: 2,
-            warm: 1
+            warm: 1,
+            draining: 0,
         })
     );
 }
@@ -398,6 +401,7 @@ fn decide_gated(
         scale: ScalePlan {
             serving: 2,
             warm: 0,
+            draining: 0,
         },
         observed: obs,
         now: at(NOW),
