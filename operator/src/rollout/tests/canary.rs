@@ -107,6 +107,7 @@ impl<'a> Case<'a> {
             scale: ScalePlan {
                 serving: 2,
                 warm: 0,
+                draining: 0,
             },
             observed: self.obs,
             now: at(self.now),
@@ -364,6 +365,7 @@ fn a_spec_change_mid_canary_drains_it_and_starts_the_new_target_before_step_one(
         scale: ScalePlan {
             serving: 2,
             warm: 0,
+            draining: 0,
         },
         observed: &obs,
         now: at(NOW + 1),
