@@ -103,6 +103,22 @@ pub enum Reason {
     /// An alarm leaf of a revision stopped firing.
     AlarmResolved,
 
+    // SignalsUnavailable and AlarmQueryInvalid conditions.
+    /// No `--prometheus-url`: every alarm is unknown.
+    PrometheusNotConfigured,
+    /// Prometheus is configured; the first snapshot is not taken yet.
+    WaitingForFirstSnapshot,
+    /// The latest snapshot is older than two poll intervals.
+    SignalsStale,
+    /// The latest poll could not reach Prometheus or had no answer.
+    PrometheusUnavailable,
+    /// The alarm tree from the spec does not compile.
+    AlarmTreeInvalid,
+    /// Prometheus accepts every alarm query.
+    AlarmQueriesValid,
+    /// Prometheus refuses the PromQL of a leaf.
+    QueryRefused,
+
     // Reconcile errors.
     /// A write was refused or failed.
     WriteFailed,
@@ -171,6 +187,13 @@ impl Reason {
             Reason::CachesNotReady => "CachesNotReady",
             Reason::Panicked => "Panicked",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::PrometheusNotConfigured => "PrometheusNotConfigured",
+            Reason::WaitingForFirstSnapshot => "WaitingForFirstSnapshot",
+            Reason::SignalsStale => "SignalsStale",
+            Reason::PrometheusUnavailable => "PrometheusUnavailable",
+            Reason::AlarmTreeInvalid => "AlarmTreeInvalid",
+            Reason::AlarmQueriesValid => "AlarmQueriesValid",
+            Reason::QueryRefused => "QueryRefused",
         }
     }
 }
@@ -209,6 +232,13 @@ mod tests {
             Reason::SignalsFresh,
             Reason::PodsStarting,
             Reason::CapacityReady,
+            Reason::PrometheusNotConfigured,
+            Reason::WaitingForFirstSnapshot,
+            Reason::SignalsStale,
+            Reason::PrometheusUnavailable,
+            Reason::AlarmTreeInvalid,
+            Reason::AlarmQueriesValid,
+            Reason::QueryRefused,
         ] {
             assert_eq!(r.as_str(), format!("{r:?}"));
         }

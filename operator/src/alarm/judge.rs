@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{evaluate, AlarmTree, CompileError, EvalInput, Memory, Remembered, State, Verdict};
 use crate::crd::AlarmStatus;
+use crate::reason::Reason;
 use crate::signals::{Latest, Reading, Signal, Unit};
 
 /// Condition type: signals cannot be read (no Prometheus configured, down,
@@ -52,7 +53,7 @@ pub struct CondValue {
     /// True / False.
     pub status: bool,
     /// CamelCase reason.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// For people.
     pub message: String,
 }
@@ -119,17 +120,17 @@ pub fn judge(input: &JudgeInput<'_>) -> Judgement {
             type_: SIGNALS_UNAVAILABLE,
             status: true,
             reason: match input.signals {
-                Latest::NotConfigured => "PrometheusNotConfigured",
-                Latest::Waiting => "WaitingForFirstSnapshot",
-                Latest::Taken(s) if s.is_stale(input.now, input.interval) => "SignalsStale",
-                Latest::Taken(_) => "PrometheusUnavailable",
+                Latest::NotConfigured => Reason::PrometheusNotConfigured,
+                Latest::Waiting => Reason::WaitingForFirstSnapshot,
+                Latest::Taken(s) if s.is_stale(input.now, input.interval) => Reason::SignalsStale,
+                Latest::Taken(_) => Reason::PrometheusUnavailable,
             },
             message: format!("{why}; every alarm is unknown and decisions that need signals hold"),
         },
         None => CondValue {
             type_: SIGNALS_UNAVAILABLE,
             status: false,
-            reason: "SignalsFresh",
+            reason: Reason::SignalsFresh,
             message: "Prometheus answers and the latest snapshot is fresh".into(),
         },
     });
@@ -140,7 +141,7 @@ pub fn judge(input: &JudgeInput<'_>) -> Judgement {
             conditions.push(CondValue {
                 type_: ALARM_INVALID,
                 status: true,
-                reason: "AlarmTreeInvalid",
+                reason: Reason::AlarmTreeInvalid,
                 message: e.to_string(),
             });
             for rev in input.revisions {
@@ -171,14 +172,14 @@ pub fn judge(input: &JudgeInput<'_>) -> Judgement {
         CondValue {
             type_: ALARM_INVALID,
             status: false,
-            reason: "AlarmQueriesValid",
+            reason: Reason::AlarmQueriesValid,
             message: "Prometheus accepts every alarm query".into(),
         }
     } else {
         CondValue {
             type_: ALARM_INVALID,
             status: true,
-            reason: "QueryRefused",
+            reason: Reason::QueryRefused,
             message: format!(
                 "Prometheus refuses the PromQL of {}; those leaves read NoData",
                 invalid.join("; ")
@@ -364,14 +365,14 @@ mod tests {
         let c = &j.conditions[0];
         assert_eq!(
             (c.type_, c.status, c.reason),
-            (SIGNALS_UNAVAILABLE, true, "PrometheusUnavailable")
+            (SIGNALS_UNAVAILABLE, true, Reason::PrometheusUnavailable)
         );
         assert!(c.message.contains("connection refused"));
         // Not configured and stale say so.
         let j = run(&Latest::NotConfigured, &[], t(1));
-        assert_eq!(j.conditions[0].reason, "PrometheusNotConfigured");
+        assert_eq!(j.conditions[0].reason, Reason::PrometheusNotConfigured);
         let j = run(&snapshot(t(0), &[("a", 0.3)]), &[], t(10));
-        assert_eq!(j.conditions[0].reason, "SignalsStale");
+        assert_eq!(j.conditions[0].reason, Reason::SignalsStale);
         assert!(j.alarms.iter().all(|a| a.state == State::NoData));
     }
 

@@ -197,7 +197,7 @@ fn merge(
     Condition {
         type_: c.type_.to_owned(),
         status: status.to_owned(),
-        reason: c.reason.to_owned(),
+        reason: c.reason.as_str().to_owned(),
         message: c.message.clone(),
         observed_generation: generation,
         last_transition_time,
