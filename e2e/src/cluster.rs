@@ -55,10 +55,63 @@ impl std::fmt::Debug for LocalCluster {
 
 const ADMIN_TOKEN_LEN: usize = 32;
 
+/// How many times [`LocalCluster::start`] tries when a port was taken.
+pub const START_ATTEMPTS: u32 = 3;
+
+/// A component could not bind the port picked for it.
+#[derive(Debug)]
+struct PortTaken {
+    component: String,
+}
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} found its port taken (address already in use)",
+            self.component
+        )
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+fn port_taken(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<PortTaken>())
+}
+
 impl LocalCluster {
     /// Starts the control plane and waits until it serves, its controllers
     /// and scheduler are healthy, and the `default` service account exists.
+    ///
+    /// Ports are picked free just before each component starts, so another
+    /// process (often an outgoing loopback connection's ephemeral port) can
+    /// take one in between; a component that exits with "address already in
+    /// use" makes the whole start be tried again with new ports, up to
+    /// [`START_ATTEMPTS`] times. Any other failure is returned at once.
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<LocalCluster> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(opts.clone()).await {
+                Ok(c) => return Ok(c),
+                Err(e) if attempt < START_ATTEMPTS && port_taken(&e) => {
+                    tracing::warn!(attempt, error = %format!("{e:#}"), "a control-plane port was taken; starting again on new ports");
+                    eprintln!(
+                        "[local-cluster] attempt {attempt}: {e:#}; starting again on new ports"
+                    );
+                    if let Some(d) = &opts.dir {
+                        std::fs::remove_dir_all(d).with_context(|| {
+                            format!("clearing {} before the next start", d.display())
+                        })?;
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(opts: ClusterOptions) -> anyhow::Result<LocalCluster> {
         let t0 = Instant::now();
         let etcd = find_tool("etcd")?;
         let apiserver = find_tool("kube-apiserver")?;
@@ -283,6 +336,17 @@ impl LocalCluster {
         while Instant::now() < deadline {
             for (n, p) in self.procs.iter_mut() {
                 if let Some(st) = p.try_wait()? {
+                    let log = self.dir.join("logs").join(format!("{n}.log"));
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("address already in use") {
+                        return Err(anyhow::Error::new(PortTaken {
+                            component: n.clone(),
+                        })
+                        .context(format!(
+                            "{n} exited ({st}) while waiting for {name}; see {}",
+                            log.display()
+                        )));
+                    }
                     bail!(
                         "{n} exited ({st}) while waiting for {name}; see {}",
                         self.dir.join("logs").join(format!("{n}.log")).display()
@@ -422,4 +486,22 @@ async fn wait_for_default_service_account(client: &kube::Client, ns: &str) -> an
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("namespace {ns} has no 'default' service account after 60s; is kube-controller-manager running?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_taken_port_makes_the_start_try_again() {
+        let taken = anyhow::Error::new(PortTaken {
+            component: "kube-apiserver".into(),
+        })
+        .context("kube-apiserver exited (exit status: 1) while waiting for kube-apiserver");
+        assert!(port_taken(&taken));
+        assert!(format!("{taken:#}").contains("address already in use"));
+        let other = anyhow::anyhow!("etcd exited (exit status: 1) while waiting for etcd")
+            .context("starting the cluster");
+        assert!(!port_taken(&other));
+    }
 }
