@@ -25,31 +25,22 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use steward_e2e::proc::{spawn, Supervised};
+use steward_e2e::proc::spawn;
 use steward_e2e::prometheus::{LocalPrometheus, PrometheusOptions};
 use steward_e2e::testing::eventually;
 use steward_e2e::tools::workspace_bin;
 use steward_operator::controller::prometheus::PrometheusConfig;
 use steward_operator::crd::{labels, InferenceService};
-use support::{apply, env, manifest, wait_for, Operator, TestEnv};
+use support::{apply, env, manifest, tiny_model, wait_for, Killed as Load, Operator, TestEnv};
 
 const NAME: &str = "auto";
-
-/// A `steward-loadgen` process, stopped when dropped.
-struct Load(Supervised);
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        let _ = self.0.terminate(Duration::from_secs(2));
-    }
-}
 
 /// Closed-loop load on one engine pod for up to ten minutes.
 fn load(pod_ip: &str, concurrency: usize, log: &Path) -> Load {
@@ -65,22 +56,6 @@ fn load(pod_ip: &str, concurrency: usize, log: &Path) -> Load {
         .stdout(out.try_clone().expect("log"))
         .stderr(out);
     Load(spawn(cmd).expect("steward-loadgen starts"))
-}
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let out = dir.join("tiny");
-    let engine = workspace_bin("steward-engine").expect("steward-engine is built");
-    let made = Command::new(engine)
-        .args(["make-model", "--size", "tiny"])
-        .arg(&out)
-        .output()
-        .expect("make-model runs");
-    assert!(
-        made.status.success(),
-        "make-model failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    out
 }
 
 /// Pods of the service that are not terminating: name -> (rotation,

@@ -26,29 +26,20 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
-use steward_e2e::proc::{spawn, Supervised};
+use steward_e2e::proc::spawn;
 use steward_e2e::prometheus::{LocalPrometheus, PrometheusOptions};
 use steward_e2e::testing::eventually;
 use steward_e2e::tools::{free_port, workspace_bin};
 use steward_operator::controller::prometheus::PrometheusConfig;
 use steward_operator::crd::{InferenceService, Phase};
 use steward_operator::reason::Reason;
-use support::{apply, env, manifest, wait_for, Operator, TestEnv};
+use support::{apply, env, manifest, tiny_model, wait_for, Killed as Proc, Operator, TestEnv};
 
 const NAME: &str = "canary";
 /// The injected prefill delay of the bad canary.
 const DELAY: &str = "800ms";
 /// Far above a tiny engine's TTFT, below the injected delay.
 const TTFT_OBJECTIVE: &str = "600ms";
-
-/// A process killed (its group) when dropped.
-struct Proc(Supervised);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.terminate(Duration::from_secs(2));
-    }
-}
 
 struct System {
     env: TestEnv,
@@ -57,22 +48,6 @@ struct System {
     operator: Operator,
     _router: Proc,
     router_url: String,
-}
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let out = dir.join("tiny");
-    let engine = workspace_bin("steward-engine").expect("steward-engine is built");
-    let made = Command::new(engine)
-        .args(["make-model", "--size", "tiny"])
-        .arg(&out)
-        .output()
-        .expect("make-model runs");
-    assert!(
-        made.status.success(),
-        "make-model failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    out
 }
 
 async fn start() -> System {

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::{json, Value};
-use steward_e2e::proc::{spawn, Supervised};
+use steward_e2e::proc::spawn;
 use steward_e2e::prometheus::{
     install_monitoring_crds, prometheus_rule_resource, LocalPrometheus, PrometheusOptions,
 };
@@ -51,22 +51,13 @@ use steward_e2e::testing::eventually;
 use steward_e2e::tools::workspace_bin;
 use steward_operator::controller::prometheus::PrometheusConfig;
 use steward_operator::crd::{labels, AlarmState, AlarmStatus, InferenceService};
-use support::{apply, env, manifest, wait_for, Operator, TestEnv};
+use support::{apply, env, manifest, tiny_model, wait_for, Killed as Load, Operator, TestEnv};
 
 /// The injected prefill delay of the slow revision.
 const DELAY: Duration = Duration::from_millis(800);
 /// The TTFT objective: far above a tiny engine's TTFT, below the delay.
 const TTFT_OBJECTIVE: &str = "600ms";
 const NAME: &str = "sig";
-
-/// A `steward-loadgen` process, killed when dropped.
-struct Load(Supervised);
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        let _ = self.0.terminate(Duration::from_secs(2));
-    }
-}
 
 /// Closed-loop load on one engine pod for up to ten minutes.
 fn load(pod_ip: &str, concurrency: usize, log: &Path) -> Load {
@@ -90,23 +81,6 @@ struct System {
     dir: PathBuf,
     prometheus: LocalPrometheus,
     operator: Operator,
-}
-
-/// A tiny random-weight model made by the engine's own tool.
-fn tiny_model(dir: &Path) -> PathBuf {
-    let out = dir.join("tiny");
-    let engine = workspace_bin("steward-engine").expect("steward-engine is built");
-    let made = Command::new(engine)
-        .args(["make-model", "--size", "tiny"])
-        .arg(&out)
-        .output()
-        .expect("make-model runs");
-    assert!(
-        made.status.success(),
-        "make-model failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    out
 }
 
 async fn start(prefix: &str) -> System {

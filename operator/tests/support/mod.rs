@@ -284,3 +284,30 @@ pub fn run_cmd(cmd: &mut std::process::Command) -> (bool, String) {
 pub fn tool(name: &str) -> PathBuf {
     steward_e2e::tools::find_tool(name).expect("kube tools on PATH (tools/setup.sh)")
 }
+
+/// A child process (its whole group) terminated when dropped.
+pub struct Killed(pub steward_e2e::proc::Supervised);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.terminate(Duration::from_secs(2));
+    }
+}
+
+/// A tiny random-weight model in `dir/tiny`, made by the engine's own tool.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    let out = dir.join("tiny");
+    let engine =
+        steward_e2e::tools::workspace_bin("steward-engine").expect("steward-engine is built");
+    let made = std::process::Command::new(engine)
+        .args(["make-model", "--size", "tiny"])
+        .arg(&out)
+        .output()
+        .expect("make-model runs");
+    assert!(
+        made.status.success(),
+        "make-model failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    out
+}
