@@ -390,15 +390,30 @@ pub fn revision_deployment(
     Ok(d)
 }
 
-/// The Service selecting the serving pods of every revision.
-pub fn service(parent: &Parent, spec: &InferenceServiceSpec) -> Service {
-    let selector = BTreeMap::from([
-        (labels::SERVICE.to_owned(), parent.name.clone()),
+/// The labels of the serving pods of every revision.
+fn serving_labels(service: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::SERVICE.to_owned(), service.to_owned()),
         (
             labels::ROTATION.to_owned(),
             labels::ROTATION_SERVING.to_owned(),
         ),
-    ]);
+    ])
+}
+
+/// [`serving_labels`] as a label-selector string (`status.selector`, read
+/// through the scale subresource by an HPA or KEDA).
+pub fn serving_selector(service: &str) -> String {
+    serving_labels(service)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The Service selecting the serving pods of every revision.
+pub fn service(parent: &Parent, spec: &InferenceServiceSpec) -> Service {
+    let selector = serving_labels(&parent.name);
     let mut s = Service {
         metadata: ObjectMeta {
             name: Some(parent.name.clone()),

@@ -128,6 +128,11 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
             terminating: p.terminating,
             draining_since: p.draining_since,
             load: None,
+            unschedulable: p
+                .problem
+                .as_ref()
+                .filter(|pr| pr.reason == "Unschedulable")
+                .map(|pr| pr.message.clone()),
         })
         .collect();
     let scaling = autoscale::autoscale(&AutoscaleInput {
@@ -172,6 +177,8 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         quality: input.quality_status.clone(),
     });
     analysis.write_into(&mut status);
+    status.utilization = signals.utilization_text();
+    status.selector = Some(children::serving_selector(&input.parent.name));
     autoscale::report::write_into(
         &scaling,
         &mut status,

@@ -47,6 +47,9 @@ pub enum Reason {
     /// The canary's step is over but its alarm verdict is unknown (no
     /// data, too few requests, stale or unavailable signals): it holds.
     AnalysisUnknown,
+    /// The canary's step is over, but the pods the next step needs are
+    /// still coming up: the weight rises once they are ready.
+    CanaryScaling,
 
     // RolledBack condition, rollback events and
     // `steward_operator_rollbacks_total{reason}`.
@@ -98,6 +101,14 @@ pub enum Reason {
     PodsStarting,
     /// Every wanted serving pod is ready.
     CapacityReady,
+    /// Pods of the scaled revision cannot be scheduled for lack of GPUs
+    /// (`nvidia.com/gpu`): scale-out holds.
+    InsufficientGpu,
+    /// Pods of the scaled revision cannot be scheduled (CPU, memory, node
+    /// selector): scale-out holds.
+    PodsUnschedulable,
+    /// Every pod of the scaled revision is scheduled.
+    CapacitySchedulable,
     /// An alarm leaf of a revision started firing.
     AlarmFiring,
     /// An alarm leaf of a revision stopped firing.
@@ -161,6 +172,7 @@ impl Reason {
             Reason::Aborted => "Aborted",
             Reason::AnalysisUnavailable => "AnalysisUnavailable",
             Reason::AnalysisUnknown => "AnalysisUnknown",
+            Reason::CanaryScaling => "CanaryScaling",
             Reason::AsExpected => "AsExpected",
             Reason::PodProblem => "PodProblem",
             Reason::RevisionCreated => "RevisionCreated",
@@ -178,6 +190,9 @@ impl Reason {
             Reason::SignalsFresh => "SignalsFresh",
             Reason::PodsStarting => "PodsStarting",
             Reason::CapacityReady => "CapacityReady",
+            Reason::InsufficientGpu => "InsufficientGpu",
+            Reason::PodsUnschedulable => "PodsUnschedulable",
+            Reason::CapacitySchedulable => "CapacitySchedulable",
             Reason::AlarmFiring => "AlarmFiring",
             Reason::AlarmResolved => "AlarmResolved",
             Reason::WriteFailed => "WriteFailed",
@@ -232,6 +247,10 @@ mod tests {
             Reason::SignalsFresh,
             Reason::PodsStarting,
             Reason::CapacityReady,
+            Reason::InsufficientGpu,
+            Reason::PodsUnschedulable,
+            Reason::CapacitySchedulable,
+            Reason::CanaryScaling,
             Reason::PrometheusNotConfigured,
             Reason::WaitingForFirstSnapshot,
             Reason::SignalsStale,

@@ -265,6 +265,10 @@ fn held_why(cause: &HoldCause, target: &str, from: &str) -> String {
         HoldCause::AnalysisUnknown { why } => format!(
             "analysis cannot decide ({why}); the step holds until it can, never promoting blind"
         ),
+        HoldCause::CanaryScaling { ready, desired } => format!(
+            "{target} scales to {desired} pods for the next step ({ready} ready); \
+             the weight rises once they are ready"
+        ),
     }
 }
 
@@ -338,6 +342,9 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
         serving_warm: Some(format!("{}/{}", replicas.serving, replicas.warm)),
         replicas,
         ttft_p99: previous.ttft_p99.clone(),
+        firing: previous.firing.clone(),
+        utilization: previous.utilization.clone(),
+        selector: previous.selector.clone(),
         revisions,
         alarms: previous.alarms.clone(),
         quality: input.quality.clone().or_else(|| previous.quality.clone()),

@@ -77,8 +77,19 @@ limits: { perTenant: { requestsPerSecond: 20, burst: 40, maxConcurrent: 8 }, max
 fn every_example_manifest_parses_into_the_types() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut seen = 0;
+    // examples/ and its folders (examples/tutorial/).
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
         let path = entry.expect("entry").path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path).expect("readable folder") {
+                paths.push(inner.expect("entry").path());
+            }
+        } else {
+            paths.push(path);
+        }
+    }
+    for path in paths {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
@@ -90,5 +101,5 @@ fn every_example_manifest_parses_into_the_types() {
         assert!(obj.spec.replicas.min <= obj.spec.replicas.effective_max());
         seen += 1;
     }
-    assert!(seen >= 1, "no example manifests");
+    assert!(seen >= 3, "the sample and the tutorial's two manifests");
 }

@@ -152,6 +152,42 @@ async fn apply_creates_a_ready_revision_with_service_status_printer_columns_and_
         row.contains("2/2") && row.contains(&rev) && row.contains("Ready"),
         "{out}"
     );
+    for col in ["UTIL", "ALARM"] {
+        assert!(!header.contains(col), "{col} only with -o wide: {out}");
+    }
+    let (ok, wide) = run_cmd(
+        std::process::Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&env.kubeconfig)
+            .args(["get", "llmsvc", "chat", "-n", &env.ns, "-o", "wide"]),
+    );
+    assert!(ok, "{wide}");
+    let header = wide.lines().next().unwrap_or_default();
+    for col in ["UTIL", "ALARM", "TTFT-P99"] {
+        assert!(header.contains(col), "-o wide column {col} missing: {wide}");
+    }
+
+    // The scale subresource, as an HPA or KEDA reads it.
+    let (ok, scale) = run_cmd(
+        std::process::Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&env.kubeconfig)
+            .args(["get", "--raw"])
+            .arg(format!(
+                "/apis/serving.steward.dev/v1alpha1/namespaces/{}/inferenceservices/chat/scale",
+                env.ns
+            )),
+    );
+    assert!(ok, "{scale}");
+    let scale: serde_json::Value = serde_json::from_str(&scale).expect("a Scale object");
+    assert_eq!(scale["kind"], "Scale", "{scale}");
+    assert_eq!(scale["spec"]["replicas"], 2, "spec.replicas.min: {scale}");
+    assert_eq!(scale["status"]["replicas"], 2, "serving pods: {scale}");
+    assert_eq!(
+        scale["status"]["selector"],
+        "serving.steward.dev/rotation=serving,serving.steward.dev/service=chat",
+        "{scale}"
+    );
 
     // Events for the decisions, visible to `kubectl describe`.
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
@@ -740,5 +776,111 @@ async fn traffic_switch_leaves_no_gap_for_a_lagging_router() {
     assert!(endpoints
         .iter()
         .any(|(_, e)| e.get(&rev2).copied().unwrap_or(0) == 2 && !e.contains_key(&rev1)));
+    op.stop().await;
+}
+
+fn condition(o: &InferenceService, type_: &str) -> Option<(String, String, String)> {
+    o.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    })
+}
+
+/// `autoscaling.mode: external`: `kubectl scale` (the scale subresource, as
+/// an HPA or KEDA writes it) sets the serving count and the operator
+/// follows it without fighting; scale-in goes one draining pod at a time.
+/// With pods asking for 2 GPUs each on the test node's 4, the third pod
+/// cannot be scheduled: `CapacityShortfall` names the GPUs and a further
+/// scale-out is held instead of piling up Pending pods.
+#[tokio::test]
+async fn external_mode_follows_kubectl_scale_and_a_gpu_shortfall_holds_scale_out() {
+    let env = env("op-external").await;
+    let op = Operator::start(&env);
+    let name = "ext";
+    apply(
+        &env,
+        &manifest(
+            &env,
+            name,
+            1,
+            json!({ "autoscaling": { "mode": "external" }, "engine": { "gpus": 2 } }),
+        ),
+    )
+    .await
+    .expect("apply");
+    let o = wait_for(&env, name, LIMIT, "Ready", ready_and_current).await;
+    let rev = stable(&o);
+    let kubectl_scale = |n: u32| {
+        let (ok, out) = run_cmd(
+            std::process::Command::new(tool("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&env.kubeconfig)
+                .args(["scale", "llmsvc", name, "-n", &env.ns])
+                .arg(format!("--replicas={n}")),
+        );
+        assert!(ok, "kubectl scale --replicas={n}: {out}");
+    };
+    let serving = |o: &InferenceService| o.status.as_ref().map_or(-1, |s| s.replicas.serving);
+
+    // Up to 2 (4 of 4 GPUs): both serve, and the count stays where the
+    // external autoscaler put it.
+    kubectl_scale(2);
+    let o = wait_for(&env, name, LIMIT, "2 serving", |o| serving(o) == 2).await;
+    assert_eq!(
+        condition(&o, "MetricsUnavailable"),
+        None,
+        "external mode reads no signal for scaling"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let o = wait_for(&env, name, LIMIT, "still 2", |o| serving(o) == 2).await;
+    assert_eq!(
+        o.spec.replicas.min, 2,
+        "the operator never writes the count"
+    );
+
+    // 3 asked: the third pod needs 2 more GPUs, none are free.
+    kubectl_scale(3);
+    let o = wait_for(&env, name, LIMIT, "a GPU shortfall", |o| {
+        condition(o, "CapacityShortfall").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let (_, reason, message) = condition(&o, "CapacityShortfall").expect("condition");
+    assert_eq!(reason, "InsufficientGpu");
+    assert!(
+        message.contains("nvidia.com/gpu") && message.contains("1 pod(s)"),
+        "{message}"
+    );
+    // 5 asked: held; no pile of Pending pods.
+    kubectl_scale(5);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let deps = deployments(&env, name).await;
+    assert_eq!(deps.len(), 1);
+    assert_eq!(replicas(&deps[0]), 3, "scale-out held at the shortfall");
+    let pending = pods_of(&env, name, &rev)
+        .await
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"))
+        .count();
+    assert_eq!(pending, 1, "one Pending pod, not three");
+
+    // Back to 1: the pending pod goes, then one draining pod at a time.
+    kubectl_scale(1);
+    let o = wait_for(&env, name, LIMIT, "1 serving, no shortfall", |o| {
+        serving(o) == 1 && condition(o, "CapacityShortfall").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(o.status.as_ref().map(|s| s.replicas.desired), Some(1));
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.into_iter().filter_map(|e| e.reason).collect())
+        .unwrap_or_default();
+    assert!(
+        reasons.iter().any(|r| r == "InsufficientGpu"),
+        "a Warning event names the GPU shortfall: {reasons:?}"
+    );
     op.stop().await;
 }

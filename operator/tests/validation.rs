@@ -52,6 +52,11 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_clear_messages() {
             "should be less than or equal to 100",
         ),
         (
+            "unknown autoscaling mode",
+            json!({"autoscaling": {"mode": "keda"}}),
+            "spec.autoscaling.mode: Unsupported value: \"keda\"",
+        ),
+        (
             "duration in words",
             json!({"autoscaling": {"scaleInAfter": "5 minutes"}}),
             "must be a positive duration such as 800ms",

@@ -94,6 +94,9 @@ pub struct Analysis {
     pub alarms: Vec<AlarmStatus>,
     /// The TTFT-P99 printer value (blank when unknown).
     pub ttft_p99: Option<String>,
+    /// The Alarm printer value (`-o wide`): each revision whose tree fires,
+    /// as `leaf (revision)`; blank when none does.
+    pub firing: Option<String>,
     /// `SignalsUnavailable` and `AlarmQueryInvalid`, transition times kept.
     pub conditions: Vec<Condition>,
     /// Leaves that started or stopped firing, for events.
@@ -106,11 +109,12 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// Sets `alarms` and `ttft_p99`, and replaces (or adds) the two signal
-    /// conditions, leaving every other field as computed.
+    /// Sets `alarms`, `ttft_p99` and `firing`, and replaces (or adds) the
+    /// two signal conditions, leaving every other field as computed.
     pub fn write_into(&self, status: &mut InferenceServiceStatus) {
         status.alarms = self.alarms.clone();
         status.ttft_p99 = self.ttft_p99.clone();
+        status.firing = self.firing.clone();
         for c in &self.conditions {
             match status.conditions.iter_mut().find(|p| p.type_ == c.type_) {
                 Some(p) => *p = c.clone(),
@@ -147,14 +151,29 @@ pub fn analyse(input: &AnalysisInput<'_>) -> Analysis {
     };
     let mut verdicts = j.verdicts;
     with_stable_values(&mut verdicts, &j.alarms, input.stable);
+    let firing = firing_column(&verdicts);
     Analysis {
         verdicts,
         alarms: j.alarms,
         ttft_p99: j.ttft_p99,
+        firing,
         conditions,
         transitions: j.transitions,
         requeue_after,
     }
+}
+
+/// `leaf (revision)` for each revision whose tree fires, comma-separated;
+/// `None` when none does (a blank column, never a stale name).
+fn firing_column(verdicts: &BTreeMap<String, Verdict>) -> Option<String> {
+    let firing: Vec<String> = verdicts
+        .iter()
+        .filter_map(|(rev, v)| match v {
+            Verdict::Firing { leaf, .. } => Some(format!("{leaf} ({rev})")),
+            _ => None,
+        })
+        .collect();
+    (!firing.is_empty()).then(|| firing.join(", "))
 }
 
 /// A firing leaf of an absolute test (an SLO objective, a threshold) has

@@ -39,6 +39,12 @@
 //! Memory (`status.autoscaling`): `serving` (the count to scale from),
 //! `lowSince`, `lastScaleAt`, `lastScaleReason`. With `max` unset or equal
 //! to `min` nothing is decided from signals: the plan is the bounds.
+//!
+//! `autoscaling.mode: external`: an HPA or KEDA owns the count and writes
+//! `replicas.min` through the scale subresource; the signals are not read.
+//! The operator follows the asked count the same way (scale-out at once,
+//! warm pool first; scale-in one draining pod at a time, no window),
+//! capped at `replicas.max` when it is set, so the two never fight.
 
 pub mod report;
 pub mod rule;
@@ -48,7 +54,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{AutoscalingSpec, AutoscalingStatus, ReplicasSpec};
+use crate::crd::{AutoscalingMode, AutoscalingSpec, AutoscalingStatus, ReplicasSpec};
 use crate::pool::Rotation;
 use crate::signals::{Latest, Signal};
 
@@ -123,6 +129,10 @@ pub fn decide(input: &ScaleInput<'_>) -> ScalePlan {
     }
 }
 
+/// The cap on serving pods in external mode when `replicas.max` is unset
+/// (the schema's own maximum for `replicas.min`).
+const EXTERNAL_CAP: i32 = 1000;
+
 /// The load of the revision, from the latest fresh signal snapshot.
 /// `None` is no data (never read as zero).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -146,6 +156,21 @@ pub enum Signals {
 }
 
 impl Signals {
+    /// The `-o wide` UTIL value: the higher of executor utilisation and
+    /// KV-cache usage, as a whole percent; `None` without fresh data (a
+    /// blank column, never 0%).
+    pub fn utilization_text(&self) -> Option<String> {
+        let Signals::Fresh(load) = self else {
+            return None;
+        };
+        let u = [load.executor, load.kv_cache]
+            .into_iter()
+            .flatten()
+            .filter(|v| v.is_finite())
+            .reduce(f64::max)?;
+        Some(format!("{:.0}%", u * 100.0))
+    }
+
     /// The readings of `revision` in the latest snapshot, if it is fresh at
     /// `now` (younger than two `interval`s) and Prometheus answered; why
     /// not otherwise.
@@ -187,6 +212,9 @@ pub struct PodState {
     /// Its own load (the higher of its executor utilisation and KV-cache
     /// usage), when known; the least loaded serving pod leaves first.
     pub load: Option<f64>,
+    /// The scheduler's message while the pod is Pending `Unschedulable`
+    /// (no node has the GPUs, CPU or memory it asks for).
+    pub unschedulable: Option<String>,
 }
 
 /// What the autoscaler needs.
@@ -242,6 +270,9 @@ pub enum Cause {
     LowUtilization,
     /// The spec's bounds changed (`min`, `max`).
     Bounds,
+    /// An external autoscaler (`autoscaling.mode: external`) changed
+    /// `replicas.min` through the scale subresource.
+    External,
 }
 
 impl Cause {
@@ -253,6 +284,7 @@ impl Cause {
             Cause::Queue => "queue",
             Cause::LowUtilization => "low_utilization",
             Cause::Bounds => "bounds",
+            Cause::External => "external",
         }
     }
 }
@@ -284,12 +316,32 @@ pub struct ColdStart {
     pub ready: i32,
 }
 
+/// Pods of the scaled revision that no node can take: scale-out holds
+/// (no pile of Pending pods) until they are scheduled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Pods Pending `Unschedulable`.
+    pub pending: i32,
+    /// The scheduler's message for the first of them.
+    pub message: String,
+    /// The scheduler names `nvidia.com/gpu` (GPUs are what is short).
+    pub gpu: bool,
+    /// A scale-out this pass would have made, held: serving pods wanted.
+    pub held_at: Option<i32>,
+}
+
+/// The resource whose shortage the scheduler names for GPU pods.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
 /// The autoscaler's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScaleDecision {
-    /// `max` is above `min`: the count follows the signals (otherwise the
-    /// plan is the bounds and no condition is shown).
+    /// `max` is above `min`, or the mode is external: the count moves
+    /// (otherwise the plan is the bounds and no condition is shown).
     pub enabled: bool,
+    /// `autoscaling.mode: external`: the count follows `replicas.min` as an
+    /// external autoscaler writes it; the signals are not read.
+    pub external: bool,
     /// Serving, warm and still-draining counts for the pool and the
     /// Deployment (whose size is `plan.total()`).
     pub plan: ScalePlan,
@@ -306,6 +358,8 @@ pub struct ScaleDecision {
     pub metrics_unavailable: Option<String>,
     /// Serving pods wanted but not ready yet (`CapacityColdStarting`).
     pub cold_start: Option<ColdStart>,
+    /// Pods no node can take (`CapacityShortfall`); scale-out holds.
+    pub shortfall: Option<Shortfall>,
     /// The change of this pass, if any.
     pub event: Option<ScaleEvent>,
     /// When a time-based decision (a scale-in, a removal) is due.
@@ -386,13 +440,35 @@ enum Want {
     Hold,
     /// More pods, now.
     Out { to: i32, cause: Cause, text: String },
-    /// Every signal is low: fewer pods would do once the window has passed.
-    Low { text: String },
+    /// Fewer pods would do: after `window` (every signal low for
+    /// `scaleInAfter`), or at once (`None`: an external autoscaler asked).
+    Low {
+        text: String,
+        window: Option<Duration>,
+    },
 }
 
 /// Decides the serving count from the signals (see the module docs).
 pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
-    let b = Bounds::of(input.replicas);
+    let external = input.autoscaling.mode == AutoscalingMode::External;
+    let spec_bounds = Bounds::of(input.replicas);
+    // External mode: `replicas.min` is the count asked for (written through
+    // the scale subresource); the operator scales between 0 and `max` (when
+    // set) to follow it.
+    let (b, asked) = if external {
+        let cap = input.replicas.max.unwrap_or(EXTERNAL_CAP).max(0);
+        let asked = input.replicas.min.clamp(0, cap);
+        (
+            Bounds {
+                min: 0,
+                max: cap,
+                warm: spec_bounds.warm,
+            },
+            Some(asked),
+        )
+    } else {
+        (spec_bounds, None)
+    };
     let now = input.now;
     let live: Vec<&PodState> = input.pods.iter().filter(|p| !p.terminating).collect();
     let draining: Vec<&PodState> = live
@@ -420,7 +496,12 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
     }
     let draining_kept = i32::try_from(draining.len() - remove.len()).unwrap_or(i32::MAX);
 
-    let current = input.memory.serving.unwrap_or(b.min).clamp(b.min, b.max);
+    let current = input
+        .memory
+        .serving
+        .or(asked)
+        .unwrap_or(b.min)
+        .clamp(b.min, b.max);
     let mut memory = AutoscalingStatus {
         serving: Some(current),
         ..input.memory.clone()
@@ -430,8 +511,19 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
     let mut drain = None;
     let mut serving = current;
 
-    let enabled = b.max > b.min;
-    let want = if !enabled {
+    let enabled = external || b.max > b.min;
+    let want = if let Some(asked) = asked {
+        let text = format!("replicas.min is {asked} (autoscaling.mode: external)");
+        match asked.cmp(&current) {
+            std::cmp::Ordering::Greater => Want::Out {
+                to: asked,
+                cause: Cause::External,
+                text,
+            },
+            std::cmp::Ordering::Less => Want::Low { text, window: None },
+            std::cmp::Ordering::Equal => Want::Hold,
+        }
+    } else if !enabled {
         // No range to scale in: the bounds are the plan.
         Want::Hold
     } else {
@@ -441,8 +533,7 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
                 Want::Hold
             }
             Signals::Fresh(load) => {
-                let (want, missing) =
-                    from_load(load, input.autoscaling.target_utilization, current, b);
+                let (want, missing) = from_load(load, input.autoscaling, current, b);
                 if !missing.is_empty() {
                     let held = if matches!(want, Want::Out { .. }) {
                         "scale-in held"
@@ -455,6 +546,30 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
                 want
             }
         }
+    };
+
+    // Pods no node can take: asking for more would only pile up Pending
+    // pods, so a scale-out holds until they are scheduled.
+    let pending: Vec<&PodState> = live
+        .iter()
+        .copied()
+        .filter(|p| p.unschedulable.is_some())
+        .collect();
+    let mut shortfall = pending.first().map(|p| {
+        let message = p.unschedulable.clone().unwrap_or_default();
+        Shortfall {
+            pending: count(pending.iter()),
+            gpu: message.contains(GPU_RESOURCE),
+            message,
+            held_at: None,
+        }
+    });
+    let want = match (want, shortfall.as_mut()) {
+        (Want::Out { to, .. }, Some(s)) => {
+            s.held_at = Some(to);
+            Want::Hold
+        }
+        (want, _) => want,
     };
 
     let stored = input.memory.serving;
@@ -482,35 +597,46 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
                 message,
             });
         }
-        Want::Low { text } => {
+        Want::Low { text, window } => {
             let low_since = input.memory.low_since.as_ref().map_or(now, |t| t.0);
-            let wait = left(low_since, now, input.autoscaling.scale_in_after.get());
+            let wait = window.and_then(|w| left(low_since, now, w));
             let victim = (wait.is_none() && draining.is_empty())
                 .then(|| victim(&live))
                 .flatten();
             match victim {
                 Some(v) => {
                     serving = current - 1;
-                    let message = format!(
-                        "{text} for {}: serving {current} -> {serving} ({v} drains)",
-                        humantime::format_duration(input.autoscaling.scale_in_after.get())
-                    );
+                    let text = match window {
+                        Some(w) => format!("{text} for {}", humantime::format_duration(w)),
+                        None => text,
+                    };
+                    let who = match &v {
+                        Leaving::Drains(name) => format!("{name} drains"),
+                        Leaving::Unready => "a pod that is not ready goes".to_owned(),
+                    };
+                    let message = format!("{text}: serving {current} -> {serving} ({who})");
                     // The window starts again: one pod per window.
                     memory.low_since = None;
                     memory.last_scale_at = Some(Time(now));
                     memory.last_scale_reason = Some(message.clone());
                     event = Some(ScaleEvent {
                         direction: Direction::In,
-                        cause: Cause::LowUtilization,
+                        cause: if window.is_some() {
+                            Cause::LowUtilization
+                        } else {
+                            Cause::External
+                        },
                         from: current,
                         to: serving,
                         from_warm: 0,
                         message,
                     });
-                    drain = Some(v);
+                    if let Leaving::Drains(name) = v {
+                        drain = Some(name);
+                    }
                 }
                 None => {
-                    memory.low_since = Some(Time(low_since));
+                    memory.low_since = window.map(|_| Time(low_since));
                     requeue = earliest(requeue, wait);
                 }
             }
@@ -556,6 +682,7 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
     let draining_kept = draining_kept + i32::from(drain.is_some());
     ScaleDecision {
         enabled,
+        external,
         plan: ScalePlan {
             serving,
             warm: b.warm,
@@ -566,6 +693,7 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
         memory,
         metrics_unavailable,
         cold_start,
+        shortfall,
         event,
         requeue_after: requeue,
     }
@@ -574,10 +702,11 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
 /// The serving count the readings ask for, and the signals with no data.
 fn from_load(
     load: &Load,
-    target_utilization: i32,
+    autoscaling: &AutoscalingSpec,
     current: i32,
     b: Bounds,
 ) -> (Want, Vec<&'static str>) {
+    let target_utilization = autoscaling.target_utilization;
     let readings = readings(load, target_utilization);
     let missing: Vec<&'static str> = readings
         .iter()
@@ -618,6 +747,7 @@ fn from_load(
             .join(", ");
         Want::Low {
             text: format!("low ({text})"),
+            window: Some(autoscaling.scale_in_after.get()),
         }
     } else {
         Want::Hold
@@ -625,13 +755,36 @@ fn from_load(
     (want, missing)
 }
 
-/// The serving pod that leaves on a scale-in: ready, in rotation, the
-/// least loaded; pods with no known load count as more loaded than any
-/// known one; ties go to the last by name (the pool keeps serving pods by
-/// name, so the others stay where they are).
-fn victim(live: &[&PodState]) -> Option<String> {
-    live.iter()
+/// Who leaves on a scale-in.
+enum Leaving {
+    /// This serving pod goes to draining (its streams finish first).
+    Drains(String),
+    /// A pod that is not ready (starting, or Pending with nowhere to run):
+    /// the Deployment shrinks and the ReplicaSet removes such a pod before
+    /// any ready one, so nothing needs to drain.
+    Unready,
+}
+
+/// Who leaves on a scale-in (nobody while no ready pod serves): a pod that
+/// is not ready if there is one (it serves nothing); otherwise the serving
+/// pod that is ready, in
+/// rotation and the least loaded; pods with no known load count as more
+/// loaded than any known one; ties go to the last by name (the pool keeps
+/// serving pods by name, so the others stay where they are).
+fn victim(live: &[&PodState]) -> Option<Leaving> {
+    let mut serving = live
+        .iter()
         .filter(|p| p.ready && p.rotation == Some(Rotation::Serving))
+        .peekable();
+    // Nothing ready serves: the low readings say nothing; hold.
+    serving.peek()?;
+    if live
+        .iter()
+        .any(|p| !p.ready && p.rotation != Some(Rotation::Draining))
+    {
+        return Some(Leaving::Unready);
+    }
+    serving
         .min_by(|a, b| {
             let load = |p: &PodState| p.load.filter(|v| v.is_finite());
             match (load(a), load(b)) {
@@ -642,7 +795,7 @@ fn victim(live: &[&PodState]) -> Option<String> {
             }
             .then_with(|| b.name.cmp(&a.name))
         })
-        .map(|p| p.name.clone())
+        .map(|p| Leaving::Drains(p.name.clone()))
 }
 
 fn count<T>(it: impl Iterator<Item = T>) -> i32 {

@@ -8,7 +8,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::{Direction, ScaleDecision};
+use super::{Direction, ScaleDecision, Shortfall};
 use crate::crd::InferenceServiceStatus;
 use crate::events::{Note, Severity};
 use crate::reason::Reason;
@@ -19,6 +19,9 @@ pub mod condition {
     pub const METRICS_UNAVAILABLE: &str = "MetricsUnavailable";
     /// True while more serving pods are wanted than are ready.
     pub const CAPACITY_COLD_STARTING: &str = "CapacityColdStarting";
+    /// True while pods of the scaled revision cannot be scheduled (GPUs or
+    /// other resources short): scale-out holds.
+    pub const CAPACITY_SHORTFALL: &str = "CapacityShortfall";
 }
 
 /// Writes the decision's memory and conditions onto `status`.
@@ -31,9 +34,11 @@ pub fn write_into(
 ) {
     status.autoscaling = decision.memory.clone();
     status.conditions.retain(|c| {
-        c.type_ != condition::METRICS_UNAVAILABLE && c.type_ != condition::CAPACITY_COLD_STARTING
+        c.type_ != condition::METRICS_UNAVAILABLE
+            && c.type_ != condition::CAPACITY_COLD_STARTING
+            && c.type_ != condition::CAPACITY_SHORTFALL
     });
-    if !decision.enabled {
+    if !decision.enabled && decision.shortfall.is_none() {
         return;
     }
     let metrics = match &decision.metrics_unavailable {
@@ -66,10 +71,25 @@ pub fn write_into(
             format!("{} serving pods wanted and ready", decision.plan.serving),
         ),
     };
-    for (type_, (on, reason, message)) in [
+    let shortfall = match &decision.shortfall {
+        Some(s) => (true, shortfall_reason(s), shortfall_message(s)),
+        None => (
+            false,
+            Reason::CapacitySchedulable,
+            "every pod of the scaled revision is scheduled".to_string(),
+        ),
+    };
+    let shown = [
         (condition::METRICS_UNAVAILABLE, metrics),
         (condition::CAPACITY_COLD_STARTING, cold),
-    ] {
+        (condition::CAPACITY_SHORTFALL, shortfall),
+    ];
+    for (type_, (on, reason, message)) in shown.into_iter().filter(|(t, _)| {
+        // External mode: the signals do not drive the count. A fixed count
+        // shows only a shortfall.
+        !(decision.external && *t == condition::METRICS_UNAVAILABLE)
+            && (decision.enabled || *t == condition::CAPACITY_SHORTFALL)
+    }) {
         let value = if on { "True" } else { "False" };
         let last_transition_time = previous
             .conditions
@@ -87,7 +107,28 @@ pub fn write_into(
     }
 }
 
-/// Events: every scale change, and `MetricsUnavailable` turning true.
+fn shortfall_reason(s: &Shortfall) -> Reason {
+    if s.gpu {
+        Reason::InsufficientGpu
+    } else {
+        Reason::PodsUnschedulable
+    }
+}
+
+fn shortfall_message(s: &Shortfall) -> String {
+    let what = if s.gpu { "GPUs" } else { "resources" };
+    let held = match s.held_at {
+        Some(n) => format!("; scale-out to {n} serving pods holds until they are scheduled"),
+        None => "; no more pods are asked for until they are scheduled".to_string(),
+    };
+    format!(
+        "{} pod(s) cannot be scheduled, not enough {what} in the cluster ({}){held}",
+        s.pending, s.message
+    )
+}
+
+/// Events: every scale change, `MetricsUnavailable` and
+/// `CapacityShortfall` turning true.
 pub fn notes(decision: &ScaleDecision, previous: &InferenceServiceStatus) -> Vec<Note> {
     let mut out = Vec::new();
     if let Some(e) = &decision.event {
@@ -118,6 +159,18 @@ pub fn notes(decision: &ScaleDecision, previous: &InferenceServiceStatus) -> Vec
             message: format!("autoscaling holds: {why}"),
         });
     }
+    let was_short = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::CAPACITY_SHORTFALL && c.status == "True");
+    if let (Some(s), false) = (&decision.shortfall, was_short) {
+        out.push(Note {
+            severity: Severity::Warning,
+            reason: shortfall_reason(s),
+            action: "HoldScale",
+            message: shortfall_message(s),
+        });
+    }
     out
 }
 
@@ -126,12 +179,13 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
-    use crate::autoscale::{Cause, ColdStart, ScaleEvent, ScalePlan};
+    use crate::autoscale::{Cause, ColdStart, ScaleEvent, ScalePlan, Shortfall};
     use crate::crd::AutoscalingStatus;
 
     fn decision() -> ScaleDecision {
         ScaleDecision {
             enabled: true,
+            external: false,
             plan: ScalePlan {
                 serving: 3,
                 warm: 1,
@@ -145,6 +199,7 @@ mod tests {
             },
             metrics_unavailable: None,
             cold_start: None,
+            shortfall: None,
             event: None,
             requeue_after: None,
         }
@@ -243,5 +298,47 @@ mod tests {
         write_into(&d, &mut s, &InferenceServiceStatus::default(), None, &t(1));
         d.event = None;
         assert!(notes(&d, &s).is_empty());
+    }
+
+    #[test]
+    fn a_shortfall_names_the_gpus_and_warns_once_even_without_a_range() {
+        let mut d = decision();
+        d.enabled = false;
+        d.shortfall = Some(Shortfall {
+            pending: 2,
+            message: "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.".into(),
+            gpu: true,
+            held_at: Some(6),
+        });
+        let mut s = InferenceServiceStatus::default();
+        write_into(&d, &mut s, &InferenceServiceStatus::default(), None, &t(1));
+        assert_eq!(s.conditions.len(), 1, "only the shortfall without a range");
+        let c = cond(&s, condition::CAPACITY_SHORTFALL).expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "InsufficientGpu")
+        );
+        assert_eq!(
+            c.message,
+            "2 pod(s) cannot be scheduled, not enough GPUs in the cluster (0/1 nodes are \
+             available: 1 Insufficient nvidia.com/gpu.); scale-out to 6 serving pods holds \
+             until they are scheduled"
+        );
+        let n = notes(&d, &InferenceServiceStatus::default());
+        assert_eq!(
+            n.iter().map(|n| (n.reason, n.severity)).collect::<Vec<_>>(),
+            vec![(Reason::InsufficientGpu, Severity::Warning)]
+        );
+        assert!(notes(&d, &s).is_empty(), "already short: no second warning");
+        // Scheduled again (with a range): False.
+        let mut d = decision();
+        d.shortfall = None;
+        let mut after = InferenceServiceStatus::default();
+        write_into(&d, &mut after, &s, None, &t(2));
+        let c = cond(&after, condition::CAPACITY_SHORTFALL).expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "CapacitySchedulable")
+        );
     }
 }

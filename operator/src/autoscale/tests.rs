@@ -15,6 +15,7 @@ fn bounds(min: i32, max: Option<i32>, warm: i32) -> ReplicasSpec {
 
 fn spec(after_secs: u64) -> AutoscalingSpec {
     AutoscalingSpec {
+        mode: AutoscalingMode::Builtin,
         target_utilization: 70,
         scale_in_after: GoDuration::from_secs(after_secs),
     }
@@ -28,6 +29,7 @@ fn pod(name: &str, rotation: Rotation) -> PodState {
         terminating: false,
         draining_since: None,
         load: None,
+        unschedulable: None,
     }
 }
 
@@ -455,13 +457,10 @@ fn the_victim_is_the_least_loaded_ready_serving_pod() {
         ),
         // Ties: the last by name.
         (vec![loaded("a", 0.1), loaded("b", 0.1)], Some("b")),
-        // Not ready, terminating, warm: never chosen.
+        // Terminating, warm: never chosen (a pod that is not ready goes
+        // without draining: see the next test).
         (
             vec![
-                PodState {
-                    ready: false,
-                    ..loaded("a", 0.0)
-                },
                 PodState {
                     terminating: true,
                     ..loaded("b", 0.0)
@@ -804,4 +803,183 @@ mod from_latest {
         );
         assert!(why(&down).contains("connection refused"));
     }
+}
+
+fn external(mut c: Case) -> Case {
+    c.autoscaling.mode = AutoscalingMode::External;
+    c
+}
+
+/// External mode: `replicas.min` (written through the scale subresource)
+/// is the count; signals are not read, even when they would scale the
+/// other way or are missing; scale-out comes from the warm pool first.
+#[test]
+fn external_mode_follows_replicas_min_not_the_signals() {
+    let pods = vec![serving("a"), serving("b"), warm("w")];
+    // Asked 3, signals idle: out to 3, the warm pod first.
+    let d = external(Case::new(
+        bounds(3, None, 1),
+        load(0.0, 0.0, 0.0),
+        pods.clone(),
+    ))
+    .memory(memory(2))
+    .run();
+    assert!(d.enabled && d.external);
+    assert_eq!(d.plan, plan(3, 1));
+    let e = d.event.expect("a scale event");
+    assert_eq!(
+        (e.direction, e.cause, e.from_warm),
+        (Direction::Out, Cause::External, 1)
+    );
+    assert_eq!(d.metrics_unavailable, None);
+    // Asked 2 with the load far above target: held at 2.
+    let d = external(Case::new(
+        bounds(2, None, 1),
+        load(0.99, 0.99, 9.0),
+        pods.clone(),
+    ))
+    .memory(memory(2))
+    .run();
+    assert_eq!(d.plan, plan(2, 1));
+    assert_eq!(d.event, None);
+    // No signals at all: the asked count still holds, no condition.
+    let d = external(Case::new(
+        bounds(2, None, 1),
+        Signals::Unavailable("Prometheus down".into()),
+        pods,
+    ))
+    .memory(memory(2))
+    .run();
+    assert_eq!(d.plan, plan(2, 1));
+    assert_eq!(d.metrics_unavailable, None);
+}
+
+/// External scale-in: one pod at a time, the least loaded, at once (no
+/// window), through draining; never two draining at once.
+#[test]
+fn external_mode_scales_in_one_draining_pod_at_a_time_without_a_window() {
+    let pods = vec![loaded("a", 0.5), loaded("b", 0.1), loaded("c", 0.9)];
+    let d = external(Case::new(bounds(1, None, 0), load(0.9, 0.9, 0.0), pods))
+        .memory(memory(3))
+        .run();
+    assert_eq!(d.drain.as_deref(), Some("b"));
+    assert_eq!(d.plan.serving, 2);
+    assert_eq!(d.plan.draining, 1);
+    let e = d.event.expect("a scale event");
+    assert_eq!((e.direction, e.cause), (Direction::In, Cause::External));
+    assert_eq!(d.memory.low_since, None);
+    // The next pass, with b still draining: no second victim yet.
+    let pods = vec![loaded("a", 0.5), draining("b", Some(T0)), loaded("c", 0.9)];
+    let d = external(Case::new(bounds(1, None, 0), load(0.9, 0.9, 0.0), pods))
+        .memory(memory(2))
+        .now(T0 + 1)
+        .run();
+    assert_eq!(d.drain, None);
+    assert_eq!(d.plan.serving, 2);
+}
+
+/// External mode with `replicas.max` set: the asked count is capped there.
+#[test]
+fn external_mode_is_capped_at_replicas_max() {
+    let pods = vec![serving("a"), serving("b")];
+    let d = external(Case::new(bounds(2, Some(3), 0), load(0.1, 0.1, 0.0), pods))
+        .memory(memory(3))
+        .run();
+    assert_eq!(d.plan.serving, 2, "min 2 asked: scales in towards it");
+    let replicas = ReplicasSpec {
+        min: 9,
+        max: Some(3),
+        warm: 0,
+    };
+    let d = external(Case::new(replicas, load(0.1, 0.1, 0.0), vec![]))
+        .memory(memory(3))
+        .run();
+    assert_eq!(
+        d.plan.serving, 3,
+        "a min above max (bypassed validation) is capped"
+    );
+}
+
+#[test]
+fn utilization_column_is_the_higher_signal_and_blank_without_data() {
+    assert_eq!(
+        load(0.42, 0.815, 3.0).utilization_text().as_deref(),
+        Some("82%")
+    );
+    let only_kv = Signals::Fresh(Load {
+        executor: None,
+        kv_cache: Some(0.3),
+        queue_per_pod: None,
+    });
+    assert_eq!(only_kv.utilization_text().as_deref(), Some("30%"));
+    assert_eq!(Signals::Fresh(Load::default()).utilization_text(), None);
+    assert_eq!(Signals::Unavailable("down".into()).utilization_text(), None);
+}
+
+fn pending(name: &str, message: &str) -> PodState {
+    PodState {
+        ready: false,
+        unschedulable: Some(message.into()),
+        ..serving(name)
+    }
+}
+
+const NO_GPU: &str = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.";
+
+/// A pod no node can take holds scale-out (no pile of Pending pods) and is
+/// named; scale-in still works; once it is scheduled, scale-out goes on.
+#[test]
+fn unschedulable_pods_hold_scale_out_and_name_the_shortfall() {
+    let pods = vec![serving("a"), serving("b"), pending("c", NO_GPU)];
+    let d = Case::new(bounds(1, Some(8), 0), load(0.95, 0.5, 0.0), pods)
+        .memory(memory(3))
+        .run();
+    assert_eq!(d.plan.serving, 3, "held at the current count");
+    assert_eq!(d.event, None);
+    let s = d.shortfall.expect("a shortfall");
+    assert_eq!(s.pending, 1);
+    assert!(s.gpu);
+    assert_eq!(s.message, NO_GPU);
+    assert_eq!(s.held_at, Some(5), "ceil(3 x 0.95 / 0.7) = 5 wanted");
+
+    // Not about GPUs: still a shortfall, gpu false; low load scales in.
+    let pods = vec![
+        serving("a"),
+        serving("b"),
+        pending("c", "0/1 nodes are available: 1 Insufficient cpu."),
+    ];
+    let d = Case::new(bounds(1, Some(8), 0), load(0.05, 0.05, 0.0), pods)
+        .memory(low_since(3, T0 - 120))
+        .run();
+    let s = d.shortfall.expect("a shortfall");
+    assert!(!s.gpu);
+    assert_eq!(s.held_at, None);
+    assert_eq!(d.plan.serving, 2, "scale-in is not held");
+
+    // Scheduled now: the scale-out goes ahead.
+    let pods = vec![serving("a"), serving("b"), serving("c")];
+    let d = Case::new(bounds(1, Some(8), 0), load(0.95, 0.5, 0.0), pods)
+        .memory(memory(3))
+        .run();
+    assert_eq!(d.shortfall, None);
+    assert_eq!(d.plan.serving, 5);
+}
+
+/// A scale-in with a pod that is not ready (starting, or Pending with no
+/// GPU): the Deployment shrinks without draining anybody, since the
+/// ReplicaSet removes the unready pod first; serving pods stay.
+#[test]
+fn scale_in_takes_a_pod_that_is_not_ready_before_draining_a_serving_one() {
+    let pods = vec![serving("a"), serving("b"), pending("c", NO_GPU)];
+    let d = external(Case::new(bounds(1, None, 0), load(0.9, 0.9, 0.0), pods))
+        .memory(memory(3))
+        .run();
+    assert_eq!(d.drain, None, "nobody drains");
+    assert_eq!(d.plan, plan(2, 0));
+    let e = d.event.expect("a scale event");
+    assert!(
+        e.message.contains("a pod that is not ready goes"),
+        "{}",
+        e.message
+    );
 }

@@ -15,9 +15,9 @@ pub use alarm::{AlarmExpr, AlarmKind, AlarmLeaf, AlarmTerm, QueryAlarm, SloSigna
 pub use check::{SpecError, UncheckedInferenceService};
 pub use duration::{DurationParseError, GoDuration, DURATION_MESSAGE};
 pub use spec::{
-    AnalysisSpec, AutoscalingSpec, DrainingSpec, EngineResources, EngineSpec, GoldenSetRef,
-    InferenceService, InferenceServiceSpec, LimitsSpec, ModelSpec, PullPolicy, QualitySpec,
-    ReplicasSpec, RolloutSpec, RolloutStep, SloSpec, TenantLimits,
+    AnalysisSpec, AutoscalingMode, AutoscalingSpec, DrainingSpec, EngineResources, EngineSpec,
+    GoldenSetRef, InferenceService, InferenceServiceSpec, LimitsSpec, ModelSpec, PullPolicy,
+    QualitySpec, ReplicasSpec, RolloutSpec, RolloutStep, SloSpec, TenantLimits,
 };
 pub use status::{
     AlarmState, AlarmStatus, AutoscalingStatus, CategoryQuality, InferenceServiceStatus,

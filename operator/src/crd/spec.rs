@@ -82,6 +82,25 @@ use super::status::InferenceServiceStatus;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Util",
+        type_ = "string",
+        json_path = ".status.utilization",
+        description = "the scaled revision's utilisation (the higher of executor and KV cache)",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Alarm",
+        type_ = "string",
+        json_path = ".status.firing",
+        description = "the firing rollbackOn alarm of each revision, as leaf (revision)",
+        priority = "1"
+    ),
+    scale(
+        spec_replicas_path = ".spec.replicas.min",
+        status_replicas_path = ".status.replicas.serving",
+        label_selector_path = ".status.selector"
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [{"rule": "!has(self.limits) || !has(self.limits.maxTokensPerRequest) || self.limits.maxTokensPerRequest <= self.model.maxContextTokens", "message": "limits.maxTokensPerRequest must not exceed model.maxContextTokens"}]))]
@@ -270,6 +289,12 @@ impl ReplicasSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AutoscalingSpec {
+    /// Who sets the serving count: `builtin` (the operator, from the
+    /// signals, between `replicas.min` and `replicas.max`) or `external`
+    /// (an HPA or KEDA through the scale subresource, which writes
+    /// `replicas.min`; the operator follows it, warm pool first, one
+    /// draining pod at a time, capped at `replicas.max` when set).
+    pub mode: AutoscalingMode,
     /// Scale out when utilisation (KV cache and batch) passes this percent.
     #[schemars(range(min = 1, max = 100))]
     pub target_utilization: i32,
@@ -279,9 +304,22 @@ pub struct AutoscalingSpec {
     pub scale_in_after: GoDuration,
 }
 
+/// Who owns the serving count.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscalingMode {
+    /// The operator scales from its signals.
+    #[default]
+    Builtin,
+    /// Something else (HPA, KEDA) writes `replicas.min` through the scale
+    /// subresource; the operator only follows it.
+    External,
+}
+
 impl Default for AutoscalingSpec {
     fn default() -> Self {
         Self {
+            mode: AutoscalingMode::Builtin,
             target_utilization: 70,
             scale_in_after: GoDuration::from_secs(300),
         }

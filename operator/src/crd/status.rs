@@ -339,6 +339,19 @@ pub struct InferenceServiceStatus {
     /// The observed TTFT p99, for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_p99: Option<String>,
+    /// The scaled revision's utilisation from the latest fresh signals (the
+    /// higher of executor utilisation and KV-cache usage, `82%`), for the
+    /// `-o wide` printer column; blank without data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<String>,
+    /// The label selector of the serving pods, for the scale subresource
+    /// (an HPA or KEDA reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The firing alarm of each revision whose `rollbackOn` tree fires, as
+    /// `leaf (revision)`, for the `-o wide` printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firing: Option<String>,
     /// Each revision that still has a Deployment.
     #[serde(default)]
     pub revisions: Vec<RevisionStatus>,

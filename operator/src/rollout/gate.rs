@@ -89,6 +89,7 @@ impl HoldCause {
                 UnknownReason::QualityUnavailable => Reason::QualityUnavailable,
             },
             HoldCause::AnalysisUnknown { .. } => Reason::AnalysisUnknown,
+            HoldCause::CanaryScaling { .. } => Reason::CanaryScaling,
         }
     }
 }
@@ -113,6 +114,15 @@ pub enum HoldCause {
     AnalysisUnknown {
         /// Which leaves are unknown and why.
         why: String,
+    },
+    /// The canary's step is over and its verdict Ok, but the pods the
+    /// next step's weight needs (all of them before the promotion) are
+    /// not ready and handed off yet.
+    CanaryScaling {
+        /// Ready pods of the canary.
+        ready: i32,
+        /// Pods the next step needs.
+        desired: i32,
     },
 }
 

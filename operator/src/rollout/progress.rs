@@ -86,13 +86,18 @@ pub(super) fn of(
     }
     let desired = revisions.get(target).map_or(0, |r| r.replicas);
     if !fully_ready(obs, target, desired) {
-        return match target_problem(obs, target) {
-            Some(problem) => Progress::Stuck(problem),
-            None => Progress::WaitingForPods {
-                ready: obs.ready_of(target),
-                desired,
-            },
-        };
+        match target_problem(obs, target) {
+            Some(problem) => return Progress::Stuck(problem),
+            // A canary at a step growing for the next one says so in its
+            // step (`CanaryScaling`).
+            None if steps.step.is_some() => {}
+            None => {
+                return Progress::WaitingForPods {
+                    ready: obs.ready_of(target),
+                    desired,
+                }
+            }
+        }
     }
     match &steps.stable {
         Some(s) if s != target => {

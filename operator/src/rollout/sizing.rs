@@ -1,5 +1,7 @@
-//! Per-revision sizing: the target and the serving revision run at the
-//! scale plan; every other revision goes to zero, except that one which
+//! Per-revision sizing: the serving revision runs at the scale plan, a
+//! canary at its share of it (decided with the steps, see
+//! [`steps::share`](super::steps::share)); every other revision goes to
+//! zero, except that one which
 //! still has pods keeps them until the hand-off time has passed since the
 //! traffic split last changed (falling side of the hand-off: its weight
 //! fell before its pods leave, and the router has had time to see it).
@@ -28,7 +30,7 @@ pub(super) fn size(input: &RolloutInput<'_>, steps: &Steps) -> Sized {
         let scale = if role == RevisionRole::Canary {
             ScalePlan {
                 draining: 0,
-                ..input.scale
+                ..steps.target_size
             }
         } else {
             input.scale

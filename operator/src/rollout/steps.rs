@@ -30,6 +30,14 @@
 //! pods are ready, the pool has nothing left to relabel, and its serving
 //! pods have been ready for the hand-off time, so a router whose pod view
 //! lags its weight view still finds them.
+//!
+//! Size: a canary in steps runs the pods its share of the traffic needs
+//! ([`share`]: its weight of the stable revision's serving count, rounded
+//! up, at least one, no warm pods); the stable revision keeps its full
+//! size. When a step's pause is over the canary is sized for the next
+//! step (the full plan before the promotion) and the weight rises only
+//! once those pods are ready and handed off (`CanaryScaling` while they
+//! come up): the canary never carries more than its pods were sized for.
 
 use std::time::Duration;
 
@@ -39,6 +47,7 @@ use super::gate::{self, GateInput, HoldCause, RollbackCause, Verdict};
 use super::manual::Action;
 use super::{elapsed, remaining, Decision, RolloutInput};
 use crate::alarm::Verdict as AlarmVerdict;
+use crate::autoscale::ScalePlan;
 use crate::crd::{RolloutStatus, TrafficTarget};
 use crate::observe::Observed;
 use crate::pool::{self, Rotation};
@@ -99,6 +108,9 @@ pub(super) struct Steps {
     /// The gate's verdict on a target beside a stable revision (a rollback
     /// for an unknown timeout shows here too).
     pub gate: Option<Verdict>,
+    /// The target's pods while it is the canary (or starts): its share of
+    /// the traffic's pods in steps, the full plan otherwise.
+    pub target_size: ScalePlan,
 }
 
 /// Whether the target can take traffic now.
@@ -115,6 +127,8 @@ enum Readiness {
 /// The outcome of walking the steps for a target the gate lets through.
 struct Walk {
     mv: Move,
+    /// The canary's size after this pass.
+    size: ScalePlan,
     /// The step after this pass (`None`: before step 1, or promoted).
     at: Option<i32>,
     held: Option<HoldCause>,
@@ -133,7 +147,7 @@ pub(super) fn decide(input: &RolloutInput<'_>) -> Steps {
         .stable_revision
         .clone()
         .filter(|s| obs.deployments.contains_key(s));
-    let readiness = readiness(input);
+    let full = input.scale;
     let from = previous.clone().filter(|s| *s != target);
     let mut memory = obs.status.rollout.clone();
     // A rolled-back revision is remembered only while it is the target (a
@@ -175,6 +189,8 @@ pub(super) fn decide(input: &RolloutInput<'_>) -> Steps {
     });
     let mut at = None;
     let mut held = None;
+    // The target's size: the full plan unless it is a canary in steps.
+    let mut size = full;
     let (mv, stable, canary, wait) = match (previous, verdict.clone()) {
         (Some(s), _) if s == target => (Move::Hold, Some(s), None, None),
         (Some(s), Some(Verdict::RolledBack)) => (Move::Hold, Some(s), None, None),
@@ -187,9 +203,12 @@ pub(super) fn decide(input: &RolloutInput<'_>) -> Steps {
         (Some(s), Some(Verdict::Hold(cause))) => {
             at = current;
             held = Some(cause);
+            if count > 0 {
+                size = share(full, weight_of(input, current.unwrap_or(1)));
+            }
             (Move::Hold, Some(s), Some(target.clone()), None)
         }
-        (Some(s), Some(Verdict::Go { forced: true })) => match readiness {
+        (Some(s), Some(Verdict::Go { forced: true })) => match readiness(input, full) {
             Readiness::Ready => (Move::Promote, Some(target.clone()), None, None),
             Readiness::Settling(w) => {
                 at = current;
@@ -201,9 +220,10 @@ pub(super) fn decide(input: &RolloutInput<'_>) -> Steps {
             }
         },
         (Some(s), _) => {
-            let w = walk(input, readiness, current, alarm.as_ref(), &mut memory);
+            let w = walk(input, current, alarm.as_ref(), &mut memory);
             at = w.at;
             held = w.held;
+            size = w.size;
             match w.unavailable {
                 Some(message) => {
                     let cause = RollbackCause::AnalysisUnavailable;
@@ -279,6 +299,21 @@ pub(super) fn decide(input: &RolloutInput<'_>) -> Steps {
         rolled_back,
         wait,
         gate: verdict,
+        target_size: size,
+    }
+}
+
+/// The pods a canary needs for `weight`% of the traffic: that share of
+/// the full plan's serving pods, rounded up, at least one; no warm pods
+/// (the stable revision keeps the warm pool until the promotion).
+pub(super) fn share(full: ScalePlan, weight: i32) -> ScalePlan {
+    let base = i64::from(full.serving.max(1));
+    let weight = i64::from(weight.clamp(1, 100));
+    let serving = (base * weight + 99) / 100;
+    ScalePlan {
+        serving: i32::try_from(serving.max(1)).unwrap_or(i32::MAX),
+        warm: 0,
+        draining: 0,
     }
 }
 
@@ -296,31 +331,41 @@ fn weight_of(input: &RolloutInput<'_>, k: i32) -> i32 {
 /// promote after the last; hold on an unknown verdict.
 fn walk(
     input: &RolloutInput<'_>,
-    readiness: Readiness,
     current: Option<i32>,
     alarm: Option<&AlarmVerdict>,
     memory: &mut RolloutStatus,
 ) -> Walk {
     let count = i32::try_from(input.steps.len()).unwrap_or(i32::MAX);
-    let hold = |at, wait| Walk {
+    let full = input.scale;
+    // The size for step `k` (past the last step: the full plan).
+    let size_at = |k: i32| {
+        if k > count {
+            full
+        } else {
+            share(full, weight_of(input, k))
+        }
+    };
+    let hold = |at, size, wait| Walk {
         mv: Move::Hold,
+        size,
         at,
         held: None,
         wait,
         unavailable: None,
     };
     let Some(k) = current else {
-        return match readiness {
+        let size = size_at(1);
+        return match readiness(input, size) {
             Readiness::Ready if count == 0 => Walk {
                 mv: Move::Promote,
-                ..hold(None, None)
+                ..hold(None, size, None)
             },
             Readiness::Ready => Walk {
                 mv: Move::Step(1),
-                ..hold(Some(1), None)
+                ..hold(Some(1), size, None)
             },
-            Readiness::Settling(w) => hold(None, Some(w)),
-            Readiness::NotReady => hold(None, None),
+            Readiness::Settling(w) => hold(None, size, Some(w)),
+            Readiness::NotReady => hold(None, size, None),
         };
     };
     // Unknown since when (kept across passes and leaders).
@@ -345,7 +390,7 @@ fn walk(
                             crate::crd::GoDuration::new(limit),
                             unknown.unwrap_or_default()
                         )),
-                        ..hold(Some(k), None)
+                        ..hold(Some(k), size_at(k), None)
                     };
                 }
                 left => left,
@@ -362,41 +407,57 @@ fn walk(
         _ => None,
     };
     if let Some(left) = pause_left {
-        return hold(Some(k), super::earliest(Some(left), timeout_left));
+        return hold(
+            Some(k),
+            size_at(k),
+            super::earliest(Some(left), timeout_left),
+        );
     }
-    if !fully_ready(input.observed, input.target, input.scale.total()) {
-        return hold(Some(k), timeout_left);
-    }
-    match unknown {
-        Some(why) => Walk {
+    // The pause is over: size for the next step (the full plan before the
+    // promotion) and move on once those pods are ready and handed off.
+    let next = size_at(k + 1);
+    if let Some(why) = unknown {
+        return Walk {
             held: Some(HoldCause::AnalysisUnknown { why }),
-            ..hold(Some(k), timeout_left)
+            ..hold(Some(k), next, timeout_left)
+        };
+    }
+    match readiness(input, next) {
+        Readiness::NotReady => Walk {
+            held: Some(HoldCause::CanaryScaling {
+                ready: input.observed.ready_of(input.target),
+                desired: next.total(),
+            }),
+            ..hold(Some(k), next, timeout_left)
         },
-        None if k >= count => Walk {
+        Readiness::Settling(w) => hold(Some(k), next, super::earliest(Some(w), timeout_left)),
+        Readiness::Ready if k >= count => Walk {
             mv: Move::Promote,
-            ..hold(None, None)
+            ..hold(None, next, None)
         },
-        None => Walk {
+        Readiness::Ready => Walk {
             mv: Move::Step(k + 1),
-            ..hold(Some(k + 1), None)
+            ..hold(Some(k + 1), next, None)
         },
     }
 }
 
-/// True when a revision has a Deployment at the desired size and all of
-/// those pods are ready.
+/// True when a revision has a Deployment of at least the desired size and
+/// that many of its pods are ready (a canary shrinking with the stable
+/// revision's plan is ready before its surplus pods have gone).
 pub(super) fn fully_ready(observed: &Observed, revision: &str, desired: i32) -> bool {
     observed
         .deployments
         .get(revision)
-        .is_some_and(|d| d.replicas == desired)
+        .is_some_and(|d| d.replicas >= desired)
         && observed.ready_of(revision) >= desired
 }
 
-fn readiness(input: &RolloutInput<'_>) -> Readiness {
+/// Whether the target, at `size`, may take (more) traffic now.
+fn readiness(input: &RolloutInput<'_>, size: ScalePlan) -> Readiness {
     let obs = input.observed;
-    if !fully_ready(obs, input.target, input.scale.total())
-        || !pool::assign(obs, input.target, input.scale).is_empty()
+    if !fully_ready(obs, input.target, size.total())
+        || !pool::assign(obs, input.target, size).is_empty()
     {
         return Readiness::NotReady;
     }

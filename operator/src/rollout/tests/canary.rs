@@ -81,6 +81,8 @@ struct Case<'a> {
     verdict: Option<AlarmVerdict>,
     manual: ManualControl,
     unknown_timeout: Option<Duration>,
+    /// The stable revision's plan (the canary gets its share of it).
+    scale: ScalePlan,
 }
 
 impl<'a> Case<'a> {
@@ -91,6 +93,11 @@ impl<'a> Case<'a> {
             verdict,
             manual: ManualControl::default(),
             unknown_timeout: None,
+            scale: ScalePlan {
+                serving: 2,
+                warm: 0,
+                draining: 0,
+            },
         }
     }
 
@@ -104,11 +111,7 @@ impl<'a> Case<'a> {
             .collect();
         decide(&RolloutInput {
             target: "r2",
-            scale: ScalePlan {
-                serving: 2,
-                warm: 0,
-                draining: 0,
-            },
+            scale: self.scale,
             observed: self.obs,
             now: at(self.now),
             handoff: HANDOFF,
@@ -406,4 +409,121 @@ fn a_restart_mid_pause_resumes_the_same_step_and_never_promotes_twice() {
         .iter()
         .any(|d| matches!(d, Decision::Promoted { .. })));
     assert_eq!(again.traffic, only("r2"));
+}
+
+/// Stable r1 with four serving pods and one warm; canary r2 with `ready`
+/// ready pods (of as many in its Deployment) at `step` since `started`.
+fn sized_canary(step: Option<i32>, ready: usize, started: i64) -> Observed {
+    let names = ["c", "d", "e", "f", "g"];
+    let r2 = i32::try_from(ready).unwrap();
+    let mut obs = with_stable(
+        observed(
+            vec![deployment("r1", 5, 1), deployment("r2", r2, 2)],
+            ["a", "b", "x", "y", "z"]
+                .iter()
+                .map(|n| pod(n, "r1", true))
+                .chain(names[..ready].iter().map(|n| pod(n, "r2", true)))
+                .collect(),
+        ),
+        Some("r1"),
+    );
+    obs.status.canary_revision = Some("r2".into());
+    obs.status.rollout.step = step;
+    obs.status.rollout.step_started_at = Some(Time(at(started)));
+    if let Some(k) = step {
+        let w = two_steps()[usize::try_from(k - 1).unwrap()].weight;
+        obs.status.traffic = split(100 - w, w);
+    }
+    obs
+}
+
+/// The canary runs its share of the stable's serving pods (20% and 50% of
+/// 4: one pod, then two), is sized for the next step when a pause ends,
+/// and the weight rises only once those pods are ready; before the
+/// promotion it gets the full plan, warm pod included. The stable keeps
+/// its full size throughout.
+#[test]
+fn canary_pods_follow_its_weight_and_the_weight_waits_for_the_pods() {
+    let plan_of = |obs: &Observed, now: i64| {
+        let mut case = Case::new(obs, now, Some(AlarmVerdict::Ok));
+        case.scale = ScalePlan {
+            serving: 4,
+            warm: 1,
+            draining: 0,
+        };
+        case.decide()
+    };
+    // Before step 1: created at one pod; with it ready, step 1 (20%).
+    let mut fresh = sized_canary(None, 0, NOW);
+    fresh.deployments.remove("r2");
+    let plan = plan_of(&fresh, NOW);
+    assert_eq!(plan.replicas_of("r2"), 1);
+    assert_eq!(plan.replicas_of("r1"), 5);
+    assert_eq!(plan.traffic, only("r1"));
+    let ready1 = sized_canary(None, 1, NOW);
+    let plan = plan_of(&ready1, NOW);
+    assert_eq!(outcome(&plan, &ready1, NOW), Outcome::Entered(1));
+    assert_eq!(plan.replicas_of("r2"), 1);
+
+    // Step 1 (20%) during its pause: still one pod.
+    let step1 = sized_canary(Some(1), 1, NOW);
+    let plan = plan_of(&step1, NOW + 5);
+    assert_eq!(plan.replicas_of("r2"), 1);
+    // Pause over, verdict Ok: two pods for 50%, and the step holds until
+    // they are ready, saying why; the weight stays at 20%.
+    let plan = plan_of(&step1, NOW + 10);
+    assert_eq!(plan.replicas_of("r2"), 2);
+    assert_eq!(plan.replicas_of("r1"), 5);
+    assert_eq!(
+        outcome(&plan, &step1, NOW + 10),
+        Outcome::Stays {
+            step: 1,
+            held: true
+        }
+    );
+    assert_eq!(
+        plan.step.and_then(|s| s.held),
+        Some(HoldCause::CanaryScaling {
+            ready: 1,
+            desired: 2
+        })
+    );
+    let two = sized_canary(Some(1), 2, NOW);
+    let plan = plan_of(&two, NOW + 12);
+    assert_eq!(outcome(&plan, &two, NOW + 12), Outcome::Entered(2));
+    assert_eq!(plan.replicas_of("r2"), 2);
+
+    // After the last pause: the full plan (4 serving + 1 warm) before the
+    // promotion; promoted once all five are ready.
+    let step2 = sized_canary(Some(2), 2, NOW);
+    let plan = plan_of(&step2, NOW + 10);
+    assert_eq!(plan.replicas_of("r2"), 5);
+    assert_eq!(plan.traffic, split(50, 50));
+    // (the pool has made the fifth pod warm by then)
+    let mut full = sized_canary(Some(2), 5, NOW);
+    for p in full.pods.iter_mut().filter(|p| p.name == "g") {
+        p.rotation = Some(crate::pool::Rotation::Warm);
+    }
+    let plan = plan_of(&full, NOW + 10);
+    assert_eq!(outcome(&plan, &full, NOW + 10), Outcome::Promoted);
+    assert_eq!(plan.replicas_of("r2"), 5);
+}
+
+#[test]
+fn a_canary_share_is_rounded_up_and_never_zero() {
+    let full = |serving| ScalePlan {
+        serving,
+        warm: 2,
+        draining: 1,
+    };
+    let share = |serving, weight| crate::rollout::steps::share(full(serving), weight);
+    assert_eq!(share(4, 20).serving, 1);
+    assert_eq!(share(4, 50).serving, 2);
+    assert_eq!(share(10, 33).serving, 4);
+    assert_eq!(share(10, 99).serving, 10);
+    assert_eq!(share(0, 1).serving, 1, "min 0: still one pod to judge");
+    assert_eq!(share(1, 1).serving, 1);
+    assert_eq!(share(i32::MAX, 100).serving, i32::MAX);
+    assert_eq!(share(4, 20).warm, 0);
+    assert_eq!(share(4, 20).draining, 0);
 }
