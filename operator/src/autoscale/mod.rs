@@ -803,4 +803,6 @@ fn count<T>(it: impl Iterator<Item = T>) -> i32 {
 }
 
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
