@@ -161,7 +161,12 @@ pub fn write_into(
         put(status, input, type_, on, reason, message)
     };
     let Some(c) = conflict else {
-        if input.previous.conditions.iter().any(|c| c.type_ == CONDITION) {
+        if input
+            .previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION)
+        {
             set(
                 status,
                 CONDITION,
@@ -379,7 +384,10 @@ mod tests {
         let status =
             serde_json::json!({"conditions": [{"type": "ModelNameConflict", "status": "True"}]});
         let c = Claim::of(&meta, &spec, Some(&status)).expect("a claim");
-        assert_eq!((c.model.as_str(), c.created, c.in_conflict), ("m", Some(42), true));
+        assert_eq!(
+            (c.model.as_str(), c.created, c.in_conflict),
+            ("m", Some(42), true)
+        );
         assert!(Claim::of(&meta, &serde_json::json!({"model": "m"}), None).is_none());
     }
 
@@ -408,11 +416,17 @@ mod tests {
                 .expect("condition")
         };
         let c = get(CONDITION);
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "ModelNameTaken"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "ModelNameTaken")
+        );
         assert!(c.message.contains("team-a/chat"), "{}", c.message);
         assert_eq!(c.last_transition_time, now());
         let ready = get("Ready");
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ModelNameTaken"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ModelNameTaken")
+        );
         assert_eq!(get("Degraded").status, "True");
         assert_eq!(status.phase, Phase::Degraded);
         // The transition to Degraded and the conflict each tell people once.
@@ -492,7 +506,10 @@ mod tests {
             .iter()
             .find(|c| c.type_ == CONDITION)
             .expect("kept, False");
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ModelNameOwned"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ModelNameOwned")
+        );
         assert_eq!(status.phase, Phase::Ready);
         let n = notes(None, &stored);
         assert_eq!(n.len(), 1);

@@ -21,12 +21,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::{json, Value};
 use steward_e2e::testing::eventually;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use steward_operator::claims::CONDITION;
+use steward_operator::claims::CONDITION as CONFLICT;
 use steward_operator::crd::{InferenceService, Phase, UncheckedInferenceService};
 use support::{apply, env, manifest, ready_and_current, wait_for, Operator, TestEnv};
 
@@ -382,7 +382,9 @@ async fn model_name_takeover_is_refused_and_reported(env: &TestEnv) {
         "the newer claim gets ModelNameConflict",
         |o| {
             condition(o, CONFLICT).is_some_and(|c| c.status == "True")
-                && o.status.as_ref().is_some_and(|s| s.observed_generation == o.metadata.generation)
+                && o.status
+                    .as_ref()
+                    .is_some_and(|s| s.observed_generation == o.metadata.generation)
         },
     )
     .await;
@@ -425,7 +427,10 @@ async fn model_name_takeover_is_refused_and_reported(env: &TestEnv) {
     let owner: Api<InferenceService> = Api::namespaced(env.client.clone(), &owner_env.ns);
     let held = owner.get("chat").await.expect("the owner");
     assert!(ready_and_current(&held), "the owner stays Ready");
-    assert!(condition(&held, CONFLICT).is_none(), "the owner never carries the condition");
+    assert!(
+        condition(&held, CONFLICT).is_none(),
+        "the owner never carries the condition"
+    );
     eprintln!(
         "model-name conflict reported {:.1}s after the owner was Ready",
         t0.elapsed().as_secs_f64()

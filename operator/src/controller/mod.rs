@@ -296,7 +296,8 @@ pub async fn run(
     .reflect(claims_writer)
     .touched_objects();
     let claims_seen = claims.clone();
-    let wake_claims = move |changed: UncheckedInferenceService| claims_to_wake(&claims_seen, &changed);
+    let wake_claims =
+        move |changed: UncheckedInferenceService| claims_to_wake(&claims_seen, &changed);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
