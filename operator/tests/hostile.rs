@@ -235,28 +235,15 @@ async fn hostile_objects_get_a_condition_and_the_operator_keeps_reconciling_othe
     // A name the current schema refuses: the API server refuses every
     // update of that object, status included, so a Warning event is what
     // names the field.
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(env.client.clone(), &env.ns);
-    let named = eventually(Duration::from_secs(30), || {
-        let events = events.clone();
-        async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LONG_NAME)
-                        && e.reason.as_deref() == Some("InvalidSpec")
-                        && e.note
-                            .as_deref()
-                            .is_some_and(|n| n.contains("metadata.name"))
-                })
-        }
+    let named = event_within(&env, Duration::from_secs(30), |e| {
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LONG_NAME)
+            && e.reason.as_deref() == Some("InvalidSpec")
+            && e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("metadata.name"))
     })
     .await;
-    assert!(named.is_ok(), "no InvalidSpec event names metadata.name");
+    assert!(named, "no InvalidSpec event names metadata.name");
 
     wait_for(
         &env,
@@ -328,6 +315,26 @@ async fn hostile_objects_get_a_condition_and_the_operator_keeps_reconciling_othe
     assert!(op.is_running(), "the operator stopped");
     op.stop().await;
     eprintln!("hostile test done in {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// True once an event of the test's namespace matches `pred` within `limit`.
+async fn event_within(
+    env: &TestEnv,
+    limit: Duration,
+    pred: impl Fn(&k8s_openapi::api::events::v1::Event) -> bool,
+) -> bool {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let pred = &pred;
+    eventually(limit, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.iter().any(pred).then_some(())
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// The test's view of another namespace.
@@ -402,27 +409,13 @@ async fn model_name_takeover_is_refused_and_reported(env: &TestEnv) {
         "a claim the router sends nothing to is not Ready"
     );
     assert_ne!(o.status.as_ref().map(|s| s.phase), Some(Phase::Ready));
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(rival_env.client.clone(), &rival_env.ns);
-    let warned = eventually(Duration::from_secs(20), || {
-        let events = events.clone();
-        let owner_ref = owner_ref.clone();
-        async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.type_.as_deref() == Some("Warning")
-                        && e.reason.as_deref() == Some("ModelNameTaken")
-                        && e.note.as_deref().is_some_and(|n| n.contains(&owner_ref))
-                })
-        }
+    let warned = event_within(&rival_env, Duration::from_secs(20), |e| {
+        e.type_.as_deref() == Some("Warning")
+            && e.reason.as_deref() == Some("ModelNameTaken")
+            && e.note.as_deref().is_some_and(|n| n.contains(&owner_ref))
     })
     .await;
-    assert!(warned.is_ok(), "a Warning event names {owner_ref}");
+    assert!(warned, "a Warning event names {owner_ref}");
     // The owner is left alone.
     let owner: Api<InferenceService> = Api::namespaced(env.client.clone(), &owner_env.ns);
     let held = owner.get("chat").await.expect("the owner");
