@@ -20,6 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::alarm::{self, AnalysisInput, Targets};
 use crate::autoscale::{self, AutoscaleInput, PodState, Signals};
 use crate::children::{self, Parent, TemplateConfig, UnsupportedUri};
+use crate::claims::{self, ClaimStatus, NameConflict};
 use crate::crd::{InferenceServiceSpec, InferenceServiceStatus, QualityStatus};
 use crate::events::{self, Note};
 use crate::observe::Observed;
@@ -62,6 +63,9 @@ pub struct PassInput<'a> {
     pub signals: &'a Latest,
     /// Readings supplied by other parts (the quality gate, later), by leaf.
     pub external: &'a BTreeMap<String, Reading>,
+    /// The older InferenceService that holds this one's model name, if
+    /// any (`claims::conflict_of`).
+    pub name_conflict: Option<&'a NameConflict>,
 }
 
 /// One revision's Deployment as it should be.
@@ -186,6 +190,19 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         input.generation,
         &Time(input.now),
     );
+    // A losing claim on the model name gets no traffic from the router:
+    // never Ready (before the transitions, so events follow it).
+    let now = Time(input.now);
+    claims::write_into(
+        input.name_conflict,
+        &ClaimStatus {
+            model: &input.spec.model.name,
+            previous: &obs.status,
+            generation: input.generation,
+            now: &now,
+        },
+        &mut status,
+    );
     let rotation = plan
         .revisions
         .iter()
@@ -226,6 +243,7 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
     notes.extend(events::for_transitions(&transitions));
     notes.extend(events::for_alarms(&analysis.transitions));
     notes.extend(autoscale::report::notes(&scaling, &obs.status));
+    notes.extend(claims::notes(input.name_conflict, &obs.status));
     // A promotion asked for before the target is ready waits for it with
     // its annotation in place.
     let consumed = input

@@ -14,6 +14,7 @@
 pub mod alarm;
 pub mod autoscale;
 pub mod children;
+pub mod claims;
 pub mod config;
 pub mod controller;
 pub mod crd;

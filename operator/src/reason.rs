@@ -148,6 +148,13 @@ pub enum Reason {
     /// The spec cannot be acted on (a field the schema let through, or an
     /// object stored before a rule existed); the message names the field.
     InvalidSpec,
+
+    // ModelNameConflict condition and its events (`claims`).
+    /// An older InferenceService holds this one's `spec.model.name`: the
+    /// router sends it no traffic.
+    ModelNameTaken,
+    /// This InferenceService owns its model name (after a conflict).
+    ModelNameOwned,
 }
 
 impl Reason {
@@ -209,6 +216,8 @@ impl Reason {
             Reason::AlarmTreeInvalid => "AlarmTreeInvalid",
             Reason::AlarmQueriesValid => "AlarmQueriesValid",
             Reason::QueryRefused => "QueryRefused",
+            Reason::ModelNameTaken => "ModelNameTaken",
+            Reason::ModelNameOwned => "ModelNameOwned",
         }
     }
 }
@@ -258,6 +267,8 @@ mod tests {
             Reason::AlarmTreeInvalid,
             Reason::AlarmQueriesValid,
             Reason::QueryRefused,
+            Reason::ModelNameTaken,
+            Reason::ModelNameOwned,
         ] {
             assert_eq!(r.as_str(), format!("{r:?}"));
         }

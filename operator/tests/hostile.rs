@@ -8,17 +8,26 @@
 //! objects, then installs the real CRD again; stored objects are not
 //! re-validated, so the operator meets them. Its own test binary (its own
 //! cluster), because it swaps the CRD that other tests rely on.
+//!
+//! The same run covers a hostile claim (issue 13, fault 1): its operator
+//! watches every namespace (the only operator of this binary's cluster),
+//! and a newer InferenceService in a namespace that sorts first claims a
+//! model name another namespace holds. It gets `ModelNameConflict` naming
+//! the owner, is not Ready and gets a Warning event; the owner is left
+//! alone; when the owner goes, the claim takes the name over.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::{json, Value};
 use steward_e2e::testing::eventually;
-use steward_operator::crd::UncheckedInferenceService;
+use steward_operator::claims::CONDITION as CONFLICT;
+use steward_operator::crd::{InferenceService, Phase, UncheckedInferenceService};
 use support::{apply, env, manifest, ready_and_current, wait_for, Operator, TestEnv};
 
 const CRD_NAME: &str = "inferenceservices.serving.steward.dev";
@@ -172,7 +181,8 @@ async fn hostile_objects_get_a_condition_and_the_operator_keeps_reconciling_othe
         t0.elapsed().as_secs_f64()
     );
 
-    let op = Operator::start(&env);
+    // Every namespace: the model-name phase below spans two more.
+    let op = Operator::start_with(&env, |cfg| cfg.namespace = None);
     apply(&env, &manifest(&env, "good", 1, json!({})))
         .await
         .expect("a good object applies");
@@ -225,28 +235,15 @@ async fn hostile_objects_get_a_condition_and_the_operator_keeps_reconciling_othe
     // A name the current schema refuses: the API server refuses every
     // update of that object, status included, so a Warning event is what
     // names the field.
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(env.client.clone(), &env.ns);
-    let named = eventually(Duration::from_secs(30), || {
-        let events = events.clone();
-        async move {
-            events
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LONG_NAME)
-                        && e.reason.as_deref() == Some("InvalidSpec")
-                        && e.note
-                            .as_deref()
-                            .is_some_and(|n| n.contains("metadata.name"))
-                })
-        }
+    let named = event_within(&env, Duration::from_secs(30), |e| {
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LONG_NAME)
+            && e.reason.as_deref() == Some("InvalidSpec")
+            && e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("metadata.name"))
     })
     .await;
-    assert!(named.is_ok(), "no InvalidSpec event names metadata.name");
+    assert!(named, "no InvalidSpec event names metadata.name");
 
     wait_for(
         &env,
@@ -314,6 +311,148 @@ async fn hostile_objects_get_a_condition_and_the_operator_keeps_reconciling_othe
             );
         }
     }
+    model_name_takeover_is_refused_and_reported(&env).await;
+    assert!(op.is_running(), "the operator stopped");
     op.stop().await;
     eprintln!("hostile test done in {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// True once an event of the test's namespace matches `pred` within `limit`.
+async fn event_within(
+    env: &TestEnv,
+    limit: Duration,
+    pred: impl Fn(&k8s_openapi::api::events::v1::Event) -> bool,
+) -> bool {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let pred = &pred;
+    eventually(limit, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.iter().any(pred).then_some(())
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// The test's view of another namespace.
+async fn other_namespace(env: &TestEnv, prefix: &str) -> TestEnv {
+    let ns = steward_e2e::testing::unique_ns(prefix);
+    steward_e2e::create_namespace(&env.client, &ns)
+        .await
+        .expect("namespace");
+    TestEnv {
+        client: env.client.clone(),
+        ns,
+        kubeconfig: env.kubeconfig.clone(),
+        model_uri: env.model_uri.clone(),
+    }
+}
+
+fn condition(o: &InferenceService, type_: &str) -> Option<Condition> {
+    o.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// An older claim in `team-a-*` keeps its model name against a newer one
+/// in `aaa-*` (whose namespace sorts first: the rule is age, not order).
+async fn model_name_takeover_is_refused_and_reported(env: &TestEnv) {
+    let t0 = Instant::now();
+    let owner_env = other_namespace(env, "team-a").await;
+    let rival_env = other_namespace(env, "aaa").await;
+    let shared = json!({"model": {"name": "shared-chat"}});
+    apply(&owner_env, &manifest(&owner_env, "chat", 1, shared.clone()))
+        .await
+        .expect("the owner applies");
+    wait_for(
+        &owner_env,
+        "chat",
+        Duration::from_secs(90),
+        "the owner Ready",
+        ready_and_current,
+    )
+    .await;
+    apply(&rival_env, &manifest(&rival_env, "grab", 1, shared))
+        .await
+        .expect("the newer claim applies (the API server cannot know)");
+    let owner_ref = format!("{}/chat", owner_env.ns);
+    let o = wait_for(
+        &rival_env,
+        "grab",
+        Duration::from_secs(60),
+        "the newer claim gets ModelNameConflict",
+        |o| {
+            condition(o, CONFLICT).is_some_and(|c| c.status == "True")
+                && o.status
+                    .as_ref()
+                    .is_some_and(|s| s.observed_generation == o.metadata.generation)
+        },
+    )
+    .await;
+    let c = condition(&o, CONFLICT).expect("condition");
+    assert_eq!(c.reason, "ModelNameTaken");
+    assert!(
+        c.message.contains(&owner_ref) && c.message.contains("shared-chat"),
+        "the message names the owner and the model: {}",
+        c.message
+    );
+    let ready = condition(&o, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ModelNameTaken"),
+        "a claim the router sends nothing to is not Ready"
+    );
+    assert_ne!(o.status.as_ref().map(|s| s.phase), Some(Phase::Ready));
+    let warned = event_within(&rival_env, Duration::from_secs(20), |e| {
+        e.type_.as_deref() == Some("Warning")
+            && e.reason.as_deref() == Some("ModelNameTaken")
+            && e.note.as_deref().is_some_and(|n| n.contains(&owner_ref))
+    })
+    .await;
+    assert!(warned, "a Warning event names {owner_ref}");
+    // The owner is left alone.
+    let owner: Api<InferenceService> = Api::namespaced(env.client.clone(), &owner_env.ns);
+    let held = owner.get("chat").await.expect("the owner");
+    assert!(ready_and_current(&held), "the owner stays Ready");
+    assert!(
+        condition(&held, CONFLICT).is_none(),
+        "the owner never carries the condition"
+    );
+    eprintln!(
+        "model-name conflict reported {:.1}s after the owner was Ready",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // The owner goes: the remaining claim owns the name and becomes Ready.
+    owner
+        .delete("chat", &Default::default())
+        .await
+        .expect("the owner deletes");
+    let t1 = Instant::now();
+    let o = wait_for(
+        &rival_env,
+        "grab",
+        Duration::from_secs(60),
+        "the remaining claim owns the name",
+        |o| {
+            ready_and_current(o)
+                && condition(o, CONFLICT)
+                    .is_some_and(|c| c.status == "False" && c.reason == "ModelNameOwned")
+        },
+    )
+    .await;
+    assert_eq!(
+        condition(&o, "Ready").map(|c| c.status),
+        Some("True".into())
+    );
+    eprintln!(
+        "the name passed to the remaining claim {:.1}s after the owner's deletion",
+        t1.elapsed().as_secs_f64()
+    );
 }

@@ -192,6 +192,33 @@ pub struct Context {
     pub(crate) objects: Store<UncheckedInferenceService>,
     pub(crate) pollers: Arc<Pollers>,
     pub(crate) rules: RuleWriter,
+    /// Every InferenceService of the watch scope, for model-name claims.
+    pub(crate) claims: Store<UncheckedInferenceService>,
+}
+
+/// The claims of the objects in `store`.
+pub(crate) fn claims_of(store: &Store<UncheckedInferenceService>) -> Vec<crate::claims::Claim> {
+    store
+        .state()
+        .iter()
+        .filter_map(|o| crate::claims::Claim::of(&o.metadata, &o.spec, o.status.as_ref()))
+        .collect()
+}
+
+/// The objects whose model-name ownership a change of `changed` may alter.
+fn claims_to_wake(
+    store: &Store<UncheckedInferenceService>,
+    changed: &UncheckedInferenceService,
+) -> Vec<ObjectRef<UncheckedInferenceService>> {
+    let Some(claim) =
+        crate::claims::Claim::of(&changed.metadata, &changed.spec, changed.status.as_ref())
+    else {
+        return Vec::new();
+    };
+    crate::claims::affected(&claim, &claims_of(store))
+        .into_iter()
+        .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+        .collect()
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -258,6 +285,19 @@ pub async fn run(
         api::<UncheckedInferenceService>(&client, ns),
         watcher::Config::default().any_semantic(),
     );
+    // Model-name claims (`claims`): their own store, updated before a
+    // change wakes the claims it may affect, so the woken pass sees it.
+    let (claims, claims_writer) = reflector::store();
+    let claims_stream = watcher(
+        api::<UncheckedInferenceService>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(claims_writer)
+    .touched_objects();
+    let claims_seen = claims.clone();
+    let wake_claims =
+        move |changed: UncheckedInferenceService| claims_to_wake(&claims_seen, &changed);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -271,6 +311,7 @@ pub async fn run(
         objects: controller.store(),
         pollers,
         rules: RuleWriter::new(cfg.signals.prometheus_rules),
+        claims,
     });
     let map_by_label = |meta: &kube::api::ObjectMeta| {
         let name = meta.labels.as_ref()?.get(labels::SERVICE)?.clone();
@@ -283,6 +324,7 @@ pub async fn run(
         .owns_stream(dep_stream)
         .owns_stream(svc_stream)
         .watches_stream(pod_stream, move |pod: Pod| map_by_label(&pod.metadata))
+        .watches_stream(claims_stream, wake_claims)
         .reconcile_on(wake)
         .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
         .graceful_shutdown_on(shutdown)
@@ -360,6 +402,7 @@ pub(crate) async fn caches_ready(ctx: &Context) -> Result<(), ReconcileError> {
         ctx.deployments.wait_until_ready().await.ok();
         ctx.pods.wait_until_ready().await.ok();
         ctx.services.wait_until_ready().await.ok();
+        ctx.claims.wait_until_ready().await.ok();
     };
     tokio::time::timeout(Duration::from_secs(30), all)
         .await

@@ -97,6 +97,10 @@ pub(crate) async fn reconcile(
         &ctx.objects,
     );
 
+    // Who holds the model name (the claims of the watch scope).
+    let claims = super::claims_of(&ctx.claims);
+    let name_conflict = crate::claims::conflict_of(&ns, &name, &claims);
+
     // Decide.
     let want = desired(&PassInput {
         parent: &parent,
@@ -112,6 +116,7 @@ pub(crate) async fn reconcile(
         targets: &targets,
         signals: &signals,
         external: &BTreeMap::new(),
+        name_conflict: name_conflict.as_ref(),
     })?;
     let plan = plan_writes(&want, &observed);
 

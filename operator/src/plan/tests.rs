@@ -81,6 +81,7 @@ fn pass_with(
         targets: &crate::alarm::targets(spec, obs),
         signals,
         external: &std::collections::BTreeMap::new(),
+        name_conflict: None,
     })
     .expect("desired");
     let w = plan_writes(&d, obs);
