@@ -14,6 +14,18 @@
 //!    condition naming the leaf and both values, a Warning event, the
 //!    rollback metric, its pods gone, and it is not tried again.
 //!
+//! 3. with `replicas.min: 2`, a canary runs its share of the pods (one pod
+//!    at 30%, two at 60%) while the stable revision keeps both, and is
+//!    promoted once it has the full count;
+//! 4. a spec change mid-canary: the unfinished canary loses its weight and
+//!    drains, the newest revision starts before step 1 and is promoted;
+//! 5. Prometheus stopped mid-canary: the step holds past its pause with
+//!    `AnalysisUnknown` (no step, no rollback); restarted, the rollout
+//!    finishes;
+//! 6. manual control through `kubectl steward` at a step: pause holds past
+//!    the pause, resume moves on, promote skips the rest; abort rolls back
+//!    (`Aborted`), retry runs the revision again from step 1.
+//!
 //! The load generator counts every failed request and every stream cut
 //! short: both must be zero in each phase. Timings are printed.
 
@@ -44,7 +56,7 @@ const TTFT_OBJECTIVE: &str = "600ms";
 struct System {
     env: TestEnv,
     dir: PathBuf,
-    _prometheus: LocalPrometheus,
+    prometheus: LocalPrometheus,
     operator: Operator,
     _router: Proc,
     router_url: String,
@@ -107,7 +119,7 @@ async fn start() -> System {
     System {
         env,
         dir,
-        _prometheus: prometheus,
+        prometheus,
         operator,
         _router: router,
         router_url,
@@ -143,6 +155,18 @@ fn revision(env: &TestEnv, blocks: i32, extra: &[&str]) -> Value {
             },
         }),
     )
+}
+
+/// [`revision`] with `patch` merged into its spec.
+fn revision_with(env: &TestEnv, blocks: i32, extra: &[&str], patch: Value) -> Value {
+    let mut m = revision(env, blocks, extra);
+    support::merge(&mut m["spec"], patch);
+    m
+}
+
+/// Steps whose second pause outlasts any phase (manual control decides).
+fn long_second_step() -> Value {
+    json!({ "rollout": { "steps": [ { "weight": 30, "pause": "4s" }, { "weight": 60, "pause": "10m" } ] } })
 }
 
 /// Streaming load through the router for `secs`; returns the process and
@@ -253,7 +277,7 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
 
     // 1. A healthy canary walks both steps and is promoted.
     let t1 = Instant::now();
-    let (lg, report) = load(&sys, "healthy", 75);
+    let (lg, report) = load(&sys, "healthy", 45);
     apply(env, &revision(env, 72, &[]))
         .await
         .expect("the healthy revision applies");
@@ -287,7 +311,7 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     let (sent, failed, abandoned, errors) = finish(lg, &report, Duration::from_secs(120)).await;
     eprintln!("[canary] healthy phase load: sent {sent}, failed {failed}, abandoned {abandoned}");
     assert!(
-        promoted < Duration::from_secs(75),
+        promoted < Duration::from_secs(45),
         "the load must cover the whole walk and drain ({promoted:?})"
     );
     assert!(sent > 20, "the load reached the engines: {sent} requests");
@@ -408,5 +432,311 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
         .expect("get");
     assert_eq!(status_of(&again).phase, Phase::RolledBack, "not retried");
     assert!(sys.operator.is_running());
+
+    let mut sys = sys;
+    let stable = sized_canary(&sys, &healthy).await;
+    let stable = spec_change_mid_canary(&sys, &stable).await;
+    let stable = prometheus_stopped_mid_canary(&mut sys, &stable).await;
+    manual_control_at_a_step(&sys, &stable).await;
+    assert!(sys.operator.is_running());
     eprintln!("[canary] whole test {:.1}s", t_all.elapsed().as_secs_f64());
+}
+
+fn revision_of<'a>(
+    s: &'a steward_operator::crd::InferenceServiceStatus,
+    rev: &str,
+) -> Option<&'a steward_operator::crd::RevisionStatus> {
+    s.revisions.iter().find(|r| r.name == rev)
+}
+
+fn progressing_reason(o: &InferenceService) -> Option<String> {
+    status_of(o)
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .map(|c| c.reason.clone())
+}
+
+/// Promoted: a new stable revision other than `from`, Ready, every other
+/// revision at zero pods.
+fn promoted_from(o: &InferenceService, from: &str) -> bool {
+    let s = status_of(o);
+    s.stable_revision.as_deref() != Some(from)
+        && s.stable_revision.is_some()
+        && s.phase == Phase::Ready
+        && s.revisions
+            .iter()
+            .all(|r| Some(&r.name) == s.stable_revision.as_ref() || r.pods == 0)
+}
+
+/// Asserts a load run saw no failed request and no cut stream.
+async fn no_loss(lg: Proc, report: &Path, phase: &str) {
+    let (sent, failed, abandoned, errors) = finish(lg, report, Duration::from_secs(120)).await;
+    eprintln!("[canary] {phase} load: sent {sent}, failed {failed}, abandoned {abandoned}");
+    assert!(
+        sent > 10,
+        "{phase}: the load reached the engines: {sent} requests"
+    );
+    assert_eq!(
+        (failed, abandoned),
+        (0, 0),
+        "{phase}: no failed request or cut stream: {errors}"
+    );
+}
+
+/// Phase 3, `replicas.min: 2`: the canary runs one pod at 30% and two at 60%,
+/// the stable revision keeps two; promoted with two.
+async fn sized_canary(sys: &System, stable: &str) -> String {
+    let t = Instant::now();
+    let (lg, report) = load(sys, "sized", 45);
+    apply(
+        &sys.env,
+        &revision_with(&sys.env, 88, &[], json!({ "replicas": { "min": 2 } })),
+    )
+    .await
+    .expect("the two-pod revision applies");
+    // Every distinct (step, weight, canary desired, stable desired) seen.
+    let api: Api<InferenceService> = Api::namespaced(sys.env.client.clone(), &sys.env.ns);
+    let mut seen: Vec<(Option<i32>, i32, i32, i32)> = Vec::new();
+    let o = loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "the sized canary promoted within 90 s; seen {seen:?}"
+        );
+        if let Ok(o) = api.get(NAME).await {
+            let s = status_of(&o);
+            let desired = |rev: Option<&String>| {
+                rev.and_then(|r| revision_of(&s, r))
+                    .map_or(0, |r| r.desired)
+            };
+            let now = (
+                s.rollout.step,
+                canary_weight(&o),
+                desired(s.canary_revision.as_ref()),
+                desired(Some(&stable.to_owned())),
+            );
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            if promoted_from(&o, stable) {
+                break o;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s = status_of(&o);
+    let new = s.stable_revision.clone().expect("stable");
+    eprintln!(
+        "[canary] sized canary {new}: (step, weight, canary pods, stable pods) seen {seen:?}; promoted {:.1}s after apply",
+        t.elapsed().as_secs_f64()
+    );
+    let at = |step| {
+        seen.iter()
+            .filter(|(k, w, _, _)| *k == Some(step) && *w > 0)
+            .map(|(_, _, c, st)| (*c, *st))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        !at(1).is_empty() && at(1).iter().all(|(c, st)| *c <= 2 && *st == 2),
+        "at step 1 the stable keeps 2 pods: {seen:?}"
+    );
+    assert!(
+        at(1).iter().any(|(c, _)| *c == 1),
+        "at 30% the canary runs 1 pod: {seen:?}"
+    );
+    assert!(
+        at(2).iter().all(|(c, st)| *c == 2 && *st == 2),
+        "at 60% the canary runs 2 pods, the stable 2: {seen:?}"
+    );
+    assert_eq!(revision_of(&s, &new).map(|r| r.desired), Some(2));
+    no_loss(lg, &report, "sized").await;
+    new
+}
+
+/// Phase 4: a newer spec while a canary is at step 1.
+async fn spec_change_mid_canary(sys: &System, stable: &str) -> String {
+    let env = &sys.env;
+    let t = Instant::now();
+    let (lg, report) = load(sys, "respec", 45);
+    apply(env, &revision_with(env, 96, &[], long_second_step()))
+        .await
+        .expect("the first newer revision applies");
+    let (o, _) = watch_steps(sys, Duration::from_secs(60), "the canary at step 1", |o| {
+        canary_weight(o) > 0
+    })
+    .await;
+    let unfinished = status_of(&o).canary_revision.expect("canary");
+    apply(env, &revision_with(env, 104, &[], json!({})))
+        .await
+        .expect("the newest revision applies");
+    let (o, seen) = watch_steps(
+        sys,
+        Duration::from_secs(90),
+        "the newest revision promoted, the unfinished canary drained",
+        |o| promoted_from(o, stable),
+    )
+    .await;
+    let s = status_of(&o);
+    let newest = s.stable_revision.clone().expect("stable");
+    eprintln!(
+        "[canary] spec change: {unfinished} at step 1 replaced by {newest}; steps seen {seen:?}; promoted {:.1}s after the first apply",
+        t.elapsed().as_secs_f64()
+    );
+    assert_ne!(
+        newest, unfinished,
+        "the newest revision, not the unfinished one"
+    );
+    assert!(
+        revision_of(&s, &unfinished).is_none_or(|r| r.pods == 0),
+        "the unfinished canary drained"
+    );
+    no_loss(lg, &report, "respec").await;
+    newest
+}
+
+/// Phase 5: Prometheus stopped while a canary is at step 1.
+async fn prometheus_stopped_mid_canary(sys: &mut System, stable: &str) -> String {
+    let t = Instant::now();
+    let (lg, report) = load(sys, "prom-down", 50);
+    apply(&sys.env, &revision_with(&sys.env, 112, &[], json!({})))
+        .await
+        .expect("the revision applies");
+    watch_steps(sys, Duration::from_secs(60), "the canary at step 1", |o| {
+        status_of(o).rollout.step == Some(1)
+    })
+    .await;
+    sys.prometheus.stop();
+    let stopped = Instant::now();
+    let (o, _) = watch_steps(
+        sys,
+        Duration::from_secs(40),
+        "the step held for unknown analysis",
+        |o| progressing_reason(o).as_deref() == Some("AnalysisUnknown"),
+    )
+    .await;
+    eprintln!(
+        "[canary] Prometheus stopped at step 1: held with AnalysisUnknown {:.1}s later",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(status_of(&o).rollout.step, Some(1));
+    // It keeps holding (no step, no rollback) while Prometheus is down.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let api: Api<InferenceService> = Api::namespaced(sys.env.client.clone(), &sys.env.ns);
+    let o = api.get(NAME).await.expect("get");
+    let s = status_of(&o);
+    assert_eq!((s.rollout.step, canary_weight(&o)), (Some(1), 30), "held");
+    assert_eq!(s.rollout.rolled_back_revision, None, "no rollback");
+    sys.prometheus
+        .restart()
+        .await
+        .expect("Prometheus starts again");
+    let restarted = Instant::now();
+    let (o, seen) = watch_steps(
+        sys,
+        Duration::from_secs(90),
+        "the rollout finishes after Prometheus is back",
+        |o| promoted_from(o, stable),
+    )
+    .await;
+    eprintln!(
+        "[canary] Prometheus back: promoted {:.1}s later (steps {seen:?}); phase {:.1}s",
+        restarted.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    no_loss(lg, &report, "prom-down").await;
+    status_of(&o).stable_revision.expect("stable")
+}
+
+/// Runs `kubectl steward ARGS` against this test's namespace.
+fn steward(sys: &System, args: &[&str]) {
+    let bin = workspace_bin("kubectl-steward").expect("kubectl-steward is built");
+    let (ok, out) = support::run_cmd(
+        Command::new(bin)
+            .arg("--kubeconfig")
+            .arg(&sys.env.kubeconfig)
+            .args(["-n", &sys.env.ns])
+            .args(args)
+            .env_remove("KUBECONFIG"),
+    );
+    eprintln!("[canary] kubectl steward {args:?}: {}", out.trim());
+    assert!(ok, "kubectl steward {args:?} failed: {out}");
+}
+
+/// Phase 6: pause, resume and promote at a step; abort, then retry.
+async fn manual_control_at_a_step(sys: &System, stable: &str) {
+    let env = &sys.env;
+    let t = Instant::now();
+    let (lg, report) = load(sys, "manual", 60);
+    apply(env, &revision_with(env, 120, &[], long_second_step()))
+        .await
+        .expect("the revision applies");
+    watch_steps(sys, Duration::from_secs(60), "the canary at step 1", |o| {
+        status_of(o).rollout.step == Some(1)
+    })
+    .await;
+    steward(sys, &["pause", NAME]);
+    // Step 1's pause is 4 s: paused, it stays there.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (o, _) = watch_steps(sys, Duration::from_secs(10), "held by the pause", |o| {
+        progressing_reason(o).as_deref() == Some("RolloutPaused")
+    })
+    .await;
+    assert_eq!(status_of(&o).rollout.step, Some(1), "pause holds the step");
+    steward(sys, &["resume", NAME]);
+    watch_steps(sys, Duration::from_secs(30), "resume moves on", |o| {
+        status_of(o).rollout.step == Some(2)
+    })
+    .await;
+    steward(sys, &["promote", NAME]);
+    let (o, _) = watch_steps(
+        sys,
+        Duration::from_secs(40),
+        "promote skips step 2's 10-minute pause",
+        |o| promoted_from(o, stable),
+    )
+    .await;
+    let promoted = status_of(&o).stable_revision.expect("stable");
+    eprintln!(
+        "[canary] manual: paused, resumed, promoted {promoted} {:.1}s after apply",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Abort at step 1, then retry: it runs again from step 1.
+    apply(env, &revision_with(env, 128, &[], long_second_step()))
+        .await
+        .expect("the next revision applies");
+    let (o, _) = watch_steps(sys, Duration::from_secs(60), "the canary at step 1", |o| {
+        status_of(o).rollout.step == Some(1)
+    })
+    .await;
+    let aborted = status_of(&o).canary_revision.expect("canary");
+    steward(sys, &["abort", NAME]);
+    let (o, _) = watch_steps(sys, Duration::from_secs(30), "abort rolls back", |o| {
+        status_of(o).rollout.rolled_back_revision.as_deref() == Some(aborted.as_str())
+    })
+    .await;
+    let s = status_of(&o);
+    assert_eq!(s.rollout.rollback_reason.as_deref(), Some("Aborted"));
+    assert_eq!(s.canary_weight, None, "weight 0 at once");
+    steward(sys, &["retry", NAME]);
+    let (o, seen) = watch_steps(sys, Duration::from_secs(60), "retry runs it again", |o| {
+        let s = status_of(o);
+        s.canary_revision.as_deref() == Some(aborted.as_str()) && s.rollout.step == Some(1)
+    })
+    .await;
+    assert_eq!(status_of(&o).rollout.rolled_back_revision, None);
+    eprintln!(
+        "[canary] manual: aborted {aborted} and retried it (steps {seen:?}), {:.1}s after the first apply",
+        t.elapsed().as_secs_f64()
+    );
+    steward(sys, &["promote", NAME]);
+    wait_for(
+        env,
+        NAME,
+        Duration::from_secs(40),
+        "the retried revision promoted",
+        |o| status_of(o).stable_revision.as_deref() == Some(aborted.as_str()),
+    )
+    .await;
+    no_loss(lg, &report, "manual").await;
 }

@@ -41,6 +41,7 @@ fn simulate(
     demand: impl Fn(i64) -> f64,
 ) -> Run {
     let spec = AutoscalingSpec {
+        mode: crate::crd::AutoscalingMode::Builtin,
         target_utilization: 70,
         scale_in_after: GoDuration::from_secs(scale_in_after),
     };
@@ -66,6 +67,7 @@ fn simulate(
                 terminating: false,
                 draining_since: None,
                 load: Some(reading),
+                unschedulable: None,
             })
             .collect();
         pods.extend((0..replicas.warm).map(|i| PodState {
@@ -75,6 +77,7 @@ fn simulate(
             terminating: false,
             draining_since: None,
             load: None,
+            unschedulable: None,
         }));
         pods.extend(draining.iter().map(|(n, since)| PodState {
             name: n.clone(),
@@ -83,6 +86,7 @@ fn simulate(
             terminating: false,
             draining_since: Some(Timestamp::from_second(T0 + since).expect("time")),
             load: None,
+            unschedulable: None,
         }));
         let d = autoscale(&AutoscaleInput {
             replicas: &replicas,
