@@ -42,6 +42,10 @@ pub struct LocalCluster {
     kubeconfig: PathBuf,
     startup: Duration,
     pki: Pki,
+    /// How each component was started (program, arguments), for
+    /// [`LocalCluster::start_component`].
+    commands: Vec<(String, PathBuf, Vec<std::ffi::OsString>)>,
+    token: String,
 }
 
 impl std::fmt::Debug for LocalCluster {
@@ -162,6 +166,8 @@ impl LocalCluster {
             kubeconfig: kubeconfig.clone(),
             startup: Duration::ZERO,
             pki: pki.clone(),
+            commands: Vec::new(),
+            token: token.clone(),
         };
 
         let http = reqwest::Client::builder()
@@ -315,7 +321,15 @@ impl LocalCluster {
     }
 
     fn launch(&mut self, name: &str, mut cmd: Command, logs: &Path) -> anyhow::Result<()> {
-        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let program = PathBuf::from(cmd.get_program());
+        let args = cmd.get_args().map(ToOwned::to_owned).collect();
+        self.commands.retain(|(n, _, _)| n != name);
+        self.commands.push((name.to_string(), program, args));
+        // Appended: a component started again keeps its earlier log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{name}.log")))?;
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -407,6 +421,46 @@ impl LocalCluster {
             _ => true,
         });
         out
+    }
+
+    /// Stops one component (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`, `kube-scheduler`): SIGTERM, SIGKILL after
+    /// 5 s. The others keep running; [`Self::start_component`] starts it
+    /// again with the same flags and port.
+    pub fn stop_component(&mut self, name: &str) -> anyhow::Result<()> {
+        let Some(i) = self.procs.iter().position(|(n, _)| n == name) else {
+            bail!("no running control-plane component named {name}");
+        };
+        let (_, mut p) = self.procs.remove(i);
+        p.terminate(Duration::from_secs(5))
+            .with_context(|| format!("stopping {name}"))?;
+        Ok(())
+    }
+
+    /// Starts a component stopped by [`Self::stop_component`] the way it
+    /// was first started; for `kube-apiserver`, waits until it is ready.
+    pub async fn start_component(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.procs.iter().any(|(n, _)| n == name) {
+            bail!("{name} is already running");
+        }
+        let Some((_, program, args)) = self.commands.iter().find(|(n, _, _)| n == name).cloned()
+        else {
+            bail!("{name} was never started by this cluster");
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        let logs = self.dir.join("logs");
+        self.launch(name, cmd, &logs)?;
+        if name == "kube-apiserver" {
+            let http = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(self.pki.ca_pem.as_bytes())?)
+                .timeout(Duration::from_secs(5))
+                .build()?;
+            let url = format!("https://127.0.0.1:{}/readyz", self.api_port);
+            let token = self.token.clone();
+            self.wait_http(&http, name, &url, Some(&token)).await?;
+        }
+        Ok(())
     }
 
     /// Pids of the control-plane processes.

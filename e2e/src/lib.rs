@@ -6,8 +6,10 @@ pub mod certs;
 pub mod cluster;
 pub mod faults;
 pub mod node;
+pub mod parts;
 pub mod proc;
 pub mod prometheus;
+pub mod streams;
 pub mod testing;
 pub mod tools;
 

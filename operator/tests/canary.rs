@@ -38,10 +38,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
+use steward_e2e::parts::Router;
 use steward_e2e::proc::spawn;
 use steward_e2e::prometheus::{LocalPrometheus, PrometheusOptions};
 use steward_e2e::testing::eventually;
-use steward_e2e::tools::{free_port, workspace_bin};
+use steward_e2e::tools::workspace_bin;
 use steward_operator::controller::prometheus::PrometheusConfig;
 use steward_operator::crd::{InferenceService, Phase};
 use steward_operator::reason::Reason;
@@ -58,7 +59,7 @@ struct System {
     dir: PathBuf,
     prometheus: LocalPrometheus,
     operator: Operator,
-    _router: Proc,
+    _router: Router,
     router_url: String,
 }
 
@@ -86,28 +87,10 @@ async fn start() -> System {
         });
     });
     // The router, watching this namespace only.
-    let port = free_port().expect("a free port");
-    let log = std::fs::File::create(dir.join("router.log")).expect("router log");
-    let mut cmd = Command::new(workspace_bin("steward-router").expect("steward-router is built"));
-    cmd.env("KUBECONFIG", &env.kubeconfig)
-        .env("STEWARD_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("STEWARD_ROUTER_NAMESPACE", &env.ns)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
-    let router = Proc(spawn(cmd).expect("steward-router starts"));
-    let router_url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let up = eventually(Duration::from_secs(30), || {
-        let req = http.get(format!("{router_url}/healthz"));
-        async move { req.send().await.ok()?.status().is_success().then_some(()) }
-    })
-    .await;
-    assert!(
-        up.is_ok(),
-        "the router answers /healthz (log: {})",
-        dir.join("router.log").display()
-    );
+    let router = Router::start(&env.kubeconfig, Some(&env.ns), &dir.join("router.log"))
+        .await
+        .expect("steward-router starts and answers /healthz");
+    let router_url = router.url();
     let env = TestEnv {
         model_uri: format!("file://{}", model.display()),
         ..env

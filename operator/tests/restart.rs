@@ -70,14 +70,7 @@ fn spawn(env: &TestEnv, id: &str, logs: &std::path::Path) -> Proc {
 }
 
 async fn holder(env: &TestEnv) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
-    leases
-        .get_opt("steward-operator")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
+    steward_e2e::parts::lease_holder(&env.client, &env.ns, "steward-operator").await
 }
 
 #[tokio::test]

@@ -53,18 +53,33 @@ impl Ipam {
             if ip.octets()[3] == 0 || ip.octets()[3] == 255 {
                 continue;
             }
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(self.dir.join(ip.to_string()))?;
-            // SAFETY: flock on an fd we own.
-            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                return Ok(Lease { ip, _file: f });
+            if let Some(lease) = self.lock(ip)? {
+                return Ok(lease);
             }
         }
         anyhow::bail!("no free loopback pod IP in {}", self.dir.display())
+    }
+
+    /// Takes exactly `ip` (a pod's address from before a node program
+    /// restart: a pod keeps its IP for its whole life); an error when
+    /// another holder has it or it is outside the pod range.
+    pub fn take(&self, ip: Ipv4Addr) -> anyhow::Result<Lease> {
+        let n = u32::from(ip);
+        anyhow::ensure!((FIRST..=LAST).contains(&n), "{ip} is not a local pod IP");
+        self.lock(ip)?
+            .ok_or_else(|| anyhow::anyhow!("{ip} is held by another pod"))
+    }
+
+    /// The lease of `ip` if nobody holds it.
+    fn lock(&self, ip: Ipv4Addr) -> anyhow::Result<Option<Lease>> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(ip.to_string()))?;
+        // SAFETY: flock on an fd we own.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok((r == 0).then_some(Lease { ip, _file: f }))
     }
 }
 
@@ -80,5 +95,17 @@ mod tests {
         let b = ipam.allocate().expect("b");
         assert_ne!(a.ip, b.ip);
         assert_eq!(a.ip.octets()[0], 127);
+    }
+
+    #[test]
+    fn a_pod_ip_is_taken_again_only_once_its_holder_let_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ipam = Ipam::in_dir(dir.path().to_path_buf()).expect("ipam");
+        let a = ipam.allocate().expect("a");
+        let ip = a.ip;
+        assert!(ipam.take(ip).is_err(), "held");
+        drop(a);
+        assert_eq!(ipam.take(ip).expect("free again").ip, ip);
+        assert!(ipam.take(Ipv4Addr::new(10, 0, 0, 1)).is_err());
     }
 }

@@ -69,8 +69,15 @@ impl LocalNode {
         let map: std::collections::BTreeMap<String, PathBuf> =
             opts.images.iter().cloned().collect();
         std::fs::write(&image_map, serde_yaml::to_string(&map)?)?;
-        let log = std::fs::File::create(state_dir.join("logs").join("steward-node.log"))
-            .or_else(|_| std::fs::File::create(dir.join("steward-node.log")))?;
+        // Appended: a node program started again keeps the earlier log.
+        let append = |p: PathBuf| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+        };
+        let log = append(state_dir.join("logs").join("steward-node.log"))
+            .or_else(|_| append(dir.join("steward-node.log")))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--kubeconfig")
             .arg(kubeconfig)

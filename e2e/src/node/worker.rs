@@ -89,7 +89,17 @@ pub async fn run_pod(cfg: WorkerConfig, mut pod_rx: watch::Receiver<Arc<Pod>>, g
     let uid = pod.uid().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(cfg.client.clone(), &ns);
 
-    let lease: Option<Lease> = match cfg.ipam.allocate() {
+    // A pod that already has an IP (this node program was restarted)
+    // keeps it, as a pod does for its whole life.
+    let known = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok());
+    let lease: Option<Lease> = match known
+        .and_then(|ip| cfg.ipam.take(ip).ok())
+        .map_or_else(|| cfg.ipam.allocate(), Ok)
+    {
         Ok(l) => Some(l),
         Err(e) => {
             warn!(error = %e, "no pod IP");

@@ -7,13 +7,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::Client;
 use serde_json::Value;
 use steward_e2e::testing::{eventually, shared, unique_ns};
@@ -40,13 +38,6 @@ pub struct TestEnv {
     pub model_uri: String,
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 async fn init_once(client: &Client) -> anyhow::Result<PathBuf> {
     let s = shared().await?;
     // The node re-reads its image map for each container start.
@@ -55,29 +46,11 @@ async fn init_once(client: &Client) -> anyhow::Result<PathBuf> {
         serde_yaml::from_str(&std::fs::read_to_string(map_path)?).unwrap_or_default();
     map.insert(
         "steward-engine-standin".into(),
-        repo_root().join("operator/tests/support/steward-engine"),
+        steward_e2e::parts::repo_root().join("operator/tests/support/steward-engine"),
     );
     std::fs::write(map_path, serde_yaml::to_string(&map)?)?;
 
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&std::fs::read_to_string(
-        repo_root().join("crds/inferenceservice.yaml"),
-    )?)?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "inferenceservices.serving.steward.dev",
-        &PatchParams::apply("steward-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        await_condition(
-            crds,
-            "inferenceservices.serving.steward.dev",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await??;
+    steward_e2e::parts::install_crd(client).await?;
     let models = tempfile::Builder::new()
         .prefix("steward-operator-models-")
         .tempdir()?
@@ -285,29 +258,5 @@ pub fn tool(name: &str) -> PathBuf {
     steward_e2e::tools::find_tool(name).expect("kube tools on PATH (tools/setup.sh)")
 }
 
-/// A child process (its whole group) terminated when dropped.
-pub struct Killed(pub steward_e2e::proc::Supervised);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.terminate(Duration::from_secs(2));
-    }
-}
-
-/// A tiny random-weight model in `dir/tiny`, made by the engine's own tool.
-pub fn tiny_model(dir: &Path) -> PathBuf {
-    let out = dir.join("tiny");
-    let engine =
-        steward_e2e::tools::workspace_bin("steward-engine").expect("steward-engine is built");
-    let made = std::process::Command::new(engine)
-        .args(["make-model", "--size", "tiny"])
-        .arg(&out)
-        .output()
-        .expect("make-model runs");
-    assert!(
-        made.status.success(),
-        "make-model failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    out
-}
+#[allow(unused_imports)]
+pub use steward_e2e::parts::{tiny_model, Killed};
