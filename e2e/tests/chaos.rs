@@ -361,6 +361,22 @@ async fn lease_holder(sys: &System) -> Option<String> {
     steward_e2e::parts::lease_holder(&sys.client, LEASE_NS, "steward-operator").await
 }
 
+/// Waits until `MetricsUnavailable` and `SignalsUnavailable` both read
+/// `value`.
+async fn signal_conditions(
+    sys: &System,
+    value: &str,
+    limit: Duration,
+) -> Result<(), steward_e2e::testing::Elapsed> {
+    eventually(limit, || async {
+        let o = sys.isvc.get(NAME).await.ok()?;
+        (condition_is(&o, "MetricsUnavailable", value)
+            && condition_is(&o, "SignalsUnavailable", value))
+        .then_some(())
+    })
+    .await
+}
+
 /// Scale and rollback events of the object since `since`.
 async fn decision_events(sys: &System, since: Instant) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(sys.client.clone(), NS);
@@ -636,13 +652,7 @@ async fn the_system_survives_each_fault_under_streaming_load_and_converges() {
     });
 
     // 4. Prometheus stopped for 60 s, from fresh signals.
-    let fresh_before = eventually(Duration::from_secs(30), || async {
-        let o = sys.isvc.get(NAME).await.ok()?;
-        (condition_is(&o, "MetricsUnavailable", "False")
-            && condition_is(&o, "SignalsUnavailable", "False"))
-        .then_some(())
-    })
-    .await;
+    let fresh_before = signal_conditions(&sys, "False", Duration::from_secs(30)).await;
     if fresh_before.is_err() {
         let o = sys.isvc.get(NAME).await.expect("get");
         panic!(
@@ -655,13 +665,7 @@ async fn the_system_survives_each_fault_under_streaming_load_and_converges() {
     let serving_before = ready_serving_pods(&sys).await.len();
     sys.prometheus.stop();
     let t_stop = Instant::now();
-    let unavailable = eventually(Duration::from_secs(20), || async {
-        let o = sys.isvc.get(NAME).await.ok()?;
-        (condition_is(&o, "MetricsUnavailable", "True")
-            && condition_is(&o, "SignalsUnavailable", "True"))
-        .then_some(())
-    })
-    .await;
+    let unavailable = signal_conditions(&sys, "True", Duration::from_secs(20)).await;
     assert!(
         unavailable.is_ok(),
         "MetricsUnavailable and SignalsUnavailable turn True without Prometheus"
@@ -686,13 +690,7 @@ async fn the_system_survives_each_fault_under_streaming_load_and_converges() {
         .await
         .expect("Prometheus starts again");
     let restarted_at = Instant::now();
-    let fresh = eventually(Duration::from_secs(30), || async {
-        let o = sys.isvc.get(NAME).await.ok()?;
-        (condition_is(&o, "MetricsUnavailable", "False")
-            && condition_is(&o, "SignalsUnavailable", "False"))
-        .then_some(())
-    })
-    .await;
+    let fresh = signal_conditions(&sys, "False", Duration::from_secs(30)).await;
     assert!(
         fresh.is_ok(),
         "the signal conditions clear once Prometheus is back"
