@@ -17,6 +17,7 @@
 //! [`StreamLoad::since`] tallies the attempts that ended after a mark, so a
 //! test can attribute failures to the fault it injected.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,10 @@ pub struct Tally {
     pub cut: usize,
     /// Requests that failed on both replicas.
     pub lost: usize,
+    /// Cut attempts by replica index.
+    pub cut_on: BTreeMap<usize, usize>,
+    /// Failed attempts by replica index.
+    pub failed_on: BTreeMap<usize, usize>,
     /// The last attempt in the window that did not succeed, as seconds
     /// after the mark (`None`: every attempt succeeded).
     pub last_bad_s: Option<f64>,
@@ -191,10 +196,12 @@ pub fn tally<'a>(attempts: impl Iterator<Item = &'a Attempt>, mark: Instant) -> 
             Outcome::Ok => None,
             Outcome::Cut(why) => {
                 t.cut += 1;
+                *t.cut_on.entry(a.replica).or_default() += 1;
                 Some(format!("replica {} cut: {why}", a.replica))
             }
             Outcome::Failed(status, why) => {
                 t.failed += 1;
+                *t.failed_on.entry(a.replica).or_default() += 1;
                 if status.is_some_and(|s| s >= 500) {
                     t.failed_5xx += 1;
                 }
@@ -367,6 +374,8 @@ mod tests {
             (5, 3, 2, 1, 1, 1)
         );
         assert_eq!(t.last_bad_s, Some(1.5));
+        assert_eq!(t.cut_on, BTreeMap::from([(0, 1)]));
+        assert_eq!(t.failed_on, BTreeMap::from([(0, 2)]));
         assert_eq!(t.examples.len(), 3);
         let clean = tally(log[..1].iter(), m);
         assert_eq!(clean.last_bad_s, None);

@@ -537,6 +537,10 @@ async fn the_system_survives_each_fault_under_streaming_load_and_converges() {
         t.cut <= WORKERS,
         "router kill: at most one cut stream per client: {t:?}"
     );
+    assert!(
+        t.cut_on.keys().all(|r| *r == 0) && t.failed_on.keys().all(|r| *r == 0),
+        "router kill: only the killed replica's streams are cut or refused: {t:?}"
+    );
     push(
         &mut rows,
         Row {
