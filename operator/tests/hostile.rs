@@ -62,6 +62,11 @@ fn permissive(real: &CustomResourceDefinition) -> CustomResourceDefinition {
         "type": "object",
         "properties": {"spec": free, "status": free},
     });
+    // An older CRD had no scale subresource either (with it, the API server
+    // itself refuses a `replicas.min` that is not an int32).
+    if let Some(sub) = v["spec"]["versions"][0]["subresources"].as_object_mut() {
+        sub.remove("scale");
+    }
     serde_json::from_value(v).expect("permissive CRD")
 }
 
