@@ -342,15 +342,19 @@ pub fn first_request(
     })
 }
 
-/// The autoscaler's utilisation reading of `name` (the higher of
-/// executor utilisation and KV-cache usage over the serving pods: the very
-/// queries the poller runs), evaluated by Prometheus at every whole second
-/// of the last `secs`: `(unix seconds, value)`.
-pub async fn utilisation_series(sys: &System, name: &str, secs: u64) -> Vec<(f64, f64)> {
+/// The autoscaler's readings of `name`, evaluated by Prometheus at every
+/// whole second of the last `secs` with the very queries the poller runs:
+/// `(unix seconds, utilisation, queue per pod)`, where utilisation is the
+/// higher of executor utilisation and KV-cache usage over the serving pods.
+pub async fn readings_series(sys: &System, name: &str, secs: u64) -> Vec<(f64, f64, f64)> {
     let scope = Scope::service(&sys.env.ns, name);
     let window = Window::for_interval(INTERVAL);
-    let mut by_time: BTreeMap<i64, f64> = BTreeMap::new();
-    for signal in [Signal::ExecutorUtilization, Signal::KvCacheUsage] {
+    let mut by_time: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+    for signal in [
+        Signal::ExecutorUtilization,
+        Signal::KvCacheUsage,
+        Signal::QueueWaitingPerPod,
+    ] {
         let q = format!("({})[{secs}s:1s]", promql::query(signal, &scope, window));
         let data = sys.prometheus.query(&q).await.expect("a subquery answers");
         for series in data["result"].as_array().into_iter().flatten() {
@@ -361,25 +365,39 @@ pub async fn utilisation_series(sys: &System, name: &str, secs: u64) -> Vec<(f64
                     .and_then(|s| s.parse::<f64>().ok())
                     .unwrap_or(f64::NAN);
                 if v.is_finite() {
-                    let e = by_time.entry((t * 1000.0) as i64).or_insert(v);
-                    *e = e.max(v);
+                    let e = by_time.entry((t * 1000.0) as i64).or_insert((0.0, 0.0));
+                    if signal == Signal::QueueWaitingPerPod {
+                        e.1 = e.1.max(v);
+                    } else {
+                        e.0 = e.0.max(v);
+                    }
                 }
             }
         }
     }
     by_time
         .into_iter()
-        .map(|(ms, v)| (ms as f64 / 1000.0, v))
+        .map(|(ms, (u, q))| (ms as f64 / 1000.0, u, q))
         .collect()
 }
 
-/// The first sample at or after `after` (unix seconds) whose value is at
-/// least `threshold`.
-pub fn first_at_or_above(series: &[(f64, f64)], threshold: f64, after: f64) -> Option<f64> {
+/// The first sample at or after `after` (unix seconds) for which `pred`
+/// (utilisation, queue per pod) holds.
+pub fn first_sample(
+    series: &[(f64, f64, f64)],
+    after: f64,
+    pred: impl Fn(f64, f64) -> bool,
+) -> Option<f64> {
     series
         .iter()
-        .find(|(t, v)| *t >= after && *v >= threshold)
-        .map(|(t, _)| *t)
+        .find(|(t, u, q)| *t >= after && pred(*u, *q))
+        .map(|(t, _, _)| *t)
+}
+
+/// A reading reached its target: utilisation 70% or one waiting request
+/// per pod (what scale-out answers to, before the 10% band).
+pub fn at_target(utilisation: f64, queue: f64) -> bool {
+    utilisation >= 0.70 || queue >= 1.0
 }
 
 /// `steward-loadgen` streaming through the router for `secs`: a closed
