@@ -123,6 +123,8 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         .clone()
         .unwrap_or_else(|| target.clone());
     let signals = Signals::from_latest(input.signals, input.now, input.targets.interval, &scaled);
+    // Per-pod loads only from a fresh snapshot: stale ones are unknown.
+    let fresh = input.signals.fresh(input.now, input.targets.interval);
     let pods: Vec<PodState> = obs
         .pods_of(&scaled)
         .map(|p| PodState {
@@ -131,7 +133,7 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
             ready: p.ready,
             terminating: p.terminating,
             draining_since: p.draining_since,
-            load: None,
+            load: fresh.and_then(|s| s.pod_load(&p.name)),
             unschedulable: p
                 .problem
                 .as_ref()

@@ -289,6 +289,7 @@ mod tests {
             window: Duration::from_secs(60),
             signals,
             queries: BTreeMap::new(),
+            pod_loads: BTreeMap::new(),
         }))
     }
 

@@ -272,6 +272,7 @@ mod tests {
             window: Duration::from_secs(30),
             signals,
             queries: BTreeMap::new(),
+            pod_loads: BTreeMap::new(),
         }))
     }
 
@@ -378,6 +379,7 @@ mod tests {
                 })
                 .collect(),
             queries: BTreeMap::new(),
+            pod_loads: BTreeMap::new(),
         }));
         let b = run(&s, &down, &status, t(11));
         let mut status2 = status.clone();

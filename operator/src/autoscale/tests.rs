@@ -748,6 +748,7 @@ mod from_latest {
             window: Duration::from_secs(30),
             signals,
             queries: BTreeMap::new(),
+            pod_loads: BTreeMap::new(),
         }))
     }
 

@@ -187,7 +187,13 @@ pub async fn take(prom: &Prometheus, plan: &PollPlan) -> Snapshot {
             }
         })
     }));
-    let (standard, custom) = futures::join!(standard, custom);
+    let per_pod = join_all(
+        [Signal::ExecutorUtilization, Signal::KvCacheUsage]
+            .iter()
+            .filter_map(|s| promql::per_pod(*s, &scope, window))
+            .map(|q| async move { prom.query(&q, limit).await }),
+    );
+    let (standard, custom, per_pod) = futures::join!(standard, custom, per_pod);
     let mut queries: BTreeMap<String, BTreeMap<String, Reading>> = BTreeMap::new();
     for (leaf, rev, reading) in custom {
         queries.entry(leaf).or_default().insert(rev, reading);
@@ -197,7 +203,27 @@ pub async fn take(prom: &Prometheus, plan: &PollPlan) -> Snapshot {
         window: window.0,
         signals: standard.into_iter().collect(),
         queries,
+        pod_loads: pod_loads(per_pod),
     }
+}
+
+/// The higher of each pod's per-pod utilisation readings; a failed query
+/// leaves its pods unknown (the victim choice falls back to the name).
+fn pod_loads(
+    results: Vec<Result<Vec<super::prometheus::Sample>, QueryError>>,
+) -> BTreeMap<String, f64> {
+    let mut loads: BTreeMap<String, f64> = BTreeMap::new();
+    for (labels, value) in results.into_iter().flatten().flatten() {
+        let Some(pod) = labels.get(promql::LABEL_POD) else {
+            continue;
+        };
+        if !value.is_finite() {
+            continue;
+        }
+        let e = loads.entry(pod.clone()).or_insert(value);
+        *e = e.max(value);
+    }
+    loads
 }
 
 fn by_revision(r: Result<Vec<super::prometheus::Sample>, QueryError>) -> Series {

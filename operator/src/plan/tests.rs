@@ -390,6 +390,7 @@ fn snapshot(at_s: i64, revision: &str, ttft: f64) -> Latest {
         window: Duration::from_secs(30),
         signals,
         queries: BTreeMap::new(),
+        pod_loads: BTreeMap::new(),
     }))
 }
 
@@ -470,4 +471,65 @@ fn a_leaf_that_starts_firing_reaches_status_and_one_event_and_steady_signals_pla
         Some(crate::crd::AlarmState::NoData)
     );
     assert_eq!(obs.status.ttft_p99, None, "blank, never 0");
+}
+
+/// A fresh low-load snapshot of `revision` with each pod's own load.
+fn low_load(at_s: i64, revision: &str, pods: &[(&str, f64)]) -> Latest {
+    let one = |v: f64| -> crate::signals::Series { Ok([(revision.to_owned(), v)].into()) };
+    let mut signals: BTreeMap<Signal, crate::signals::Series> = Signal::ALL
+        .iter()
+        .map(|s| (*s, Ok(BTreeMap::new())))
+        .collect();
+    signals.insert(Signal::ExecutorUtilization, one(0.1));
+    signals.insert(Signal::KvCacheUsage, one(0.2));
+    signals.insert(Signal::QueueWaitingPerPod, one(0.0));
+    Latest::Taken(std::sync::Arc::new(Snapshot {
+        taken_at: at(at_s),
+        window: Duration::from_secs(30),
+        signals,
+        queries: BTreeMap::new(),
+        pod_loads: pods.iter().map(|(p, v)| ((*p).to_owned(), *v)).collect(),
+    }))
+}
+
+#[test]
+fn scale_in_drains_the_pod_prometheus_reads_as_least_loaded() {
+    let spec = spec(
+        "replicas: { min: 1, max: 3 }\nautoscaling: { scaleInAfter: 10s }\nrollout: { steps: [], analysis: { interval: 2s } }",
+    );
+    let mut obs = Observed::default();
+    let (_, mut now) = converge(&spec, &mut obs, 100);
+    let rev = obs.status.stable_revision.clone().expect("stable");
+    // Three serving pods, as after a scale-out.
+    obs.status.autoscaling.serving = Some(3);
+    let (_, mut now) = {
+        let (_, w) = pass(&spec, &obs, now);
+        apply(&mut obs, &w, now);
+        now += 1;
+        converge(&spec, &mut obs, now)
+    };
+    assert_eq!(obs.pods_of(&rev).count(), 3);
+    // The middle pod is the least loaded: not the last by name.
+    let quiet = format!("{rev}-1");
+    let loads = [
+        (format!("{rev}-0"), 0.30),
+        (quiet.clone(), 0.05),
+        (format!("{rev}-2"), 0.40),
+    ];
+    let loads: Vec<(&str, f64)> = loads.iter().map(|(p, v)| (p.as_str(), *v)).collect();
+    let end = now + 30;
+    let drained = loop {
+        assert!(now < end, "no scale-in within the window");
+        let (_, w) = pass_with(&spec, &obs, now, &low_load(now, &rev, &loads));
+        let to_drain = w.iter().find_map(|w| match w {
+            Write::LabelPod(c) if c.rotation == Rotation::Draining => Some(c.pod.clone()),
+            _ => None,
+        });
+        apply(&mut obs, &w, now);
+        if let Some(p) = to_drain {
+            break p;
+        }
+        now += 2;
+    };
+    assert_eq!(drained, quiet);
 }

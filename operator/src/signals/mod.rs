@@ -232,6 +232,11 @@ pub struct Snapshot {
     pub signals: BTreeMap<Signal, Series>,
     /// Custom PromQL leaves: leaf name → revision → reading.
     pub queries: BTreeMap<String, BTreeMap<String, Reading>>,
+    /// Each serving pod's load, by pod name: the higher of its executor
+    /// utilisation and KV-cache usage over the window
+    /// ([`promql::per_pod`]). A pod missing here has no known load (never
+    /// zero); scale-in takes the least loaded pod.
+    pub pod_loads: BTreeMap<String, f64>,
 }
 
 impl Snapshot {
@@ -246,6 +251,11 @@ impl Snapshot {
                 _ => Reading::NoData,
             },
         }
+    }
+
+    /// The load of serving pod `pod`, when known.
+    pub fn pod_load(&self, pod: &str) -> Option<f64> {
+        self.pod_loads.get(pod).copied().filter(|v| v.is_finite())
     }
 
     /// The reading of the custom leaf `leaf` for `revision`.
@@ -348,6 +358,7 @@ mod tests {
             window: Duration::from_secs(30),
             signals,
             queries: BTreeMap::new(),
+            pod_loads: BTreeMap::from([("p1".to_string(), 0.5), ("p2".to_string(), f64::NAN)]),
         }
     }
 
@@ -365,6 +376,14 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn pod_loads_are_known_or_absent_never_zero() {
+        let s = snap(100);
+        assert_eq!(s.pod_load("p1"), Some(0.5));
+        assert_eq!(s.pod_load("p2"), None);
+        assert_eq!(s.pod_load("p3"), None);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub const LABEL_REVISION: &str = "revision";
 /// Scrape label: the pod's place in rotation, `serving.steward.dev/rotation`
 /// (serving / warm / draining).
 pub const LABEL_ROTATION: &str = "rotation";
+/// Scrape label: the pod's name.
+pub const LABEL_POD: &str = "pod";
 /// The grouping of every signal.
 pub const GROUP_BY: &str = "namespace, service, revision";
 
@@ -141,6 +143,23 @@ pub fn query(signal: Signal, scope: &Scope, window: Window) -> String {
     }
 }
 
+/// The per-pod form of a utilisation signal (executor utilisation or
+/// KV-cache usage): each serving pod's own average over the window,
+/// grouped by pod as well. The autoscaler's scale-in takes the least
+/// loaded pod (the higher of its two values); `None` for other signals.
+pub fn per_pod(signal: Signal, scope: &Scope, window: Window) -> Option<String> {
+    let metric = match signal {
+        Signal::ExecutorUtilization => "steward_engine_executor_utilization_ratio",
+        Signal::KvCacheUsage => "steward_engine_kv_cache_usage_ratio",
+        _ => return None,
+    };
+    Some(format!(
+        "max by ({GROUP_BY}, {LABEL_POD}) (avg_over_time({metric}{{{}}}[{}]))",
+        scope.matchers(&["rotation=\"serving\""]),
+        window.text()
+    ))
+}
+
 /// 5xx responses over non-4xx responses. A revision that never answered
 /// 5xx has no `class="5xx"` series; the `or 0 * …` arm gives it an
 /// explicit 0 with the same labels, so "no errors" reads 0 and "no
@@ -239,6 +258,23 @@ mod tests {
             query(Signal::Requests, &chat(), W),
             r#"sum by (namespace, service, revision) (increase(steward_engine_responses_total{namespace="team-a",service="chat",class!="4xx"}[1m]))"#
         );
+    }
+
+    #[test]
+    fn per_pod_loads_group_by_pod_and_exist_for_utilisation_only() {
+        assert_eq!(
+            per_pod(Signal::KvCacheUsage, &chat(), W).as_deref(),
+            Some(
+                r#"max by (namespace, service, revision, pod) (avg_over_time(steward_engine_kv_cache_usage_ratio{namespace="team-a",service="chat",rotation="serving"}[1m]))"#
+            )
+        );
+        assert_eq!(
+            per_pod(Signal::ExecutorUtilization, &chat(), W).as_deref(),
+            Some(
+                r#"max by (namespace, service, revision, pod) (avg_over_time(steward_engine_executor_utilization_ratio{namespace="team-a",service="chat",rotation="serving"}[1m]))"#
+            )
+        );
+        assert_eq!(per_pod(Signal::QueueWaitingPerPod, &chat(), W), None);
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn snap(at: Timestamp, names: &[&str]) -> Snapshot {
         window: Duration::from_secs(60),
         signals,
         queries,
+        pod_loads: BTreeMap::new(),
     }
 }
 
