@@ -310,6 +310,36 @@ async fn spec_change_rolls_out_a_new_revision_then_drains_the_old_one() {
         "old pods left after Ready"
     );
     assert_eq!(pods_of(&env, "chat", &rev2).await.len(), 2);
+    // Each revision's creation and promotion is an event with its own
+    // words, not a second count on the first one's (kube's recorder folds
+    // events by reason alone).
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let notes: Vec<(String, String)> = eventually(Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let notes: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .filter_map(|e| Some((e.reason?, e.note?)))
+            .collect();
+        notes
+            .iter()
+            .any(|(r, n)| r == "RevisionPromoted" && n.contains(&rev2))
+            .then_some(notes)
+    })
+    .await
+    .expect("a RevisionPromoted event naming the second revision");
+    for (reason, rev) in [
+        ("RevisionCreated", &rev1),
+        ("RevisionCreated", &rev2),
+        ("RevisionPromoted", &rev1),
+    ] {
+        assert!(
+            notes
+                .iter()
+                .any(|(r, n)| r == reason && n.contains(rev.as_str())),
+            "a {reason} event naming {rev}: {notes:?}"
+        );
+    }
     op.stop().await;
 }
 

@@ -15,6 +15,7 @@ pub mod poller;
 pub mod prometheus;
 pub mod quality;
 mod reconcile;
+mod recorders;
 mod rejected;
 pub mod rules;
 mod writes;
@@ -27,7 +28,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -179,7 +180,7 @@ impl Default for OperatorConfig {
 /// What every reconcile shares.
 pub struct Context {
     pub(crate) client: Client,
-    pub(crate) recorder: Recorder,
+    pub(crate) recorder: recorders::Recorders,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) cfg: OperatorConfig,
     pub(crate) deployments: Store<Deployment>,
@@ -299,7 +300,7 @@ pub async fn run(
     let wake_claims =
         move |changed: UncheckedInferenceService| claims_to_wake(&claims_seen, &changed);
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: recorders::Recorders::new(client.clone(), reporter),
         client: client.clone(),
         metrics,
         cfg: cfg.clone(),
