@@ -24,7 +24,14 @@
 //!    finishes;
 //! 6. manual control through `kubectl steward` at a step: pause holds past
 //!    the pause, resume moves on, promote skips the rest; abort rolls back
-//!    (`Aborted`), retry runs the revision again from step 1.
+//!    (`Aborted`), retry runs the revision again from step 1;
+//! 7. a canary answering 30% of its requests with 500
+//!    (`--fault-error-rate 0.3`) is rolled back by `errorRate`, while a
+//!    canary that only sees clients' mistakes (400s from bad requests sent
+//!    through the router beside the load) is promoted: 4xx are not errors.
+//!
+//! Phase 7 is the one phase with failed requests: the 500s the faulty
+//! canary answers before its rollback (counted and bounded).
 //!
 //! The load generator counts every failed request and every stream cut
 //! short: both must be zero in each phase. Timings are printed.
@@ -40,10 +47,9 @@ use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use steward_e2e::parts::Router;
 use steward_e2e::proc::spawn;
-use steward_e2e::prometheus::{LocalPrometheus, PrometheusOptions};
+use steward_e2e::prometheus::LocalPrometheus;
 use steward_e2e::testing::eventually;
 use steward_e2e::tools::workspace_bin;
-use steward_operator::controller::prometheus::PrometheusConfig;
 use steward_operator::crd::{InferenceService, Phase};
 use steward_operator::reason::Reason;
 use support::{apply, env, manifest, tiny_model, wait_for, Killed as Proc, Operator, TestEnv};
@@ -72,20 +78,7 @@ async fn start() -> System {
         .expect("tempdir")
         .keep();
     let model = tiny_model(&dir);
-    let prometheus = LocalPrometheus::start(
-        Some(env.client.clone()),
-        PrometheusOptions::in_dir(dir.join("prometheus")),
-    )
-    .await
-    .expect("prometheus starts");
-    let url = prometheus.url();
-    let operator = Operator::start_with(&env, |cfg| {
-        cfg.signals.prometheus = Some(PrometheusConfig {
-            url,
-            timeout: Duration::from_secs(2),
-            max_in_flight: 16,
-        });
-    });
+    let (prometheus, operator) = support::prometheus_and_operator(&env, &dir).await;
     // The router, watching this namespace only.
     let router = Router::start(&env.kubeconfig, Some(&env.ns), &dir.join("router.log"))
         .await
@@ -420,7 +413,8 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     let stable = sized_canary(&sys, &healthy).await;
     let stable = spec_change_mid_canary(&sys, &stable).await;
     let stable = prometheus_stopped_mid_canary(&mut sys, &stable).await;
-    manual_control_at_a_step(&sys, &stable).await;
+    let stable = manual_control_at_a_step(&sys, &stable).await;
+    errors_roll_back_client_mistakes_do_not(&sys, &stable).await;
     assert!(sys.operator.is_running());
     eprintln!("[canary] whole test {:.1}s", t_all.elapsed().as_secs_f64());
 }
@@ -646,7 +640,7 @@ fn steward(sys: &System, args: &[&str]) {
 }
 
 /// Phase 6: pause, resume and promote at a step; abort, then retry.
-async fn manual_control_at_a_step(sys: &System, stable: &str) {
+async fn manual_control_at_a_step(sys: &System, stable: &str) -> String {
     let env = &sys.env;
     let t = Instant::now();
     let (lg, report) = load(sys, "manual", 60);
@@ -722,4 +716,123 @@ async fn manual_control_at_a_step(sys: &System, stable: &str) {
     )
     .await;
     no_loss(lg, &report, "manual").await;
+    aborted
+}
+
+/// `rollbackOn` with the error-rate alarm as well as TTFT.
+fn with_error_alarm() -> Value {
+    json!({ "rollout": { "analysis": { "interval": "2s", "rollbackOn": { "any": [
+        { "slo": "ttftP99" }, { "alarm": "errorRate" } ] } } } })
+}
+
+/// Sends requests the engine must refuse with a 4xx (a client's mistake)
+/// through the router until `stop`; returns the status counts.
+async fn bad_requests(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::collections::BTreeMap<u16, u64> {
+    let http = reqwest::Client::new();
+    let mut counts = std::collections::BTreeMap::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // max_tokens must be a positive integer: a 400 from the engine.
+        let body = json!({ "model": format!("{NAME}-model"), "prompt": "hi", "max_tokens": -5 });
+        if let Ok(r) = http
+            .post(format!("{url}/v1/completions"))
+            .json(&body)
+            .send()
+            .await
+        {
+            *counts.entry(r.status().as_u16()).or_insert(0) += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    counts
+}
+
+/// Phase 7: a 5xx canary is rolled back by `errorRate`; a canary that only
+/// sees 4xx (clients' mistakes) is promoted.
+async fn errors_roll_back_client_mistakes_do_not(sys: &System, stable: &str) {
+    let env = &sys.env;
+    let t = Instant::now();
+    let (lg, report) = load(sys, "errors", 40);
+    let mut faulty = revision_with(
+        env,
+        136,
+        &["--enable-fault-injection", "--fault-error-rate", "0.3"],
+        with_error_alarm(),
+    );
+    support::merge(&mut faulty["spec"], json!({ "slo": { "ttftP99": "5s" } }));
+    apply(env, &faulty)
+        .await
+        .expect("the faulty revision applies");
+    let (with_weight, _) = watch_steps(
+        sys,
+        Duration::from_secs(60),
+        "the 5xx canary gets weight",
+        |o| canary_weight(o) > 0,
+    )
+    .await;
+    let bad = status_of(&with_weight).canary_revision.expect("canary");
+    let onset = Instant::now();
+    let (o, _) = watch_steps(
+        sys,
+        Duration::from_secs(60),
+        "the 5xx canary rolled back",
+        |o| status_of(o).rollout.rolled_back_revision.as_deref() == Some(bad.as_str()),
+    )
+    .await;
+    let detected = onset.elapsed();
+    let s = status_of(&o);
+    assert_eq!(s.rollout.rollback_reason.as_deref(), Some("AlarmFiring"));
+    let msg = s.rollout.rollback_message.clone().unwrap_or_default();
+    assert!(msg.contains("errorRate"), "the errorRate leaf: {msg}");
+    let (sent, failed, abandoned, errors) = finish(lg, &report, Duration::from_secs(120)).await;
+    eprintln!(
+        "[canary] 5xx canary {bad}: rolled back {:.1}s after it got weight ({msg}); load sent {sent}, failed {failed}, abandoned {abandoned}: {errors}",
+        detected.as_secs_f64()
+    );
+    // Only the canary's 500s fail: at most 30% of its 30% share while it
+    // had weight, far below that over the whole run.
+    assert!(sent > 10, "the load reached the engines: {sent}");
+    assert!(
+        failed * 10 < sent,
+        "only the canary's injected 500s fail ({failed} of {sent})"
+    );
+    assert_eq!(abandoned, 0, "no stream cut: {errors}");
+
+    // The same rollout with clients sending bad requests beside the load.
+    let (lg, report) = load(sys, "client-mistakes", 45);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mistakes = tokio::spawn(bad_requests(sys.router_url.clone(), stop.clone()));
+    apply(env, &revision_with(env, 144, &[], with_error_alarm()))
+        .await
+        .expect("the healthy revision applies");
+    let (o, seen) = watch_steps(
+        sys,
+        Duration::from_secs(90),
+        "the canary seeing only 4xx promoted",
+        |o| {
+            promoted_from(o, stable)
+                && status_of(o).stable_revision.as_deref() != Some(bad.as_str())
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let counts = mistakes.await.expect("the bad-request client ends");
+    let s = status_of(&o);
+    eprintln!(
+        "[canary] 4xx-only canary {}: promoted (steps {seen:?}) beside bad requests answered {counts:?}; phase {:.1}s",
+        s.stable_revision.clone().unwrap_or_default(),
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        counts.get(&400).copied().unwrap_or(0) >= 20,
+        "the clients' mistakes reached the engines as 400s: {counts:?}"
+    );
+    assert!(
+        counts.keys().all(|c| (400..500).contains(c)),
+        "a client's mistake is never a 5xx: {counts:?}"
+    );
+    assert_eq!(s.rollout.rolled_back_revision, None, "not rolled back");
+    no_loss(lg, &report, "client-mistakes").await;
 }

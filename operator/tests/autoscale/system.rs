@@ -18,10 +18,9 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use steward_e2e::proc::spawn;
-use steward_e2e::prometheus::{LocalPrometheus, PrometheusOptions};
+use steward_e2e::prometheus::LocalPrometheus;
 use steward_e2e::testing::eventually;
 use steward_e2e::tools::{free_port, workspace_bin};
-use steward_operator::controller::prometheus::PrometheusConfig;
 use steward_operator::crd::{labels, InferenceService};
 use steward_operator::signals::{promql, Scope, Signal, Window};
 
@@ -70,20 +69,7 @@ pub async fn start(prefix: &str) -> System {
         .expect("tempdir")
         .keep();
     let model = tiny_model(&dir);
-    let prometheus = LocalPrometheus::start(
-        Some(env.client.clone()),
-        PrometheusOptions::in_dir(dir.join("prometheus")),
-    )
-    .await
-    .expect("prometheus starts");
-    let url = prometheus.url();
-    let operator = Operator::start_with(&env, |cfg| {
-        cfg.signals.prometheus = Some(PrometheusConfig {
-            url,
-            timeout: Duration::from_secs(2),
-            max_in_flight: 16,
-        });
-    });
+    let (prometheus, operator) = crate::support::prometheus_and_operator(&env, &dir).await;
     let port = free_port().expect("a free port");
     let log = std::fs::File::create(dir.join("router.log")).expect("router log");
     let mut cmd = Command::new(workspace_bin("steward-router").expect("steward-router is built"));

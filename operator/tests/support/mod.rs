@@ -260,3 +260,26 @@ pub fn tool(name: &str) -> PathBuf {
 
 #[allow(unused_imports)]
 pub use steward_e2e::parts::{tiny_model, Killed};
+
+/// A real Prometheus in `dir/prometheus` (finding engine pods through the
+/// API) and an in-process operator whose signal pollers query it.
+pub async fn prometheus_and_operator(
+    env: &TestEnv,
+    dir: &std::path::Path,
+) -> (steward_e2e::prometheus::LocalPrometheus, Operator) {
+    let prometheus = steward_e2e::prometheus::LocalPrometheus::start(
+        Some(env.client.clone()),
+        steward_e2e::prometheus::PrometheusOptions::in_dir(dir.join("prometheus")),
+    )
+    .await
+    .expect("prometheus starts");
+    let url = prometheus.url();
+    let operator = Operator::start_with(env, |cfg| {
+        cfg.signals.prometheus = Some(steward_operator::controller::prometheus::PrometheusConfig {
+            url,
+            timeout: Duration::from_secs(2),
+            max_in_flight: 16,
+        });
+    });
+    (prometheus, operator)
+}

@@ -21,13 +21,19 @@ fn two_steps() -> Vec<RolloutStep> {
 /// Stable r1 and canary r2, both fully ready and long in rotation; the
 /// stored status has r2 at `step` (None: before step 1) since `started`.
 fn at_step(step: Option<i32>, started: i64) -> Observed {
-    let mut obs = with_stable(
+    let obs = with_stable(
         observed(
             vec![deployment("r1", 2, 1), deployment("r2", 2, 2)],
             [two_ready("r1", ["a", "b"]), two_ready("r2", ["c", "d"])].concat(),
         ),
         Some("r1"),
     );
+    canary_at(obs, step, started)
+}
+
+/// The stored status of canary r2 at `step` of [`two_steps`] since
+/// `started`, with that step's split.
+fn canary_at(mut obs: Observed, step: Option<i32>, started: i64) -> Observed {
     obs.status.canary_revision = Some("r2".into());
     obs.status.rollout.step = step;
     obs.status.rollout.step_started_at = Some(Time(at(started)));
@@ -416,7 +422,7 @@ fn a_restart_mid_pause_resumes_the_same_step_and_never_promotes_twice() {
 fn sized_canary(step: Option<i32>, ready: usize, started: i64) -> Observed {
     let names = ["c", "d", "e", "f", "g"];
     let r2 = i32::try_from(ready).unwrap();
-    let mut obs = with_stable(
+    let obs = with_stable(
         observed(
             vec![deployment("r1", 5, 1), deployment("r2", r2, 2)],
             ["a", "b", "x", "y", "z"]
@@ -427,14 +433,7 @@ fn sized_canary(step: Option<i32>, ready: usize, started: i64) -> Observed {
         ),
         Some("r1"),
     );
-    obs.status.canary_revision = Some("r2".into());
-    obs.status.rollout.step = step;
-    obs.status.rollout.step_started_at = Some(Time(at(started)));
-    if let Some(k) = step {
-        let w = two_steps()[usize::try_from(k - 1).unwrap()].weight;
-        obs.status.traffic = split(100 - w, w);
-    }
-    obs
+    canary_at(obs, step, started)
 }
 
 /// The canary runs its share of the stable's serving pods (20% and 50% of
