@@ -22,18 +22,4 @@
 # count over time and the bound. The pure decision is also pinned against
 # flapping by the unit tests in operator/src/autoscale/simulation.rs (CI).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-# shellcheck disable=SC1090
-source <(tools/setup.sh --print-env)
-export STEWARD_BIN_DIR="$ROOT/target/release"
-if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
-  cargo build --release -p steward-engine -p steward-router -p steward-loadgen -p steward-e2e --bins
-fi
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; load average at start: $(cat /proc/loadavg)"
-LOG="$ROOT/target/bench/scale-flap-$(date -u +%Y%m%dT%H%M%SZ).log"
-mkdir -p "$(dirname "$LOG")"
-echo "full output: $LOG"
-timeout 3600 cargo test --release -p steward-operator --test autoscale -- \
-  --ignored --exact bench::flap_bench --nocapture 2>&1 | tee "$LOG" | grep -E '^\[(bench|autoscale)\]|^BENCH|panicked|test result'
-echo "load average at end: $(cat /proc/loadavg)"
+exec "$(dirname "${BASH_SOURCE[0]}")/autoscale-bench.sh" scale-flap bench::flap_bench

@@ -40,12 +40,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use steward_e2e::testing::eventually;
 use system::{
-    all_pods, at_target, condition_status, engine_metric, event_reasons, finish, first_request,
+    all_pods, at_target, condition_status, engine_metric, event_reasons, first_request,
     first_sample, last_scale_reason, loadgen, object, pods, readings_series, serving_memory,
     settle, start, unix, with, Shape, Streams, TAKEN_IN,
 };
 
-use support::{apply, wait_for};
+use support::{apply, finish, wait_for};
 
 const NAME: &str = "auto";
 /// Closed-loop streams of the load step: 17 sequences of about 33 + 32

@@ -170,24 +170,6 @@ fn load(sys: &System, label: &str, secs: u64) -> (Proc, PathBuf) {
     (Proc(spawn(cmd).expect("steward-loadgen starts")), json)
 }
 
-/// Waits for the load generator to end and returns (sent, failed,
-/// abandoned, errors).
-async fn finish(mut p: Proc, json: &Path, limit: Duration) -> (u64, u64, u64, Value) {
-    let t = Instant::now();
-    while p.0.try_wait().ok().flatten().is_none() {
-        assert!(
-            t.elapsed() < limit,
-            "steward-loadgen did not finish in {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(json).expect("the report"))
-        .expect("report JSON");
-    let r = &doc["report"];
-    let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
-    (n("sent"), n("failed"), n("abandoned"), r["errors"].clone())
-}
-
 fn canary_weight(o: &InferenceService) -> i32 {
     o.status.as_ref().and_then(|s| s.canary_weight).unwrap_or(0)
 }
@@ -284,7 +266,13 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     }
     assert_eq!(steps.last(), Some(&(None, 0)), "{seen:?}");
     assert_eq!(status_of(&o).traffic.len(), 1);
-    let (sent, failed, abandoned, errors) = finish(lg, &report, Duration::from_secs(120)).await;
+    let support::LoadReport {
+        sent,
+        failed,
+        abandoned,
+        errors,
+        ..
+    } = support::finish(lg, &report, Duration::from_secs(120)).await;
     eprintln!("[canary] healthy phase load: sent {sent}, failed {failed}, abandoned {abandoned}");
     assert!(
         promoted < Duration::from_secs(45),
@@ -391,7 +379,13 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     let s = status_of(&o);
     assert_eq!(s.stable_revision.as_deref(), Some(healthy.as_str()));
     assert_eq!(s.canary_revision, None);
-    let (sent, failed, abandoned, errors) = finish(lg, &report, Duration::from_secs(120)).await;
+    let support::LoadReport {
+        sent,
+        failed,
+        abandoned,
+        errors,
+        ..
+    } = support::finish(lg, &report, Duration::from_secs(120)).await;
     eprintln!(
         "[canary] slow phase load: sent {sent}, failed {failed}, abandoned {abandoned}; rollback settled {:.1}s after apply",
         t2.elapsed().as_secs_f64()
@@ -448,7 +442,13 @@ fn promoted_from(o: &InferenceService, from: &str) -> bool {
 
 /// Asserts a load run saw no failed request and no cut stream.
 async fn no_loss(lg: Proc, report: &Path, phase: &str) {
-    let (sent, failed, abandoned, errors) = finish(lg, report, Duration::from_secs(120)).await;
+    let support::LoadReport {
+        sent,
+        failed,
+        abandoned,
+        errors,
+        ..
+    } = support::finish(lg, report, Duration::from_secs(120)).await;
     eprintln!("[canary] {phase} load: sent {sent}, failed {failed}, abandoned {abandoned}");
     assert!(
         sent > 10,
@@ -786,7 +786,13 @@ async fn errors_roll_back_client_mistakes_do_not(sys: &System, stable: &str) {
     assert_eq!(s.rollout.rollback_reason.as_deref(), Some("AlarmFiring"));
     let msg = s.rollout.rollback_message.clone().unwrap_or_default();
     assert!(msg.contains("errorRate"), "the errorRate leaf: {msg}");
-    let (sent, failed, abandoned, errors) = finish(lg, &report, Duration::from_secs(120)).await;
+    let support::LoadReport {
+        sent,
+        failed,
+        abandoned,
+        errors,
+        ..
+    } = support::finish(lg, &report, Duration::from_secs(120)).await;
     eprintln!(
         "[canary] 5xx canary {bad}: rolled back {:.1}s after it got weight ({msg}); load sent {sent}, failed {failed}, abandoned {abandoned}: {errors}",
         detected.as_secs_f64()

@@ -26,10 +26,10 @@ use steward_e2e::testing::eventually;
 use steward_e2e::tools::workspace_bin;
 use steward_operator::crd::InferenceService;
 
-use crate::support::{apply, wait_for};
+use crate::support::{apply, finish, wait_for};
 use crate::system::{
-    all_pods, at_target, engine_metric, finish, first_sample, loadgen, object, pods,
-    readings_series, serving_memory, settle, start, unix, with, Shape, System, TAKEN_IN,
+    all_pods, at_target, engine_metric, first_sample, loadgen, object, pods, readings_series,
+    serving_memory, settle, start, unix, with, Shape, System, TAKEN_IN,
 };
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {

@@ -7,7 +7,7 @@
 //! utilisation reading evaluated by Prometheus second by second).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -417,42 +417,6 @@ pub fn loadgen(
         .stdout(out.try_clone().expect("log"))
         .stderr(out);
     (Proc(spawn(cmd).expect("steward-loadgen starts")), json)
-}
-
-/// What a load generator run reported.
-#[derive(Debug)]
-pub struct LoadReport {
-    pub sent: u64,
-    pub failed: u64,
-    pub abandoned: u64,
-    pub errors: Value,
-    pub ttft_p50_ms: f64,
-    pub ttft_p99_ms: f64,
-}
-
-/// Waits for the load generator to end and reads its report.
-pub async fn finish(mut p: Proc, json: &Path, limit: Duration) -> LoadReport {
-    let t = Instant::now();
-    while p.0.try_wait().ok().flatten().is_none() {
-        assert!(
-            t.elapsed() < limit,
-            "steward-loadgen did not finish in {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(json).expect("the report"))
-        .expect("report JSON");
-    let r = &doc["report"];
-    let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
-    let ttft = |k: &str| r["ttft_ms"][k].as_f64().unwrap_or(f64::NAN);
-    LoadReport {
-        sent: n("sent"),
-        failed: n("failed"),
-        abandoned: n("abandoned"),
-        errors: r["errors"].clone(),
-        ttft_p50_ms: ttft("p50"),
-        ttft_p99_ms: ttft("p99"),
-    }
 }
 
 /// Long streams from an in-test client through the router: `n` workers,
