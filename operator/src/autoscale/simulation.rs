@@ -7,9 +7,9 @@
 //! scale-in needs `W` of low readings since the last change, so at most
 //! `⌊T / W⌋` happen; each scale-out adds at least one pod and the count
 //! stays within `[min, max]`, so scale-outs are at most the scale-ins plus
-//! `max − min`. And a steady demand never flaps: a scale-in happens only
-//! when `ceil(serving × value / target)` asks for fewer pods, so after it
-//! the reading is at most the target, inside the scale-out band.
+//! `max − min`. And a steady demand never flaps: a scale-in lands only on
+//! a count whose pods run below `target × (1 − tolerance)`, at least 10%
+//! under the reading where the next scale-out starts.
 //!
 //! The model: demand is in pods' worth of utilisation; the instantaneous
 //! reading of a serving pod is `min(1, demand / serving)`; the reading
@@ -135,16 +135,28 @@ fn replicas() -> ReplicasSpec {
 }
 
 #[test]
-fn noise_inside_the_tolerance_makes_no_scale_event() {
-    // Two pods at 70% ± 8% for five minutes: inside ±10%, nothing moves.
-    let r = simulate(replicas(), 60, 300, wave(1.4, 0.08, 40));
+fn noise_below_the_target_makes_no_scale_event() {
+    // Two pods at 66% ± 4% for five minutes: under the target, inside the
+    // tolerance below it: nothing moves.
+    let r = simulate(replicas(), 60, 300, wave(1.32, 0.04 / 0.66, 40));
     assert!(r.events.is_empty(), "{:?}", r.timeline);
+}
+
+#[test]
+fn noise_across_the_target_scales_out_once_and_never_back() {
+    // Two pods at 70% ± 8%: the first reading at 70% adds a pod (47% each
+    // after), and 3 pods at 47% would run at 70% on two, above the
+    // scale-in line: no out-in-out cycle in five minutes.
+    let r = simulate(replicas(), 30, 300, wave(1.4, 0.08, 40));
+    let counts: Vec<i32> = r.timeline.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, vec![2, 3], "{:?}", r.timeline);
+    assert_eq!(r.events.len(), 1);
 }
 
 #[test]
 fn a_steady_load_just_above_the_band_scales_out_once_and_stays() {
     // 2 × 80%: out to 3 pods (53% each, below the band) — but
-    // ceil(3 × 0.53 / 0.7) = 3, so no scale-in: no out-in-out cycle.
+    // ceil(3 × 0.53 / 0.63) = 3, so no scale-in: no out-in-out cycle.
     let r = simulate(replicas(), 30, 600, |_| 1.6);
     let counts: Vec<i32> = r.timeline.iter().map(|(_, n)| *n).collect();
     assert_eq!(counts, vec![2, 3], "{:?}", r.timeline);

@@ -292,13 +292,27 @@ fn scale_out_is_clamped_to_max() {
 
 #[test]
 fn inside_the_tolerance_nothing_moves() {
-    // 76% against 70% is within 10%.
-    let d = Case::new(bounds(1, Some(8), 1), load(0.76, 0.5, 0.5), pool_2_1())
+    // 66% against 70% is below the target by less than 10%.
+    let d = Case::new(bounds(1, Some(8), 1), load(0.66, 0.5, 0.5), pool_2_1())
         .memory(memory(2))
         .run();
     assert_eq!(d.plan, plan(2, 1));
     assert_eq!(d.event, None);
     assert_eq!(d.memory.low_since, None);
+}
+
+#[test]
+fn scale_out_starts_at_the_target_not_above_a_band() {
+    // 70% against 70%: one more pod, from the warm pool.
+    let d = Case::new(bounds(1, Some(8), 1), load(0.70, 0.5, 0.5), pool_2_1())
+        .memory(memory(2))
+        .run();
+    assert_eq!(d.plan, plan(3, 1));
+    let e = d.event.expect("a scale-out at the target");
+    assert_eq!(
+        (e.direction, e.cause, e.from, e.to, e.from_warm),
+        (Direction::Out, Cause::ExecutorUtilization, 2, 3, 1)
+    );
 }
 
 #[test]
@@ -671,7 +685,7 @@ fn the_stored_count_survives_a_restart() {
         serving("e"),
         serving("f"),
     ];
-    let d = Case::new(bounds(1, Some(8), 0), load(0.7, 0.5, 0.5), pods)
+    let d = Case::new(bounds(1, Some(8), 0), load(0.65, 0.5, 0.5), pods)
         .memory(memory(4))
         .run();
     assert_eq!(d.plan.serving, 4);
@@ -681,7 +695,7 @@ fn the_stored_count_survives_a_restart() {
 #[test]
 fn a_bounds_change_moves_the_count_at_once() {
     // max lowered below the stored count.
-    let d = Case::new(bounds(1, Some(3), 1), load(0.7, 0.5, 0.5), pool_2_1())
+    let d = Case::new(bounds(1, Some(3), 1), load(0.65, 0.5, 0.5), pool_2_1())
         .memory(memory(6))
         .run();
     assert_eq!(d.plan.serving, 3);
