@@ -142,6 +142,7 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         })
         .collect();
     let scaling = autoscale::autoscale(&AutoscaleInput {
+        revision: &scaled,
         replicas: &input.spec.replicas,
         autoscaling: &input.spec.autoscaling,
         signals: &signals,

@@ -338,6 +338,7 @@ pub fn compute(input: &StatusInput<'_>) -> InferenceServiceStatus {
         traffic: plan.traffic.clone(),
         rollout: plan.memory.clone(),
         autoscaling: previous.autoscaling.clone(),
+        capacity: previous.capacity.clone(),
         ready: Some(format!("{}/{}", replicas.ready, replicas.desired)),
         serving_warm: Some(format!("{}/{}", replicas.serving, replicas.warm)),
         replicas,

@@ -204,6 +204,51 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
         "[autoscale] warm pool backfilled {:.1}s after the step",
         t_step.elapsed().unwrap_or_default().as_secs_f64()
     );
+    // Warm pods go first when the Deployment shrinks: the backfilled warm
+    // pod carries the warm deletion cost, the flipped one lost it.
+    let backfilled = pods(env, NAME).await;
+    for (name, p) in &backfilled {
+        let want = (p.rotation == "warm").then(|| "-100".to_owned());
+        assert_eq!(p.deletion_cost, want, "{name}: {p:?}");
+    }
+    // Capacity in tokens, from the engines under the step load: demand,
+    // a pod's measured rate, the pods that needs, the start time.
+    let o = wait_for(
+        env,
+        NAME,
+        Duration::from_secs(30),
+        "status.capacity with demand and a pod's rate",
+        |o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .is_some_and(|c| {
+                    c.demand_tokens_per_second.is_some_and(|d| d > 0)
+                        && c.pod_tokens_per_second.is_some_and(|p| p > 0)
+                        && c.pods_needed.is_some_and(|n| n >= 1)
+                        && c.cold_start_seconds.is_some()
+                        && c.in_flight.is_some_and(|l| l > 0)
+                })
+        },
+    )
+    .await;
+    let c = o
+        .status
+        .and_then(|s| s.capacity)
+        .expect("the capacity just seen");
+    eprintln!("[autoscale] status.capacity under the step: {c:?}");
+    // The pods the demand needs at 70% follow from the two rates.
+    let (d, p) = (
+        c.demand_tokens_per_second.unwrap_or(0) as f64,
+        c.pod_tokens_per_second.unwrap_or(1) as f64,
+    );
+    let want = (d / (p * 0.7)).ceil() as i32;
+    assert!(
+        (c.pods_needed.unwrap_or(0) - want).abs() <= 1,
+        "podsNeeded {:?} against ceil({d} / ({p} x 0.7)) = {want} (rounding of the shown rates)",
+        c.pods_needed
+    );
+    assert!(!c.revision.is_empty(), "{c:?}");
     assert!(event_reasons(env, NAME)
         .await
         .iter()

@@ -46,6 +46,7 @@
 //! warm pool first; scale-in one draining pod at a time, no window),
 //! capped at `replicas.max` when it is set, so the two never fight.
 
+pub mod capacity;
 pub mod report;
 pub mod rule;
 
@@ -143,6 +144,26 @@ pub struct Load {
     pub kv_cache: Option<f64>,
     /// Requests waiting, averaged over the serving pods.
     pub queue_per_pod: Option<f64>,
+    /// What the capacity report and the cold-start rule read
+    /// ([`capacity`]); none of it scales on its own.
+    pub demand: Demand,
+}
+
+/// Demand and measured capacity of the revision, from the same snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Demand {
+    /// Generated tokens per second, all pods.
+    pub tokens_per_second: Option<f64>,
+    /// Responses per second of the generation routes.
+    pub requests_per_second: Option<f64>,
+    /// Sequences running or waiting, all pods.
+    pub in_flight: Option<f64>,
+    /// Tokens per second of model-step time: one pod's rate while busy.
+    pub pod_tokens_per_second: Option<f64>,
+    /// Engine start to ready, the slowest pod (seconds).
+    pub cold_start_seconds: Option<f64>,
+    /// Utilisation's slope per second (the steeper signal).
+    pub trend_per_second: Option<f64>,
 }
 
 /// What the autoscaler knows about the load.
@@ -191,6 +212,14 @@ impl Signals {
             executor: value(Signal::ExecutorUtilization),
             kv_cache: value(Signal::KvCacheUsage),
             queue_per_pod: value(Signal::QueueWaitingPerPod),
+            demand: Demand {
+                tokens_per_second: value(Signal::OutputTokensPerSecond),
+                requests_per_second: value(Signal::RequestRate),
+                in_flight: value(Signal::InFlight),
+                pod_tokens_per_second: value(Signal::PodTokensPerSecond),
+                cold_start_seconds: value(Signal::ColdStartSeconds),
+                trend_per_second: value(Signal::UtilizationTrend),
+            },
         })
     }
 }
@@ -220,6 +249,8 @@ pub struct PodState {
 /// What the autoscaler needs.
 #[derive(Clone, Debug)]
 pub struct AutoscaleInput<'a> {
+    /// The revision scaled (for the capacity report).
+    pub revision: &'a str,
     /// The spec's bounds.
     pub replicas: &'a ReplicasSpec,
     /// Target and scale-in window.
@@ -364,6 +395,9 @@ pub struct ScaleDecision {
     pub event: Option<ScaleEvent>,
     /// When a time-based decision (a scale-in, a removal) is due.
     pub requeue_after: Option<Duration>,
+    /// Demand and capacity in tokens and the cold-start projection
+    /// (`status.capacity`), from a fresh snapshot only.
+    pub capacity: Option<crate::crd::CapacityStatus>,
 }
 
 /// One signal's reading against its target.
@@ -680,12 +714,28 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
         ready,
     });
     let draining_kept = draining_kept + i32::from(drain.is_some());
+    // Capacity in tokens, and the cold-start rule: pods a rising load will
+    // need within a cold start are kept warm now (built-in mode only).
+    let assessment = match input.signals {
+        Signals::Fresh(load) => Some(capacity::assess(&capacity::CapacityInput {
+            revision: input.revision,
+            load,
+            target: f64::from(input.autoscaling.target_utilization.clamp(1, 100)) / 100.0,
+            current,
+            serving,
+            warm: b.warm,
+            max: b.max,
+            early_allowed: !external && enabled && shortfall.is_none(),
+        })),
+        Signals::Unavailable(_) => None,
+    };
+    let warm = assessment.as_ref().map_or(b.warm, |a| a.warm);
     ScaleDecision {
         enabled,
         external,
         plan: ScalePlan {
             serving,
-            warm: b.warm,
+            warm,
             draining: draining_kept,
         },
         drain,
@@ -696,6 +746,7 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
         shortfall,
         event,
         requeue_after: requeue,
+        capacity: assessment.map(|a| a.status),
     }
 }
 

@@ -33,6 +33,7 @@ pub fn write_into(
     now: &Time,
 ) {
     status.autoscaling = decision.memory.clone();
+    status.capacity = decision.capacity.clone();
     status.conditions.retain(|c| {
         c.type_ != condition::METRICS_UNAVAILABLE
             && c.type_ != condition::CAPACITY_COLD_STARTING
@@ -202,6 +203,7 @@ mod tests {
             shortfall: None,
             event: None,
             requeue_after: None,
+            capacity: None,
         }
     }
 

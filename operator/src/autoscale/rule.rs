@@ -136,7 +136,10 @@ mod tests {
                 assert!(n <= current);
                 if n > 0 && n < current {
                     let after = f64::from(current) * value / f64::from(n);
-                    assert!(after < 0.63 + 1e-9, "{current} at {value} -> {n} at {after}");
+                    assert!(
+                        after < 0.63 + 1e-9,
+                        "{current} at {value} -> {n} at {after}"
+                    );
                     assert_eq!(desired(n, after, 0.7), n, "{current} at {value}");
                 }
             }

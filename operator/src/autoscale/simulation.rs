@@ -89,12 +89,14 @@ fn simulate(
             unschedulable: None,
         }));
         let d = autoscale(&AutoscaleInput {
+            revision: "r1",
             replicas: &replicas,
             autoscaling: &spec,
             signals: &Signals::Fresh(Load {
                 executor: Some(reading),
                 kv_cache: Some(reading),
                 queue_per_pod: Some(0.0),
+                ..Load::default()
             }),
             pods: &pods,
             memory: &memory,

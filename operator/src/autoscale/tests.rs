@@ -60,6 +60,7 @@ fn load(executor: f64, kv: f64, queue: f64) -> Signals {
         executor: Some(executor),
         kv_cache: Some(kv),
         queue_per_pod: Some(queue),
+        ..Load::default()
     })
 }
 
@@ -111,6 +112,7 @@ impl Case {
 
     fn run(&self) -> ScaleDecision {
         autoscale(&AutoscaleInput {
+            revision: "r1",
             replicas: &self.replicas,
             autoscaling: &self.autoscaling,
             signals: &self.signals,
@@ -637,6 +639,7 @@ fn a_missing_signal_blocks_scale_in_but_not_scale_out() {
             executor: Some(executor),
             kv_cache: None,
             queue_per_pod: Some(0.0),
+            ..Load::default()
         })
     };
     let d = Case::new(bounds(1, Some(8), 1), partial(0.05), pool_2_1())
@@ -786,6 +789,7 @@ mod from_latest {
                 executor: Some(0.8),
                 kv_cache: None,
                 queue_per_pod: None,
+                ..Load::default()
             })
         );
     }
@@ -925,6 +929,7 @@ fn utilization_column_is_the_higher_signal_and_blank_without_data() {
         executor: None,
         kv_cache: Some(0.3),
         queue_per_pod: None,
+        ..Load::default()
     });
     assert_eq!(only_kv.utilization_text().as_deref(), Some("30%"));
     assert_eq!(Signals::Fresh(Load::default()).utilization_text(), None);

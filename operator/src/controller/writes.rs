@@ -88,9 +88,15 @@ pub(crate) async fn execute(
                         },
                     } }))
                 } else {
-                    Patch::Merge(
-                        json!({ "metadata": { "labels": { labels::ROTATION: rotation } } }),
-                    )
+                    // A warm pod goes first when the Deployment shrinks
+                    // (the warm pool got smaller); a pod back in rotation
+                    // loses that cost.
+                    let cost =
+                        (change.rotation == Rotation::Warm).then_some(labels::WARM_DELETION_COST);
+                    Patch::Merge(json!({ "metadata": {
+                        "labels": { labels::ROTATION: rotation },
+                        "annotations": { labels::POD_DELETION_COST: cost },
+                    } }))
                 };
                 let call = api.patch(&change.pod, &merge, &body);
                 // A pod that went away meanwhile is not an error; the next

@@ -20,9 +20,9 @@ pub use spec::{
     QualitySpec, ReplicasSpec, RolloutSpec, RolloutStep, SloSpec, TenantLimits,
 };
 pub use status::{
-    AlarmState, AlarmStatus, AutoscalingStatus, CategoryQuality, InferenceServiceStatus,
-    PerplexityQuality, Phase, QualityState, QualityStatus, ReplicaStatus, RevisionRole,
-    RevisionStatus, RolloutStatus, TrafficTarget,
+    AlarmState, AlarmStatus, AutoscalingStatus, CapacityStatus, CategoryQuality,
+    InferenceServiceStatus, PerplexityQuality, Phase, QualityState, QualityStatus, ReplicaStatus,
+    RevisionRole, RevisionStatus, RolloutStatus, TrafficTarget,
 };
 
 /// The API group.
@@ -52,6 +52,9 @@ pub mod labels {
     pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
     /// The cost a draining pod gets, so a shrink removes exactly it.
     pub const DRAINING_DELETION_COST: &str = "-1000";
+    /// The `pod-deletion-cost` of a warm pod: when the Deployment shrinks
+    /// (a smaller warm pool), warm pods go before serving ones (cost 0).
+    pub const WARM_DELETION_COST: &str = "-100";
 }
 
 /// The CRD: the derived one plus the rule on `metadata.name` (only the root

@@ -219,6 +219,50 @@ pub struct AutoscalingStatus {
     pub serving: Option<i32>,
 }
 
+/// Demand and capacity of the revision the autoscaler scales, in tokens
+/// (Little's law), and the cold-start projection (docs/operator.md,
+/// "Capacity"). Shown for people and platform teams; recomputed from every
+/// fresh snapshot, absent without one.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityStatus {
+    /// The revision measured.
+    pub revision: String,
+    /// Generated tokens per second over the window, all its pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demand_tokens_per_second: Option<i64>,
+    /// Sequences running or waiting, all its pods, averaged over the
+    /// window (Little's law's L).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<i64>,
+    /// Responses per second of the generation routes (λ), two decimals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<String>,
+    /// One pod's measured capacity: tokens per second of model-step time at
+    /// the batch it runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_tokens_per_second: Option<i64>,
+    /// Serving pods the demand needs at the target:
+    /// `ceil(demand / (pod capacity × target))`; compare with
+    /// `replicas.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_needed: Option<i32>,
+    /// Engine start to ready, the slowest pod (whole seconds, rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_seconds: Option<i64>,
+    /// How fast utilisation moves (`+4.2%/min`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_trend: Option<String>,
+    /// Utilisation one cold start from now at that trend (`81%`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_utilization: Option<String>,
+    /// Warm pods kept beyond `replicas.warm` for the projected scale-out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub early_warm: i32,
+    /// The same, for people.
+    pub message: String,
+}
+
 fn is_zero(n: &i32) -> bool {
     *n == 0
 }
@@ -327,6 +371,10 @@ pub struct InferenceServiceStatus {
     /// Autoscaling memory (survives restarts and leader changes).
     #[serde(default)]
     pub autoscaling: AutoscalingStatus,
+    /// Demand and capacity in tokens, and the cold-start projection, of the
+    /// revision the autoscaler scales; absent without a fresh snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityStatus>,
     /// Pod counts.
     #[serde(default)]
     pub replicas: ReplicaStatus,

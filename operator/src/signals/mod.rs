@@ -54,11 +54,22 @@ pub enum Signal {
     /// Non-4xx responses in the window: the sample count that decides
     /// whether a latency or error reading is conclusive.
     Requests,
+    /// Sequences in flight (running or waiting), all pods, averaged over
+    /// the window: Little's law's `L`.
+    InFlight,
+    /// Generated tokens per second of model-step time: what one pod makes
+    /// while it steps, at its current batch (its measured capacity).
+    PodTokensPerSecond,
+    /// Engine start to ready (seconds), the slowest pod of the revision.
+    ColdStartSeconds,
+    /// How fast utilisation moves (per second), the steeper of executor
+    /// utilisation and KV-cache usage, averaged over the serving pods.
+    UtilizationTrend,
 }
 
 impl Signal {
     /// Every signal, in a stable order (the poller queries these).
-    pub const ALL: [Signal; 11] = [
+    pub const ALL: [Signal; 15] = [
         Signal::TtftP99,
         Signal::ItlP99,
         Signal::E2eP99,
@@ -70,6 +81,10 @@ impl Signal {
         Signal::OutputTokensPerSecond,
         Signal::RequestRate,
         Signal::Requests,
+        Signal::InFlight,
+        Signal::PodTokensPerSecond,
+        Signal::ColdStartSeconds,
+        Signal::UtilizationTrend,
     ];
 
     /// The stable name (metric labels, logs, the dashboard).
@@ -86,19 +101,28 @@ impl Signal {
             Signal::OutputTokensPerSecond => "output_tokens_per_second",
             Signal::RequestRate => "request_rate",
             Signal::Requests => "requests",
+            Signal::InFlight => "in_flight",
+            Signal::PodTokensPerSecond => "pod_tokens_per_second",
+            Signal::ColdStartSeconds => "cold_start_seconds",
+            Signal::UtilizationTrend => "utilization_trend",
         }
     }
 
     /// How a value of this signal is written for people.
     pub fn unit(self) -> Unit {
         match self {
-            Signal::TtftP99 | Signal::ItlP99 | Signal::E2eP99 => Unit::Seconds,
+            Signal::TtftP99 | Signal::ItlP99 | Signal::E2eP99 | Signal::ColdStartSeconds => {
+                Unit::Seconds
+            }
             Signal::ServerErrorRatio
             | Signal::KvCacheUsage
             | Signal::ExecutorUtilization
             | Signal::PrefixCacheHitRate => Unit::Ratio,
-            Signal::OutputTokensPerSecond | Signal::RequestRate => Unit::PerSecond,
-            Signal::QueueWaitingPerPod | Signal::Requests => Unit::Plain,
+            Signal::OutputTokensPerSecond
+            | Signal::RequestRate
+            | Signal::PodTokensPerSecond
+            | Signal::UtilizationTrend => Unit::PerSecond,
+            Signal::QueueWaitingPerPod | Signal::Requests | Signal::InFlight => Unit::Plain,
         }
     }
 

@@ -140,6 +140,24 @@ pub fn query(signal: Signal, scope: &Scope, window: Window) -> String {
             "sum by ({GROUP_BY}) (increase(steward_engine_responses_total{{{}}}[{w}]))",
             scope.matchers(&["class!=\"4xx\""])
         ),
+        Signal::InFlight => format!(
+            "sum by ({GROUP_BY}) (avg_over_time(steward_engine_requests_running{{{sel}}}[{w}])) + sum by ({GROUP_BY}) (avg_over_time(steward_engine_requests_waiting{{{sel}}}[{w}]))"
+        ),
+        // Idle pods step for no time: `> 0` leaves no series (no data),
+        // never a division by zero.
+        Signal::PodTokensPerSecond => format!(
+            "{} / ({} > 0)",
+            sum_rate("steward_engine_generation_tokens_total", &sel),
+            sum_rate("steward_engine_step_duration_seconds_sum", &sel)
+        ),
+        Signal::ColdStartSeconds => format!(
+            "max by ({GROUP_BY}) (max_over_time(steward_engine_cold_start_seconds{{{sel}}}[{w}]))"
+        ),
+        // Each serving pod's slope, averaged per metric (the slope of the
+        // average), the steeper of the two.
+        Signal::UtilizationTrend => format!(
+            "max by ({GROUP_BY}) (avg by ({GROUP_BY}, __name__) (deriv({{__name__=~\"steward_engine_executor_utilization_ratio|steward_engine_kv_cache_usage_ratio\",{serving}}}[{w}])))"
+        ),
     }
 }
 
@@ -257,6 +275,26 @@ mod tests {
         assert_eq!(
             query(Signal::Requests, &chat(), W),
             r#"sum by (namespace, service, revision) (increase(steward_engine_responses_total{namespace="team-a",service="chat",class!="4xx"}[1m]))"#
+        );
+    }
+
+    #[test]
+    fn capacity_signals() {
+        assert_eq!(
+            query(Signal::InFlight, &chat(), W),
+            r#"sum by (namespace, service, revision) (avg_over_time(steward_engine_requests_running{namespace="team-a",service="chat"}[1m])) + sum by (namespace, service, revision) (avg_over_time(steward_engine_requests_waiting{namespace="team-a",service="chat"}[1m]))"#
+        );
+        assert_eq!(
+            query(Signal::PodTokensPerSecond, &chat(), W),
+            r#"sum by (namespace, service, revision) (rate(steward_engine_generation_tokens_total{namespace="team-a",service="chat"}[1m])) / (sum by (namespace, service, revision) (rate(steward_engine_step_duration_seconds_sum{namespace="team-a",service="chat"}[1m])) > 0)"#
+        );
+        assert_eq!(
+            query(Signal::ColdStartSeconds, &chat(), W),
+            r#"max by (namespace, service, revision) (max_over_time(steward_engine_cold_start_seconds{namespace="team-a",service="chat"}[1m]))"#
+        );
+        assert_eq!(
+            query(Signal::UtilizationTrend, &chat(), W),
+            r#"max by (namespace, service, revision) (avg by (namespace, service, revision, __name__) (deriv({__name__=~"steward_engine_executor_utilization_ratio|steward_engine_kv_cache_usage_ratio",namespace="team-a",service="chat",rotation="serving"}[1m])))"#
         );
     }
 

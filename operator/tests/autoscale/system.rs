@@ -156,6 +156,8 @@ pub struct PodView {
     pub ready: bool,
     pub ip: String,
     pub terminating: bool,
+    /// Its `controller.kubernetes.io/pod-deletion-cost`, if set.
+    pub deletion_cost: Option<String>,
 }
 
 /// Every pod of the object, terminating ones included, by name.
@@ -175,6 +177,11 @@ pub async fn all_pods(env: &TestEnv, name: &str) -> BTreeMap<String, PodView> {
                 .and_then(|l| l.get(labels::ROTATION).cloned())
                 .unwrap_or_default();
             let terminating = p.metadata.deletion_timestamp.is_some();
+            let deletion_cost = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(labels::POD_DELETION_COST).cloned());
             let status = p.status.unwrap_or_default();
             let ready = status
                 .conditions
@@ -188,6 +195,7 @@ pub async fn all_pods(env: &TestEnv, name: &str) -> BTreeMap<String, PodView> {
                     ready,
                     ip: status.pod_ip.unwrap_or_default(),
                     terminating,
+                    deletion_cost,
                 },
             )
         })
