@@ -23,7 +23,7 @@ use crate::children::{self, Parent, TemplateConfig, UnsupportedUri};
 use crate::claims::{self, ClaimStatus, NameConflict};
 use crate::crd::{InferenceServiceSpec, InferenceServiceStatus, QualityStatus};
 use crate::events::{self, Note};
-use crate::observe::Observed;
+use crate::observe::{self, Observed};
 use crate::pool::{self, RotationChange};
 use crate::reason::Reason;
 use crate::revision::revision_of;
@@ -123,6 +123,28 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         .clone()
         .unwrap_or_else(|| target.clone());
     let signals = Signals::from_latest(input.signals, input.now, input.targets.interval, &scaled);
+    // During a canary the count follows the load of both revisions: the
+    // canary's pods carry part of it (docs/operator.md, "During a canary").
+    let serving_ready =
+        |rev: &str| {
+            observe::count(obs.pods_of(rev).filter(|p| {
+                p.ready && !p.terminating && p.rotation == Some(pool::Rotation::Serving)
+            }))
+        };
+    let signals = match (&signals, obs.status.canary_revision.as_deref()) {
+        (Signals::Fresh(stable), Some(canary)) if canary != scaled => {
+            match Signals::from_latest(input.signals, input.now, input.targets.interval, canary) {
+                Signals::Fresh(c) => Signals::Fresh(autoscale::with_canary(
+                    stable,
+                    serving_ready(&scaled),
+                    &c,
+                    serving_ready(canary),
+                )),
+                Signals::Unavailable(_) => signals,
+            }
+        }
+        _ => signals,
+    };
     // Per-pod loads only from a fresh snapshot: stale ones are unknown.
     let fresh = input.signals.fresh(input.now, input.targets.interval);
     let pods: Vec<PodState> = obs

@@ -160,17 +160,14 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
         )
     });
     let util70 = first_sample(&series, step, |u, _| u >= 0.70);
-    // The HPA rule's band: more pods only above 110% of the target.
-    let band = first_sample(&series, step, |u, q| u > 0.77 || q > 1.1);
     let served_after = unix(first) - crossed;
     let at = |t: Option<f64>| t.map_or("never".into(), |t| format!("{:.1}s", t - step));
     eprintln!(
         "[autoscale] step at 0s: a reading reached its target at {:.1}s (utilisation 70% at {}), \
-         left the band at {}, status said 3 serving at {:.1}s, the warm pod's first request at \
+         status said 3 serving at {:.1}s, the warm pod's first request at \
          {:.1}s: {served_after:.1}s after the crossing ({})",
         crossed - step,
         at(util70),
-        at(band),
         unix(t_decided) - step,
         unix(first) - step,
         last_scale_reason(&o),
@@ -227,6 +224,7 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
                         && c.pod_tokens_per_second.is_some_and(|p| p > 0)
                         && c.pods_needed.is_some_and(|n| n >= 1)
                         && c.cold_start_seconds.is_some()
+                        && c.utilization_trend.is_some()
                         && c.in_flight.is_some_and(|l| l > 0)
                 })
         },

@@ -224,6 +224,50 @@ impl Signals {
     }
 }
 
+/// The service's load during a canary, on the stable revision's serving
+/// pods: each pod-averaged reading becomes `(stable × S + canary × C) / S`
+/// (S, C: the revisions' ready serving pods), the load both revisions
+/// carry as if the stable's pods carried all of it; demand rates and
+/// sequences in flight add up. The stable's own readings alone under-read
+/// by the canary's share (its pods carry `100 − weight`%), which would
+/// shrink the count — and with it the canary's share, `ceil(serving ×
+/// weight / 100)` — while the total load has not moved.
+///
+/// A reading the canary lacks keeps the stable's (never read as zero);
+/// without stable pods nothing is combined.
+pub fn with_canary(stable: &Load, stable_pods: i32, canary: &Load, canary_pods: i32) -> Load {
+    if stable_pods <= 0 {
+        return *stable;
+    }
+    let (s, c) = (f64::from(stable_pods), f64::from(canary_pods.max(0)));
+    let avg = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b.is_finite() => Some((a * s + b * c) / s),
+        (a, _) => a,
+    };
+    let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b.is_finite() => Some(a + b),
+        (a, _) => a,
+    };
+    let sd = &stable.demand;
+    let cd = &canary.demand;
+    Load {
+        executor: avg(stable.executor, canary.executor),
+        kv_cache: avg(stable.kv_cache, canary.kv_cache),
+        queue_per_pod: avg(stable.queue_per_pod, canary.queue_per_pod),
+        demand: Demand {
+            tokens_per_second: add(sd.tokens_per_second, cd.tokens_per_second),
+            requests_per_second: add(sd.requests_per_second, cd.requests_per_second),
+            in_flight: add(sd.in_flight, cd.in_flight),
+            pod_tokens_per_second: sd.pod_tokens_per_second,
+            cold_start_seconds: match (sd.cold_start_seconds, cd.cold_start_seconds) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            trend_per_second: sd.trend_per_second,
+        },
+    }
+}
+
 /// One pod of the revision being scaled, as the autoscaler sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodState {

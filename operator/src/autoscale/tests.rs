@@ -1003,3 +1003,62 @@ fn scale_in_takes_a_pod_that_is_not_ready_before_draining_a_serving_one() {
         e.message
     );
 }
+
+// --- During a canary -------------------------------------------------------
+
+#[test]
+fn during_a_canary_the_count_follows_the_load_of_both_revisions() {
+    // 4 stable pods at 40% carry 60% of the traffic; 2 canary pods at 60%
+    // carry 40%: the service's load on 4 pods is (0.4 × 4 + 0.6 × 2) / 4
+    // = 70%, at the target, where the stable's reading alone (40%) would
+    // scale in.
+    let stable = Load {
+        executor: Some(0.4),
+        kv_cache: Some(0.2),
+        queue_per_pod: Some(0.5),
+        demand: Demand {
+            tokens_per_second: Some(600.0),
+            requests_per_second: Some(3.0),
+            in_flight: Some(12.0),
+            pod_tokens_per_second: Some(250.0),
+            cold_start_seconds: Some(20.0),
+            trend_per_second: Some(0.001),
+        },
+    };
+    let canary = Load {
+        executor: Some(0.6),
+        kv_cache: None,
+        queue_per_pod: Some(1.0),
+        demand: Demand {
+            tokens_per_second: Some(400.0),
+            requests_per_second: Some(2.0),
+            in_flight: Some(8.0),
+            pod_tokens_per_second: Some(200.0),
+            cold_start_seconds: Some(35.0),
+            trend_per_second: None,
+        },
+    };
+    let l = with_canary(&stable, 4, &canary, 2);
+    assert!((l.executor.expect("executor") - 0.7).abs() < 1e-9);
+    // The canary has no KV reading: the stable's stays, never zero.
+    assert_eq!(l.kv_cache, Some(0.2));
+    assert!((l.queue_per_pod.expect("queue") - 1.0).abs() < 1e-9);
+    assert_eq!(l.demand.tokens_per_second, Some(1000.0));
+    assert_eq!(l.demand.requests_per_second, Some(5.0));
+    assert_eq!(l.demand.in_flight, Some(20.0));
+    assert_eq!(l.demand.pod_tokens_per_second, Some(250.0));
+    assert_eq!(l.demand.cold_start_seconds, Some(35.0));
+    // At the target: one more pod, not a scale-in.
+    let d = Case::new(
+        bounds(2, Some(8), 0),
+        Signals::Fresh(l),
+        vec![serving("a"), serving("b"), serving("c"), serving("d")],
+    )
+    .memory(memory(4))
+    .run();
+    assert_eq!(d.plan.serving, 5);
+    // Without stable pods nothing is combined.
+    assert_eq!(with_canary(&stable, 0, &canary, 2), stable);
+    // A canary with no pods yet adds nothing to the averages.
+    assert_eq!(with_canary(&stable, 4, &canary, 0).executor, Some(0.4));
+}

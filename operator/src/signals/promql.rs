@@ -153,11 +153,21 @@ pub fn query(signal: Signal, scope: &Scope, window: Window) -> String {
         Signal::ColdStartSeconds => format!(
             "max by ({GROUP_BY}) (max_over_time(steward_engine_cold_start_seconds{{{sel}}}[{w}]))"
         ),
-        // Each serving pod's slope, averaged per metric (the slope of the
-        // average), the steeper of the two.
-        Signal::UtilizationTrend => format!(
-            "max by ({GROUP_BY}) (avg by ({GROUP_BY}, __name__) (deriv({{__name__=~\"steward_engine_executor_utilization_ratio|steward_engine_kv_cache_usage_ratio\",{serving}}}[{w}])))"
-        ),
+        // Each serving pod's slope averaged per gauge (the slope of the
+        // average), the steeper of the two. `deriv` drops the metric name,
+        // so a label tells the two apart before `max`.
+        Signal::UtilizationTrend => {
+            let slope = |metric: &str, name: &str| {
+                format!(
+                    "label_replace(avg by ({GROUP_BY}) (deriv({metric}{{{serving}}}[{w}])), \"gauge\", \"{name}\", \"\", \"\")"
+                )
+            };
+            format!(
+                "max by ({GROUP_BY}) ({} or {})",
+                slope("steward_engine_executor_utilization_ratio", "executor"),
+                slope("steward_engine_kv_cache_usage_ratio", "kv_cache")
+            )
+        }
     }
 }
 
@@ -294,7 +304,7 @@ mod tests {
         );
         assert_eq!(
             query(Signal::UtilizationTrend, &chat(), W),
-            r#"max by (namespace, service, revision) (avg by (namespace, service, revision, __name__) (deriv({__name__=~"steward_engine_executor_utilization_ratio|steward_engine_kv_cache_usage_ratio",namespace="team-a",service="chat",rotation="serving"}[1m])))"#
+            r#"max by (namespace, service, revision) (label_replace(avg by (namespace, service, revision) (deriv(steward_engine_executor_utilization_ratio{namespace="team-a",service="chat",rotation="serving"}[1m])), "gauge", "executor", "", "") or label_replace(avg by (namespace, service, revision) (deriv(steward_engine_kv_cache_usage_ratio{namespace="team-a",service="chat",rotation="serving"}[1m])), "gauge", "kv_cache", "", ""))"#
         );
     }
 

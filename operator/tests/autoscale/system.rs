@@ -389,7 +389,7 @@ pub fn first_sample(
 }
 
 /// A reading reached its target: utilisation 70% or one waiting request
-/// per pod (what scale-out answers to, before the 10% band).
+/// per pod (what scale-out answers to: the target itself, no band above it).
 pub fn at_target(utilisation: f64, queue: f64) -> bool {
     utilisation >= 0.70 || queue >= 1.0
 }
