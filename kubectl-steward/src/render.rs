@@ -237,6 +237,26 @@ pub fn render(
         ),
     ));
 
+    if let Some(u) = &st.utilization {
+        head.push((
+            "Utilisation",
+            format!("{u} (target {}%)", svc.spec.autoscaling.target_utilization),
+        ));
+    }
+    if let Some(reason) = &st.autoscaling.last_scale_reason {
+        let when = st
+            .autoscaling
+            .last_scale_at
+            .as_ref()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
+            .map(|t| format!(" ({} ago)", short_duration(now - t)))
+            .unwrap_or_default();
+        head.push(("Last scale", format!("{reason}{when}")));
+    }
+    if let Some(c) = &st.capacity {
+        head.push(("Capacity", c.message.clone()));
+    }
+
     let mut out = String::new();
     // Fixed width (the longest label, "Rolled back:"), so lines keep their
     // shape from one frame to the next and for grep.
