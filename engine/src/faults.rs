@@ -63,6 +63,11 @@ pub struct FaultArgs {
     /// before sampling and scoring (answers and logprobs degrade).
     #[arg(long, env = "STEWARD_FAULT_LOGIT_NOISE")]
     pub fault_logit_noise: Option<f64>,
+    /// TEST AID: added to the model load at start-up, so a tiny model
+    /// starts as slowly as a large one loading onto a GPU (counted in the
+    /// cold-start metrics).
+    #[arg(long, env = "STEWARD_FAULT_LOAD_DELAY", value_parser = humantime::parse_duration)]
+    pub fault_load_delay: Option<Duration>,
     /// TEST AID: seed of the fault decisions (default: random).
     #[arg(long, env = "STEWARD_FAULT_SEED")]
     pub fault_seed: Option<u64>,
@@ -87,6 +92,7 @@ pub enum Fault {
     StepError,
     CorruptToken,
     LogitNoise,
+    LoadDelay,
 }
 
 impl Fault {
@@ -98,6 +104,7 @@ impl Fault {
             Fault::StepError => "step_error",
             Fault::CorruptToken => "corrupt_token",
             Fault::LogitNoise => "logit_noise",
+            Fault::LoadDelay => "load_delay",
         }
     }
 }
@@ -112,6 +119,7 @@ pub struct FaultPlan {
     pub step_error_rate: f64,
     pub corrupt_token_rate: f64,
     pub logit_noise: f64,
+    pub load_delay: Duration,
     pub seed: Option<u64>,
 }
 
@@ -139,6 +147,7 @@ impl FaultPlan {
                 a.fault_corrupt_token_rate.is_some(),
             ),
             ("--fault-logit-noise", a.fault_logit_noise.is_some()),
+            ("--fault-load-delay", a.fault_load_delay.is_some()),
             ("--fault-seed", a.fault_seed.is_some()),
         ]
         .into_iter()
@@ -162,6 +171,7 @@ impl FaultPlan {
             step_error_rate: rate("fault-step-error-rate", a.fault_step_error_rate)?,
             corrupt_token_rate: rate("fault-corrupt-token-rate", a.fault_corrupt_token_rate)?,
             logit_noise,
+            load_delay: a.fault_load_delay.unwrap_or_default(),
             seed: a.fault_seed,
         })
     }
@@ -175,6 +185,7 @@ impl FaultPlan {
             || self.step_error_rate > 0.0
             || self.corrupt_token_rate > 0.0
             || self.logit_noise > 0.0
+            || !self.load_delay.is_zero()
     }
 
     /// Whether this request is answered with an injected 500.
@@ -234,6 +245,9 @@ impl FaultPlan {
         let mut parts = Vec::new();
         if !self.prefill_delay.is_zero() {
             parts.push(format!("prefill_delay={:?}", self.prefill_delay));
+        }
+        if !self.load_delay.is_zero() {
+            parts.push(format!("load_delay={:?}", self.load_delay));
         }
         if !self.token_delay.is_zero() || !self.token_jitter.is_zero() {
             parts.push(format!(

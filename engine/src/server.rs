@@ -22,7 +22,7 @@ use crate::admission::{AdmissionLimits, TenantSlots};
 use crate::api::routes::{router, AppState, BodyLimits, Loaded};
 use crate::api::validate::Limits;
 use crate::executor::{spawn, ActorConfig, EngineCore};
-use crate::faults::{FaultArgs, FaultPlan};
+use crate::faults::{Fault, FaultArgs, FaultPlan};
 use crate::health::HealthLimits;
 use crate::listen::ListenConfig;
 use crate::metrics::EngineMetrics;
@@ -344,6 +344,11 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         })
         .await
         .map_err(|_| ServeError::LoaderPanicked)??;
+    if !faults.load_delay.is_zero() {
+        tracing::warn!(delay = ?faults.load_delay, "fault injection: model load delayed");
+        tokio::time::sleep(faults.load_delay).await;
+        metrics.fault(Fault::LoadDelay);
+    }
     let load_time = t_load.elapsed();
     let cfg = model.cfg.clone();
     let bs = args.sched.block_size.max(1);

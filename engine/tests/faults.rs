@@ -232,3 +232,27 @@ async fn quality_faults_change_greedy_answers_with_200s_and_normal_lengths() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn load_delay_slows_the_cold_start_and_shows_in_its_metrics() {
+    let t0 = Instant::now();
+    let e = Engine::start(&["--enable-fault-injection", "--fault-load-delay", "1500ms"]).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "ready after {:?}",
+        t0.elapsed()
+    );
+    let m = e.metrics().await;
+    let load = metric(&m, "steward_engine_cold_start_load_seconds", &[]).unwrap_or(0.0);
+    let cold = metric(&m, "steward_engine_cold_start_seconds", &[]).unwrap_or(0.0);
+    assert!(load >= 1.5, "load {load}");
+    assert!(cold >= load, "cold start {cold} includes the load {load}");
+    assert_eq!(
+        metric(
+            &m,
+            "steward_engine_faults_injected_total",
+            &["fault=\"load_delay\""]
+        ),
+        Some(1.0)
+    );
+}
