@@ -416,3 +416,177 @@ async fn flap_bench() {
     assert!(outs + ins <= bound, "more scale events than the bound");
     sys.operator.stop().await;
 }
+
+/// One ramp case's figures, seconds from the start of the load.
+#[derive(Debug)]
+struct RampFigures {
+    label: String,
+    early_warm_at: Option<f64>,
+    crossed: Option<f64>,
+    capacity: Option<f64>,
+    ttft_p99_ms: f64,
+    sent: u64,
+    failed: u64,
+    capacity_message: String,
+    load: String,
+}
+
+/// Load that rises: `top` streams reached by adding `step` streams every
+/// `every` s (a step when `step >= top`), on `warm: 0` engines whose model
+/// load takes `load_secs` (`--fault-load-delay`, so the engine's own
+/// `steward_engine_cold_start_seconds` says it, as a real one would).
+async fn ramp_case(
+    sys: &System,
+    name: &str,
+    label: &str,
+    step: usize,
+    load_secs: u64,
+) -> RampFigures {
+    let top: usize = env_or("STEWARD_RAMP_TOP", 36);
+    let every: u64 = env_or("STEWARD_RAMP_EVERY", 6);
+    let hold: u64 = env_or("STEWARD_RAMP_HOLD", 60);
+    let env = &sys.env;
+    let delay = format!("{load_secs}s");
+    let extra = ["--shed-kv-usage", "1", "--fault-load-delay", delay.as_str()];
+    let shape = Shape {
+        min: 2,
+        max: 3,
+        warm: 0,
+        scale_in_after: "30m",
+        drain_window: "5s",
+        extra_args: &extra,
+    };
+    apply(env, &object(env, name, &shape))
+        .await
+        .expect("the manifest applies");
+    wait_for(
+        env,
+        name,
+        Duration::from_secs(240),
+        "ready",
+        crate::support::ready_and_current,
+    )
+    .await;
+    settle(env, name, 2, 0, Duration::from_secs(120), "two serving").await;
+    let initial: BTreeSet<String> = pods(env, name).await.into_keys().collect();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let load = load_average();
+    let stages = top.div_ceil(step.max(1));
+    let total = stages as u64 * every + hold;
+    let t0 = SystemTime::now();
+    let watch = first_request_outside(sys, name, initial, Duration::from_secs(total + 60));
+    let api: Api<InferenceService> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut gens = Vec::new();
+    let mut early_warm_at = None;
+    let mut message = String::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(total) {
+        let due = (start.elapsed().as_secs() / every.max(1)) as usize + 1;
+        while gens.len() < due.min(stages) {
+            let n = step.min(top - gens.len() * step);
+            let left = total.saturating_sub(start.elapsed().as_secs()).max(1);
+            gens.push(loadgen(
+                sys,
+                &format!("{name}-model"),
+                &format!("{name}-{}", gens.len()),
+                n,
+                ("fixed:16", "fixed:64"),
+                left,
+            ));
+        }
+        if let Ok(o) = api.get(name).await {
+            if let Some(c) = o.status.and_then(|s| s.capacity) {
+                if c.early_warm > 0 && early_warm_at.is_none() {
+                    early_warm_at = Some(unix(SystemTime::now()) - unix(t0));
+                    message = c.message.clone();
+                }
+                if message.is_empty() || early_warm_at.is_none() {
+                    message = c.message;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let capacity = watch.await.ok().flatten();
+    let mut sent = 0;
+    let mut failed = 0;
+    let mut p99: f64 = 0.0;
+    for (p, j) in gens {
+        let r = finish(p, &j, Duration::from_secs(120)).await;
+        sent += r.sent;
+        failed += r.failed;
+        p99 = p99.max(r.ttft_p99_ms);
+    }
+    let begin = unix(t0);
+    let series = readings_series(sys, name, total + 30).await;
+    let f = RampFigures {
+        label: label.to_owned(),
+        early_warm_at,
+        crossed: first_sample(&series, begin, at_target).map(|c| c - begin),
+        capacity: capacity.as_ref().map(|(t, _)| unix(*t) - begin),
+        ttft_p99_ms: p99,
+        sent,
+        failed,
+        capacity_message: message,
+        load,
+    };
+    eprintln!("[bench] {f:?} (added pod {:?})", capacity.map(|c| c.1));
+    delete_and_wait(sys, name).await;
+    f
+}
+
+#[tokio::test]
+#[ignore = "benchmark: bench/scale-ramp.sh"]
+async fn ramp_bench() {
+    let load_secs: u64 = env_or("STEWARD_BENCH_MODEL_LOAD_SECS", 20);
+    let step: usize = env_or("STEWARD_RAMP_STEP", 4);
+    let runs: usize = env_or("STEWARD_BENCH_RUNS", 1);
+    let sys = start("rampbench").await;
+    let mut all = Vec::new();
+    for run in 0..runs {
+        all.push(ramp_case(&sys, &format!("ramp{run}"), "ramp", step, load_secs).await);
+        // Baseline, same engines: the whole load at once, no trend to read
+        // ahead of the crossing.
+        all.push(
+            ramp_case(
+                &sys,
+                &format!("step{run}"),
+                "step",
+                usize::MAX / 2,
+                load_secs,
+            )
+            .await,
+        );
+    }
+    println!(
+        "BENCH {:<5} {:>12} {:>8} {:>11} {:>15} {:>9} {:>6} {:>6}  load",
+        "case",
+        "early_warm_s",
+        "cross_s",
+        "capacity_s",
+        "cross->serve_s",
+        "ttft_p99",
+        "sent",
+        "failed"
+    );
+    for f in &all {
+        let from_cross = match (f.capacity, f.crossed) {
+            (Some(c), Some(x)) => Some(c - x),
+            _ => None,
+        };
+        println!(
+            "BENCH {:<5} {:>12} {:>8} {:>11} {:>15} {:>9.0} {:>6} {:>6}  {}",
+            f.label,
+            secs(f.early_warm_at),
+            secs(f.crossed),
+            secs(f.capacity),
+            secs(from_cross),
+            f.ttft_p99_ms,
+            f.sent,
+            f.failed,
+            f.load
+        );
+        println!("BENCH {} capacity: {}", f.label, f.capacity_message);
+    }
+    sys.operator.stop().await;
+}
