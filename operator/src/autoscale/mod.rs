@@ -773,7 +773,48 @@ pub fn autoscale(input: &AutoscaleInput<'_>) -> ScaleDecision {
         })),
         Signals::Unavailable(_) => None,
     };
-    let warm = assessment.as_ref().map_or(b.warm, |a| a.warm);
+    // Early warm pods are kept like serving ones: they go only once the
+    // projection has stayed below the target for `scaleInAfter` (a noisy
+    // slope must not start and stop pods that take minutes to load); a
+    // scale-out that puts them in rotation uses them up; no data holds them.
+    let allowed = !external && enabled && shortfall.is_none();
+    let kept = input
+        .memory
+        .early_warm
+        .unwrap_or(0)
+        .saturating_sub((serving - current).max(0))
+        .max(0);
+    let asked = assessment.as_ref().map_or(0, |a| a.warm - b.warm).max(0);
+    let kept_since = input.memory.early_since.as_ref().map_or(now, |t| t.0);
+    let (early, early_since) = if !allowed {
+        (0, None)
+    } else if asked > 0 && asked >= kept {
+        (asked, Some(now))
+    } else if kept == 0 {
+        (0, None)
+    } else if assessment.is_none() {
+        (kept, Some(kept_since))
+    } else {
+        match left(kept_since, now, input.autoscaling.scale_in_after.get()) {
+            Some(wait) => {
+                requeue = earliest(requeue, Some(wait));
+                (kept, Some(kept_since))
+            }
+            None => (asked, (asked > 0).then_some(now)),
+        }
+    };
+    memory.early_warm = (early > 0).then_some(early);
+    memory.early_since = early_since.map(Time);
+    let warm = b.warm.saturating_add(early);
+    let mut assessment = assessment;
+    if let Some(a) = assessment.as_mut() {
+        if early > asked {
+            a.status.message.push_str(&format!(
+                "; {early} early warm pod(s) held until the projection stays below the target for scaleInAfter"
+            ));
+        }
+        a.status.early_warm = early;
+    }
     ScaleDecision {
         enabled,
         external,

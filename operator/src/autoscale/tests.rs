@@ -1062,3 +1062,114 @@ fn during_a_canary_the_count_follows_the_load_of_both_revisions() {
     // A canary with no pods yet adds nothing to the averages.
     assert_eq!(with_canary(&stable, 4, &canary, 0).executor, Some(0.4));
 }
+
+// --- The cold-start rule over passes ----------------------------------------
+
+fn rising(u: f64, slope: f64) -> Signals {
+    Signals::Fresh(Load {
+        executor: Some(u),
+        kv_cache: Some(u / 2.0),
+        queue_per_pod: Some(0.0),
+        demand: Demand {
+            tokens_per_second: Some(100.0),
+            requests_per_second: Some(1.0),
+            in_flight: Some(4.0),
+            pod_tokens_per_second: Some(400.0),
+            cold_start_seconds: Some(20.0),
+            trend_per_second: Some(slope),
+        },
+    })
+}
+
+fn early(n: i32, since: i64) -> AutoscalingStatus {
+    AutoscalingStatus {
+        early_warm: Some(n),
+        early_since: Some(Time(at(since))),
+        ..memory(2)
+    }
+}
+
+#[test]
+fn a_projected_rise_starts_a_warm_pod_and_remembers_it() {
+    // 2 serving at 40% rising 2%/s, 20 s cold starts: 80% by then, one
+    // more pod needed; no warm pool: one early warm pod.
+    let d = Case::new(
+        bounds(2, Some(4), 0),
+        rising(0.4, 0.02),
+        vec![serving("a"), serving("b")],
+    )
+    .memory(memory(2))
+    .run();
+    assert_eq!(d.plan, plan(2, 1));
+    assert_eq!(
+        d.event, None,
+        "no scale event: the pod is warm, not serving"
+    );
+    assert_eq!(d.memory.early_warm, Some(1));
+    assert_eq!(d.memory.early_since, Some(Time(at(T0))));
+    assert_eq!(d.capacity.as_ref().map(|c| c.early_warm), Some(1));
+}
+
+#[test]
+fn early_pods_stay_while_the_slope_wobbles_and_go_after_the_window() {
+    let pods = vec![serving("a"), serving("b"), warm("c")];
+    // The slope flattened 30 s later: the pod stays (window 60 s).
+    let d = Case::new(bounds(2, Some(4), 0), rising(0.45, 0.0), pods.clone())
+        .memory(early(1, T0 - 30))
+        .run();
+    assert_eq!(d.plan, plan(2, 1));
+    assert_eq!(d.memory.early_warm, Some(1));
+    assert_eq!(d.memory.early_since, Some(Time(at(T0 - 30))));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(30)));
+    assert!(d
+        .capacity
+        .as_ref()
+        .is_some_and(|c| c.message.contains("held until")));
+    // A window after the last ask: it goes.
+    let d = Case::new(bounds(2, Some(4), 0), rising(0.45, 0.0), pods.clone())
+        .memory(early(1, T0 - 60))
+        .run();
+    assert_eq!(d.plan, plan(2, 0));
+    assert_eq!(
+        (d.memory.early_warm, d.memory.early_since.clone()),
+        (None, None)
+    );
+    // No data: held as it is.
+    let d = Case::new(
+        bounds(2, Some(4), 0),
+        Signals::Unavailable("down".into()),
+        pods,
+    )
+    .memory(early(1, T0 - 600))
+    .run();
+    assert_eq!(d.plan, plan(2, 1));
+}
+
+#[test]
+fn a_scale_out_uses_the_early_pod_up_and_a_shortfall_or_external_mode_drops_it() {
+    // The reading reached 70%: the warm pod goes into rotation, nothing is
+    // kept early any more.
+    let pods = vec![serving("a"), serving("b"), warm("c")];
+    let d = Case::new(bounds(2, Some(4), 0), rising(0.72, 0.0), pods.clone())
+        .memory(early(1, T0 - 10))
+        .run();
+    assert_eq!(d.plan, plan(3, 0));
+    assert_eq!(d.event.as_ref().map(|e| e.from_warm), Some(1));
+    assert_eq!(d.memory.early_warm, None);
+    // External mode: the rule does not act.
+    let mut c =
+        Case::new(bounds(2, Some(4), 0), rising(0.4, 0.02), pods.clone()).memory(early(1, T0));
+    c.autoscaling.mode = crate::crd::AutoscalingMode::External;
+    assert_eq!(c.run().plan.warm, 0);
+    // Pods that cannot be scheduled: no early pods on top of them.
+    let mut stuck = pods;
+    stuck.push(PodState {
+        unschedulable: Some("0/1 nodes are available: 1 Insufficient nvidia.com/gpu.".into()),
+        ready: false,
+        ..serving("d")
+    });
+    let d = Case::new(bounds(2, Some(4), 0), rising(0.4, 0.02), stuck)
+        .memory(early(1, T0))
+        .run();
+    assert_eq!(d.plan.warm, 0);
+}

@@ -217,6 +217,14 @@ pub struct AutoscalingStatus {
     /// before the pool makes it warm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<i32>,
+    /// Warm pods kept beyond `replicas.warm` by the cold-start rule (see
+    /// `status.capacity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_warm: Option<i32>,
+    /// When the projection last asked for them: they go once it has stayed
+    /// below the target for `scaleInAfter` from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_since: Option<Time>,
 }
 
 /// Demand and capacity of the revision the autoscaler scales, in tokens
