@@ -253,6 +253,11 @@ async fn step_case(
     f
 }
 
+/// `later - earlier`, when both are known.
+fn gap(later: Option<f64>, earlier: Option<f64>) -> Option<f64> {
+    Some(later? - earlier?)
+}
+
 fn secs(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}"))
 }
@@ -289,10 +294,7 @@ async fn scale_out_bench() {
         "failed"
     );
     for f in &all {
-        let from_cross = match (f.capacity, f.crossed) {
-            (Some(c), Some(x)) => Some(c - x),
-            _ => None,
-        };
+        let from_cross = gap(f.capacity, f.crossed);
         println!(
             "BENCH {:<5} {:>5} {:>9} {:>8.1} {:>9} {:>13} {:>9.0} {:>9.0} {:>12} {:>6} {:>6}  {}",
             f.label,
@@ -327,7 +329,7 @@ async fn scale_out_bench() {
             (Some(c), Some(w)) if w > 0.0 => format!("{:.2}", c / w),
             _ => "-".into(),
         };
-        let to_capacity = |f: &StepFigures| Some(f.capacity? - f.crossed?);
+        let to_capacity = |f: &StepFigures| gap(f.capacity, f.crossed);
         println!(
             "BENCH headline (model load {load}s): cold/warm TTFT p99 (load generator, whole step) = {}; engine TTFT p99 in the 30 s after the crossing = {}; crossing -> added pod serving = {}; step -> added pod serving = {}",
             ratio(&|f| Some(f.ttft_p99_ms)),
@@ -570,10 +572,7 @@ async fn ramp_bench() {
         "failed"
     );
     for f in &all {
-        let from_cross = match (f.capacity, f.crossed) {
-            (Some(c), Some(x)) => Some(c - x),
-            _ => None,
-        };
+        let from_cross = gap(f.capacity, f.crossed);
         println!(
             "BENCH {:<5} {:>12} {:>8} {:>11} {:>15} {:>9.0} {:>6} {:>6}  {}",
             f.label,
