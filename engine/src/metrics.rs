@@ -96,6 +96,7 @@ pub struct EngineMetrics {
     pub requests_waiting: Gauge,
     pub kv_cache_usage: FGauge,
     pub utilization: FGauge,
+    pub busy: FGauge,
     pub ttft: Histogram,
     pub itl: Histogram,
     pub e2e: Histogram,
@@ -150,6 +151,7 @@ impl EngineMetrics {
             requests_waiting: Gauge::default(),
             kv_cache_usage: FGauge::default(),
             utilization: FGauge::default(),
+            busy: FGauge::default(),
             ttft: latency_hist(),
             itl: latency_hist(),
             e2e: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
@@ -201,8 +203,13 @@ impl EngineMetrics {
         );
         r.register(
             "executor_utilization_ratio",
-            "Fraction of wall time the model step was busy over the last 5 s (0-1)",
+            "Share of the executor's step capacity used over the last 5 s: busy time weighted by how full each step was (0-1)",
             m.utilization.clone(),
+        );
+        r.register(
+            "executor_busy_ratio",
+            "Fraction of wall time the model step was busy over the last 5 s, however full the steps (0-1)",
+            m.busy.clone(),
         );
         r.register(
             "time_to_first_token_seconds",

@@ -82,7 +82,7 @@ fn panels() -> Vec<Panel> {
         Panel {
             title: "Executor utilisation (serving pods)",
             unit: "percentunit",
-            description: "Share of wall time the model step was busy; the autoscaler targets 70%.",
+            description: "Share of the step capacity used (busy time weighted by how full each step was); the autoscaler targets 70%.",
             targets: vec![(q(Signal::ExecutorUtilization), by_rev)],
         },
         Panel {

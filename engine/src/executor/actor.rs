@@ -247,7 +247,9 @@ struct Actor {
     cfg: ActorConfig,
     active: HashMap<SeqId, Active>,
     next_id: SeqId,
-    busy_window: VecDeque<(Instant, Duration)>,
+    /// Per step in the window: when it ended, its busy time, and that time
+    /// weighted by how full the step was ([`step_fill`]).
+    busy_window: VecDeque<(Instant, Duration, Duration)>,
     started: Instant,
     kv_high_since: Option<Instant>,
     seen_preemptions: u64,
@@ -259,6 +261,24 @@ struct Actor {
 }
 
 const UTIL_WINDOW: Duration = Duration::from_secs(5);
+
+/// How full a step was, 0-1: the larger of its sequences against
+/// `max_running` (`--max-num-seqs`) and its tokens against
+/// `max_batch_tokens`. Utilisation is
+/// busy time weighted by this, so a pod stepping one stream back to back
+/// (100% busy, as a GPU does at batch 1) reads as the small share of its
+/// capacity that it is, and a full batch or a full prefill reads 100%.
+pub(crate) fn step_fill(
+    seqs: usize,
+    tokens: usize,
+    max_running: usize,
+    max_batch_tokens: usize,
+) -> f64 {
+    let part = |n: usize, max: usize| n as f64 / max.max(1) as f64;
+    part(seqs, max_running)
+        .max(part(tokens, max_batch_tokens))
+        .clamp(0.0, 1.0)
+}
 
 /// Starts the actor thread; returns its handle.
 pub fn spawn(
@@ -339,7 +359,19 @@ impl Actor {
                     if ran {
                         self.shared.consecutive_failures.store(0, Ordering::Relaxed);
                         self.metrics.batch_size.observe(out.plan.items.len() as f64);
-                        self.busy_window.push_back((Instant::now(), out.busy));
+                        let cfg = self.core.sched.config();
+                        let tokens: usize = out.plan.items.iter().map(|i| i.len).sum();
+                        let fill = step_fill(
+                            out.plan.items.len(),
+                            tokens,
+                            cfg.max_running,
+                            cfg.max_batch_tokens,
+                        );
+                        self.busy_window.push_back((
+                            Instant::now(),
+                            out.busy,
+                            out.busy.mul_f64(fill),
+                        ));
                         // Gauges before events: a client that sees its first
                         // token and asks /load finds itself running.
                         self.publish();
@@ -647,20 +679,25 @@ impl Actor {
                 self.metrics.memory_resident.set(b as i64);
             }
         }
-        while let Some((t, _)) = self.busy_window.front() {
+        while let Some((t, _, _)) = self.busy_window.front() {
             if now.duration_since(*t) > UTIL_WINDOW {
                 self.busy_window.pop_front();
             } else {
                 break;
             }
         }
-        let busy: Duration = self.busy_window.iter().map(|(_, d)| *d).sum();
+        let busy: Duration = self.busy_window.iter().map(|(_, d, _)| *d).sum();
+        let used: Duration = self.busy_window.iter().map(|(_, _, w)| *w).sum();
         let span = now.duration_since(self.started).min(UTIL_WINDOW);
-        let util = if span.is_zero() {
-            0.0
-        } else {
-            (busy.as_secs_f64() / span.as_secs_f64()).min(1.0)
+        let share = |d: Duration| {
+            if span.is_zero() {
+                0.0
+            } else {
+                (d.as_secs_f64() / span.as_secs_f64()).min(1.0)
+            }
         };
+        let util = share(used);
+        self.metrics.busy.set(share(busy));
         let s = &self.core.sched;
         let usage = s.kv_usage();
         let waiting_sched = s.num_waiting();
@@ -711,5 +748,26 @@ impl Actor {
                 .inc_by(ps.lookups - self.seen_lookups);
             self.seen_lookups = ps.lookups;
         }
+    }
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::step_fill;
+
+    #[test]
+    fn a_step_is_as_full_as_its_fuller_dimension() {
+        // One decode of 16 possible sequences: 1/16 of the capacity.
+        assert_eq!(step_fill(1, 1, 16, 256), 1.0 / 16.0);
+        // A full batch of decodes.
+        assert_eq!(step_fill(16, 16, 16, 256), 1.0);
+        // One long prefill chunk fills the token budget.
+        assert_eq!(step_fill(1, 256, 16, 256), 1.0);
+        // Half the sequences, a quarter of the tokens: half full.
+        assert_eq!(step_fill(8, 64, 16, 256), 0.5);
+        // Never above 1, never a division by zero.
+        assert_eq!(step_fill(40, 9000, 16, 256), 1.0);
+        assert_eq!(step_fill(1, 1, 0, 0), 1.0);
+        assert_eq!(step_fill(0, 0, 16, 256), 0.0);
     }
 }
