@@ -135,7 +135,7 @@ pub fn assess(input: &CapacityInput<'_>) -> Assessment {
     match (utilization, lead, slope, projected) {
         (Some(u), Some(l), Some(s), Some(p)) => {
             let mut t = format!(
-                "utilisation {:.0}% moving {:+.1}%/min; a pod starts in {l:.0} s, by then {:.0}%",
+                "utilisation {:.0}% moving {:+.1}%/min; a pod starts in {l:.1} s, by then {:.0}%",
                 u * 100.0,
                 s * 6000.0,
                 p * 100.0
