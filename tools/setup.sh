@@ -3,7 +3,7 @@
 # folder outside the repo, idempotently, each step timed. Versions come from
 # tools/versions.env only.
 #
-#   tools/setup.sh [all|kube|libtorch|prometheus|promcrds|python]...
+#   tools/setup.sh [all|kube|libtorch|prometheus|promcrds|gatewaycrds|python]...
 #
 # Prints `export` lines for the environment on the last lines when called with
 # --print-env. The cache root is $STEWARD_CACHE, else $XDG_CACHE_HOME/steward,
@@ -20,6 +20,7 @@ KUBE_DIR="$CACHE/kube-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 LIBTORCH_DIR="$CACHE/libtorch-$TORCH_VERSION-cpu"
 PY_DIR="$CACHE/py-torch-$TORCH_VERSION-tf-$TRANSFORMERS_VERSION"
 PROMCRD_DIR="$CACHE/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
+GATEWAYCRD_DIR="$CACHE/gateway-api-crds-$GATEWAY_API_VERSION"
 DL_DIR="$CACHE/downloads"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
@@ -220,6 +221,31 @@ fetch_promcrds() {
   touch "$PROMCRD_DIR/.complete"
 }
 
+# --------------------------------------------------------- gatewaycrds ------
+# The Gateway API's standard-channel CRDs (GatewayClass, Gateway, HTTPRoute,
+# GRPCRoute, ReferenceGrant), copied from the sigs.k8s.io/gateway-api Go
+# module that the Go module proxy serves. The operator's cluster test
+# installs them to prove its HTTPRoutes against the real schema.
+fetch_gatewaycrds() {
+  if [[ -f "$GATEWAYCRD_DIR/.complete" ]]; then
+    say "gatewaycrds: cached in $GATEWAYCRD_DIR"; return
+  fi
+  need go "install Go 1.24 or newer (https://go.dev/doc/install or 'apt-get install golang')"
+  local mod="sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
+  say "gatewaycrds: downloading $mod"
+  local json; json=$(cd /tmp && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$mod")
+  local src; src=$(python3 -c 'import json,sys;d=json.loads(sys.stdin.read());print(d.get("Dir",""))' <<<"$json")
+  [[ -d "$src/config/crd/standard" ]] || die "the $mod module has no config/crd/standard"
+  local tmp="$GATEWAYCRD_DIR.tmp"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  for k in gatewayclasses gateways httproutes grpcroutes referencegrants; do
+    cp "$src/config/crd/standard/gateway.networking.k8s.io_$k.yaml" "$tmp/"
+  done
+  chmod u+w "$tmp"/*.yaml
+  rm -rf "$GATEWAYCRD_DIR"; mv "$tmp" "$GATEWAYCRD_DIR"
+  touch "$GATEWAYCRD_DIR/.complete"
+}
+
 # -------------------------------------------------------------- python ------
 # Hugging Face transformers on the same torch, for the engine's correctness
 # test and the benchmark baseline. The venv reuses the downloaded torch wheel.
@@ -311,6 +337,7 @@ print_env() {
   echo "export LD_LIBRARY_PATH='$LIBTORCH_DIR/lib':\"\${LD_LIBRARY_PATH:-}\""
   echo "export STEWARD_PYTHON='$PY_DIR/bin/python'"
   echo "export STEWARD_PROMETHEUS_CRDS='$PROMCRD_DIR'"
+  echo "export STEWARD_GATEWAY_CRDS='$GATEWAYCRD_DIR'"
 }
 
 main() {
@@ -318,14 +345,15 @@ main() {
   [[ ${#steps[@]} -eq 0 ]] && steps=(all)
   for s in "${steps[@]}"; do
     case "$s" in
-      all) timed kube build_kube; timed libtorch build_libtorch; timed prometheus install_prometheus; timed promcrds fetch_promcrds ;;
+      all) timed kube build_kube; timed libtorch build_libtorch; timed prometheus install_prometheus; timed promcrds fetch_promcrds; timed gatewaycrds fetch_gatewaycrds ;;
       kube) timed kube build_kube ;;
       libtorch) timed libtorch build_libtorch ;;
       prometheus) timed prometheus install_prometheus ;;
       promcrds) timed promcrds fetch_promcrds ;;
+      gatewaycrds) timed gatewaycrds fetch_gatewaycrds ;;
       python) timed python build_python ;;
       --print-env) print_env ;;
-      *) die "unknown set-up step '$s' (all|kube|libtorch|prometheus|promcrds|python|--print-env)" ;;
+      *) die "unknown set-up step '$s' (all|kube|libtorch|prometheus|promcrds|gatewaycrds|python|--print-env)" ;;
     esac
   done
 }
