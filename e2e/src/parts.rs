@@ -1,6 +1,7 @@
 //! The workspace's own programs as tests start them: a process guard
 //! ([`Killed`]), a tiny random-weight model ([`tiny_model`]), the
-//! InferenceService CRD ([`install_crd`]), `steward-router` replicas
+//! InferenceService CRD ([`install_crd`]), the Gateway API CRDs
+//! ([`install_gateway_crds`]), `steward-router` replicas
 //! ([`Router`]) and `steward-operator` replicas ([`OperatorProc`]).
 //! Shared by the operator's cluster tests and the e2e chaos suite; every
 //! process goes through [`crate::proc::spawn`], so none outlives the test.
@@ -101,6 +102,62 @@ pub async fn install_crd(client: &kube::Client) -> anyhow::Result<()> {
     )
     .await
     .context("the CRD was not established within 60s")??;
+    Ok(())
+}
+
+/// The Gateway API CRDs `tools/setup.sh gatewaycrds` caches in
+/// `$STEWARD_GATEWAY_CRDS`, in the order `kubectl wait` names them.
+pub const GATEWAY_CRDS: [&str; 5] = [
+    "gatewayclasses.gateway.networking.k8s.io",
+    "gateways.gateway.networking.k8s.io",
+    "httproutes.gateway.networking.k8s.io",
+    "grpcroutes.gateway.networking.k8s.io",
+    "referencegrants.gateway.networking.k8s.io",
+];
+
+/// Installs the Gateway API's standard-channel CRDs (GatewayClass, Gateway,
+/// HTTPRoute, GRPCRoute, ReferenceGrant) from `$STEWARD_GATEWAY_CRDS` with
+/// `kubectl apply --server-side` (their schemas are too large for the
+/// client-side annotation) and waits until they are established.
+pub fn install_gateway_crds(kubeconfig: &Path) -> anyhow::Result<()> {
+    let dir = std::env::var_os("STEWARD_GATEWAY_CRDS")
+        .map(PathBuf::from)
+        .context("STEWARD_GATEWAY_CRDS is not set; `source <(tools/setup.sh --print-env)`")?;
+    if !dir
+        .join("gateway.networking.k8s.io_httproutes.yaml")
+        .is_file()
+    {
+        bail!(
+            "no Gateway API CRDs in {}; run `tools/setup.sh gatewaycrds`",
+            dir.display()
+        );
+    }
+    let kubectl = crate::tools::find_tool("kubectl")?;
+    let apply = vec![
+        "apply".to_owned(),
+        "--server-side".into(),
+        "--force-conflicts".into(),
+        "-f".into(),
+        dir.display().to_string(),
+    ];
+    let mut wait = vec!["wait".to_owned(), "--for=condition=Established".into()];
+    wait.extend(GATEWAY_CRDS.iter().map(|c| format!("crd/{c}")));
+    wait.push("--timeout=60s".into());
+    for args in [apply, wait] {
+        let out = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(&args)
+            .output()
+            .with_context(|| format!("running {}", kubectl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,8 @@
 //! The children an `InferenceService` owns, built as values: one Deployment
-//! per revision (`<name>-<rev>`) and one Service selecting serving pods.
+//! per revision (`<name>-<rev>`), one Service selecting the serving pods of
+//! every revision, and one Service per revision that has pods or traffic
+//! (`<name>-<rev>`, see `revision::revision_service_name`), selecting that
+//! revision's serving pods: the backends of the HTTPRoute (`route`).
 //!
 //! Pure: no client. Each built object carries an annotation with the hash of
 //! its own content ([`APPLIED_HASH`]); the apply step compares it with the
@@ -21,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{labels, InferenceServiceSpec};
-use crate::revision::{deployment_name, short_hash};
+use crate::revision::{deployment_name, revision_service_name, short_hash};
 use crate::security;
 
 /// Annotation holding the hash of what the operator last applied.
@@ -424,13 +427,45 @@ pub fn service(parent: &Parent, spec: &InferenceServiceSpec) -> Service {
         },
         spec: Some(ServiceSpec {
             selector: Some(selector),
-            ports: Some(vec![ServicePort {
-                name: Some(HTTP_PORT_NAME.to_owned()),
-                port: spec.engine.port,
-                target_port: Some(IntOrString::String(HTTP_PORT_NAME.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(http_ports(spec)),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let copy = s.clone();
+    stamp(&copy, &mut s.metadata);
+    s
+}
+
+fn http_ports(spec: &InferenceServiceSpec) -> Vec<ServicePort> {
+    vec![ServicePort {
+        name: Some(HTTP_PORT_NAME.to_owned()),
+        port: spec.engine.port,
+        target_port: Some(IntOrString::String(HTTP_PORT_NAME.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }]
+}
+
+/// The Service of one revision: its serving pods only (warm and draining
+/// pods are not endpoints), on the same port as the main Service. A
+/// Gateway sends a backendRef's share of requests to it.
+pub fn revision_service(parent: &Parent, spec: &InferenceServiceSpec, revision: &str) -> Service {
+    let mut selector = serving_labels(&parent.name);
+    selector.insert(labels::REVISION.to_owned(), revision.to_owned());
+    let mut meta_labels = child_labels(&parent.name);
+    meta_labels.insert(labels::REVISION.to_owned(), revision.to_owned());
+    let mut s = Service {
+        metadata: ObjectMeta {
+            name: Some(revision_service_name(&parent.name, revision)),
+            namespace: Some(parent.namespace.clone()),
+            labels: Some(meta_labels),
+            owner_references: Some(vec![parent.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(http_ports(spec)),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -601,6 +636,33 @@ mod tests {
         let c = revision_deployment(&parent(), &spec(""), "r", 2, &cfg).unwrap();
         assert_eq!(applied_hash(&a.metadata), applied_hash(&b.metadata));
         assert_ne!(applied_hash(&a.metadata), applied_hash(&c.metadata));
+    }
+
+    #[test]
+    fn revision_service_selects_only_that_revisions_serving_pods_on_the_same_port() {
+        let s = spec("engine: { port: 9000 }");
+        let main = service(&parent(), &s);
+        let rev = revision_service(&parent(), &s, "abcdef0123");
+        assert_eq!(rev.metadata.name.as_deref(), Some("chat-abcdef0123"));
+        assert_eq!(
+            rev.metadata.owner_references,
+            main.metadata.owner_references
+        );
+        assert_eq!(
+            rev.metadata.labels.as_ref().unwrap()[labels::REVISION],
+            "abcdef0123"
+        );
+        let sel = rev.spec.as_ref().unwrap().selector.clone().unwrap();
+        assert_eq!(
+            sel,
+            BTreeMap::from([
+                (labels::SERVICE.to_owned(), "chat".to_owned()),
+                (labels::REVISION.to_owned(), "abcdef0123".to_owned()),
+                (labels::ROTATION.to_owned(), "serving".to_owned()),
+            ])
+        );
+        assert_eq!(rev.spec.unwrap().ports, main.spec.unwrap().ports);
+        assert!(applied_hash(&rev.metadata).is_some());
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub struct Cli {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "STEWARD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Own an HTTPRoute per InferenceService (backendRef weights from
+    /// status.traffic) where the cluster serves the Gateway API.
+    #[arg(long, env = "STEWARD_GATEWAY_ROUTES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub gateway_routes: bool,
+    /// How often discovery is asked whether the Gateway API is served (it
+    /// may be installed or removed while the operator runs).
+    #[arg(long, env = "STEWARD_GATEWAY_RECHECK", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub gateway_recheck: Duration,
     /// Reconciles running at once.
     #[arg(long, env = "STEWARD_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
@@ -177,6 +185,10 @@ impl Cli {
             handoff: self.writes.traffic_handoff,
             quality: QualityRunnerConfig::from(&self.quality),
             signals: self.prometheus.signals(),
+            gateway: crate::controller::gateway::GatewayConfig {
+                enabled: self.gateway_routes,
+                recheck: self.gateway_recheck,
+            },
             ..OperatorConfig::default()
         }
     }
@@ -193,6 +205,11 @@ mod tests {
         assert_eq!(cli.leader.lease_duration, Duration::from_secs(15));
         assert_eq!(cli.operator_config().write_timeout, Duration::from_secs(10));
         assert_eq!(cli.operator_config().handoff, Duration::from_secs(2));
+        assert!(cli.operator_config().gateway.enabled);
+        assert_eq!(
+            cli.operator_config().gateway.recheck,
+            Duration::from_secs(60)
+        );
         let cli = Cli::try_parse_from([
             "steward-operator",
             "--leader-elect",

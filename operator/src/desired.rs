@@ -29,6 +29,7 @@ use crate::reason::Reason;
 use crate::revision::revision_of;
 use crate::rollout::manual::{self, ManualControl};
 use crate::rollout::{self, Decision, Progress, QualityVerdict, RolloutInput};
+use crate::route::{self, RouteStatus, RouteView};
 use crate::signals::{Latest, Reading};
 use crate::status::{self, StatusInput};
 
@@ -89,6 +90,12 @@ pub struct Desired {
     pub deployments: BTreeMap<String, DesiredDeployment>,
     /// The Service selecting every revision's serving pods.
     pub service: Box<Service>,
+    /// The Service of each revision with pods or traffic, by revision; an
+    /// observed one missing here is deleted with the prunes.
+    pub revision_services: BTreeMap<String, Box<Service>>,
+    /// The HTTPRoute, where the Gateway API is served and the route is this
+    /// object's to write (`route`).
+    pub route: Option<Box<serde_json::Value>>,
     /// Pods whose rotation label changes.
     pub rotation: Vec<RotationChange>,
     /// The status.
@@ -228,6 +235,37 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         },
         &mut status,
     );
+    // The revisions' Services and the HTTPRoute over them (`route`).
+    let running = plan
+        .revisions
+        .iter()
+        .filter(|(_, p)| p.replicas > 0)
+        .map(|(rev, _)| rev.as_str());
+    let backends = route::backends(&input.parent.name, &plan.traffic, running);
+    let revision_services = backends
+        .iter()
+        .map(|b| {
+            let svc = children::revision_service(input.parent, input.spec, &b.revision);
+            (b.revision.clone(), Box::new(svc))
+        })
+        .collect();
+    let route_input = RouteStatus {
+        namespace: &input.parent.namespace,
+        name: &input.parent.name,
+        spec: input.spec,
+        previous: &obs.status,
+        generation: input.generation,
+        now: &now,
+    };
+    route::write_into(&obs.route, &route_input, &mut status);
+    let http_route = match &obs.route {
+        RouteView::Absent | RouteView::Owned { .. } => Some(Box::new(route::http_route(
+            input.parent,
+            input.spec,
+            &backends,
+        ))),
+        RouteView::Unavailable | RouteView::Foreign { .. } => None,
+    };
     let rotation = plan
         .revisions
         .iter()
@@ -269,6 +307,7 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
     notes.extend(events::for_alarms(&analysis.transitions));
     notes.extend(autoscale::report::notes(&scaling, &obs.status));
     notes.extend(claims::notes(input.name_conflict, &obs.status));
+    notes.extend(route::notes(&obs.route, &route_input));
     // A promotion asked for before the target is ready waits for it with
     // its annotation in place.
     let consumed = input
@@ -290,6 +329,8 @@ pub fn desired(input: &PassInput<'_>) -> Result<Desired, UnsupportedUri> {
         name: input.parent.name.clone(),
         deployments,
         service: Box::new(children::service(input.parent, input.spec)),
+        revision_services,
+        route: http_route,
         rotation,
         status: Box::new(status),
         prune: plan.prune,

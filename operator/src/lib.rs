@@ -4,7 +4,8 @@
 //! One reconcile pass: `observe` (children and stored status → plain views)
 //! → `desired`, which runs `autoscale` (serving / warm counts) → `rollout`
 //! (revisions, sizes, traffic, memory) → `pool` (rotation labels) →
-//! `status` (the value) → `children` (the objects) → `events`; then
+//! `status` (the value) → `children` (the objects) → `route` (the
+//! Gateway API HTTPRoute, where served) → `events`; then
 //! `plan::plan_writes` lists only the writes that change something, in an
 //! order that never leaves the data plane without endpoints, and
 //! `controller` executes them. Everything before `controller` is pure and
@@ -32,6 +33,7 @@ pub mod quality;
 pub mod reason;
 pub mod revision;
 pub mod rollout;
+pub mod route;
 pub mod rules;
 pub mod run;
 pub mod security;

@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::children::applied_hash;
 use crate::crd::{labels, InferenceServiceStatus};
 use crate::pool::Rotation;
+use crate::route::RouteView;
 
 /// Container waiting reasons that mean the pod will not become ready
 /// without a change (as opposed to `ContainerCreating`, `PodInitializing`).
@@ -93,6 +94,10 @@ pub struct Observed {
     pub pods: Vec<PodView>,
     /// The Service; `None` when it is missing.
     pub service: Option<ServiceView>,
+    /// The revisions' own Services (this object's), by revision.
+    pub revision_services: BTreeMap<String, ServiceView>,
+    /// The HTTPRoute named like the object, where the Gateway API is served.
+    pub route: RouteView,
     /// The status as stored: the rollout's and the autoscaler's memory.
     pub status: InferenceServiceStatus,
 }
@@ -120,8 +125,29 @@ impl Observed {
             deployments,
             pods,
             service,
+            revision_services: BTreeMap::new(),
+            route: RouteView::Unavailable,
             status: status.cloned().unwrap_or_default(),
         }
+    }
+
+    /// Adds the revisions' Services (those with a revision label; the
+    /// caller passes only this object's).
+    pub fn with_revision_services<'a>(
+        mut self,
+        services: impl IntoIterator<Item = &'a Service>,
+    ) -> Self {
+        self.revision_services = services
+            .into_iter()
+            .filter_map(|s| {
+                let revision = label(&s.metadata, labels::REVISION)?.to_owned();
+                let view = ServiceView {
+                    applied_hash: applied_hash(&s.metadata).map(str::to_owned),
+                };
+                Some((revision, view))
+            })
+            .collect();
+        self
     }
 
     /// Pods of one revision.
@@ -301,6 +327,8 @@ pub(crate) mod build {
             service: Some(ServiceView {
                 applied_hash: Some("s".into()),
             }),
+            revision_services: BTreeMap::new(),
+            route: RouteView::Unavailable,
             status: InferenceServiceStatus::default(),
         }
     }

@@ -6,15 +6,20 @@
 //! order never leaves the data plane without endpoints:
 //!
 //! 1. **grow**: Deployments that are new, growing or changing template;
-//! 2. **Service**;
+//! 2. **Services**: the main one and each revision's, so a Gateway knows a
+//!    revision's Service before any weight points at it;
 //! 3. **pod labels** (rotation), so pods are in rotation before weight
 //!    rises onto them;
-//! 4. **status**: the router follows `status.traffic`; then the manual
-//!    request annotations this pass acted on are removed (after status, so
-//!    a request is never lost: one seen again is judged against the new
+//! 4. **status**: the router follows `status.traffic`; then the HTTPRoute
+//!    with the same weights (where the Gateway API is served), so both
+//!    data planes move in the same pass; then the manual request
+//!    annotations this pass acted on are removed (after status, so a
+//!    request is never lost: one seen again is judged against the new
 //!    status and ignored, see `rollout::manual`);
 //! 5. **shrink**: Deployments losing pods, after their weight fell;
-//! 6. **prune**: retired revisions beyond the kept history;
+//! 6. **prune**: retired revisions beyond the kept history, and the
+//!    Services of revisions without pods or traffic (after the route
+//!    stopped naming them);
 //! 7. **events**.
 //!
 //! The hand-off between passes (a revision keeps its pods for a while
@@ -29,7 +34,8 @@ use crate::desired::{Desired, DesiredDeployment};
 use crate::events::Note;
 use crate::observe::{DeploymentView, Observed};
 use crate::pool::RotationChange;
-use crate::revision::deployment_name;
+use crate::revision::{deployment_name, revision_service_name};
+use crate::route;
 
 /// One write.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,8 +54,15 @@ pub enum Write {
         /// Its new size.
         replicas: i32,
     },
-    /// Server-side apply of the Service.
+    /// Server-side apply of the main Service or a revision's.
     ApplyService(Box<Service>),
+    /// Server-side apply of the HTTPRoute (`route::http_route`).
+    ApplyRoute(Box<serde_json::Value>),
+    /// Deletion of a revision's Service.
+    DeleteService {
+        /// The Service's name.
+        name: String,
+    },
     /// A pod's rotation label.
     LabelPod(RotationChange),
     /// Server-side apply of the status subresource.
@@ -72,7 +85,8 @@ impl Write {
             Write::ApplyDeployment { .. }
             | Write::ScaleDeployment { .. }
             | Write::DeleteDeployment { .. } => "Deployment",
-            Write::ApplyService(_) => "Service",
+            Write::ApplyService(_) | Write::DeleteService { .. } => "Service",
+            Write::ApplyRoute(_) => "HTTPRoute",
             Write::LabelPod(_) => "Pod",
             Write::Status(_) => "InferenceService/status",
             Write::RemoveAnnotations(_) => "InferenceService",
@@ -83,11 +97,14 @@ impl Write {
     /// The verb, for metrics and logs.
     pub fn verb(&self) -> &'static str {
         match self {
-            Write::ApplyDeployment { .. } | Write::ApplyService(_) | Write::Status(_) => "apply",
+            Write::ApplyDeployment { .. }
+            | Write::ApplyService(_)
+            | Write::ApplyRoute(_)
+            | Write::Status(_) => "apply",
             Write::ScaleDeployment { .. } => "scale",
             Write::LabelPod(_) => "label",
             Write::RemoveAnnotations(_) => "annotate",
-            Write::DeleteDeployment { .. } => "delete",
+            Write::DeleteDeployment { .. } | Write::DeleteService { .. } => "delete",
             Write::Event(_) => "create",
         }
     }
@@ -114,9 +131,22 @@ pub fn plan_writes(desired: &Desired, observed: &Observed) -> Vec<Write> {
     if observed.service.as_ref().map(|s| s.applied_hash.as_deref()) != Some(svc_hash) {
         out.push(Write::ApplyService(desired.service.clone()));
     }
+    for (rev, svc) in &desired.revision_services {
+        let current = observed.revision_services.get(rev);
+        if current.map(|s| s.applied_hash.as_deref()) != Some(applied_hash(&svc.metadata)) {
+            out.push(Write::ApplyService(svc.clone()));
+        }
+    }
     out.extend(desired.rotation.iter().cloned().map(Write::LabelPod));
     if *desired.status != observed.status {
         out.push(Write::Status(desired.status.clone()));
+    }
+    if let Some(r) = desired
+        .route
+        .as_ref()
+        .filter(|r| route::needs_write(&observed.route, r))
+    {
+        out.push(Write::ApplyRoute(r.clone()));
     }
     if !desired.consumed.is_empty() {
         out.push(Write::RemoveAnnotations(desired.consumed.clone()));
@@ -125,6 +155,15 @@ pub fn plan_writes(desired: &Desired, observed: &Observed) -> Vec<Write> {
     out.extend(desired.prune.iter().map(|rev| Write::DeleteDeployment {
         name: deployment_name(&desired.name, rev),
     }));
+    out.extend(
+        observed
+            .revision_services
+            .keys()
+            .filter(|rev| !desired.revision_services.contains_key(*rev))
+            .map(|rev| Write::DeleteService {
+                name: revision_service_name(&desired.name, rev),
+            }),
+    );
     out.extend(desired.events.iter().cloned().map(Write::Event));
     out
 }

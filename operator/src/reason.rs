@@ -131,6 +131,9 @@ pub enum Reason {
     QueryRefused,
 
     // Reconcile errors.
+    /// A read the pass needs (the HTTPRoute of a name the route watch does
+    /// not hold) failed.
+    ReadFailed,
     /// A write was refused or failed.
     WriteFailed,
     /// A write did not finish within the write timeout.
@@ -155,6 +158,13 @@ pub enum Reason {
     ModelNameTaken,
     /// This InferenceService owns its model name (after a conflict).
     ModelNameOwned,
+
+    // GatewayRoute condition and its events (`route`).
+    /// The HTTPRoute carries `status.traffic`'s weights.
+    RouteApplied,
+    /// An HTTPRoute of the same name exists and is not this
+    /// InferenceService's: the operator leaves it alone.
+    RouteNotOwned,
 }
 
 impl Reason {
@@ -203,6 +213,7 @@ impl Reason {
             Reason::AlarmFiring => "AlarmFiring",
             Reason::AlarmResolved => "AlarmResolved",
             Reason::WriteFailed => "WriteFailed",
+            Reason::ReadFailed => "ReadFailed",
             Reason::WriteTimedOut => "WriteTimedOut",
             Reason::IncompleteObject => "IncompleteObject",
             Reason::UnsupportedModelUri => "UnsupportedModelUri",
@@ -218,6 +229,8 @@ impl Reason {
             Reason::QueryRefused => "QueryRefused",
             Reason::ModelNameTaken => "ModelNameTaken",
             Reason::ModelNameOwned => "ModelNameOwned",
+            Reason::RouteApplied => "RouteApplied",
+            Reason::RouteNotOwned => "RouteNotOwned",
         }
     }
 }
@@ -260,6 +273,8 @@ mod tests {
             Reason::PodsUnschedulable,
             Reason::CapacitySchedulable,
             Reason::CanaryScaling,
+            Reason::RouteApplied,
+            Reason::RouteNotOwned,
             Reason::PrometheusNotConfigured,
             Reason::WaitingForFirstSnapshot,
             Reason::SignalsStale,

@@ -61,6 +61,27 @@ pub fn deployment_name(service: &str, revision: &str) -> String {
     format!("{service}-{revision}")
 }
 
+/// The longest Service name (a DNS-1035 label).
+const MAX_SERVICE_NAME: usize = 63;
+
+/// The Service name of one revision: `<service>-<revision>` (the
+/// Deployment's name). An InferenceService name longer than 52 characters
+/// would make it longer than a Service name may be; it is then cut to 45
+/// characters and followed by 6 hex characters of its own hash, so two
+/// long names with the same beginning still get different Services.
+pub fn revision_service_name(service: &str, revision: &str) -> String {
+    let full = deployment_name(service, revision);
+    if full.len() <= MAX_SERVICE_NAME {
+        return full;
+    }
+    let mut tag = short_hash(&service);
+    tag.truncate(6);
+    // Names are ASCII (DNS-1035), so any byte index is a char boundary.
+    let keep = MAX_SERVICE_NAME - revision.len() - tag.len() - 2;
+    let head = service.get(..keep).unwrap_or(service).trim_end_matches('-');
+    format!("{head}-{tag}-{revision}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +114,33 @@ mod tests {
         let mut s = spec();
         s.limits.max_tokens_per_request = Some(100);
         assert_ne!(revision_of(&s), base);
+    }
+
+    #[test]
+    fn revision_service_names_fit_a_dns_label_and_stay_distinct() {
+        assert_eq!(
+            revision_service_name("chat", "0123456789"),
+            "chat-0123456789"
+        );
+        let long_a = format!("a{}", "b".repeat(62));
+        let long_b = format!("a{}c", "b".repeat(61));
+        let a = revision_service_name(&long_a, "0123456789");
+        let b = revision_service_name(&long_b, "0123456789");
+        assert_eq!(a.len(), 63, "{a}");
+        assert!(a.ends_with("-0123456789") && a.starts_with("ab"), "{a}");
+        assert_ne!(a, b, "a shared prefix must not share a Service");
+        // A cut that ends on '-' does not leave a double dash behind.
+        let dashed = format!("{}-{}", "x".repeat(44), "y".repeat(18));
+        let d = revision_service_name(&dashed, "0123456789");
+        assert!(!d.contains("--") && d.len() <= 63, "{d}");
+    }
+
+    #[test]
+    fn gateway_parents_keep_the_revision() {
+        let base = revision_of(&spec());
+        let mut s = spec();
+        s.gateway = serde_yaml::from_str("parentRefs: [ { name: public } ]").unwrap();
+        assert_eq!(revision_of(&s), base);
     }
 
     #[test]

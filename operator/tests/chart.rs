@@ -55,6 +55,48 @@ fn rendered_rbac_has_no_wildcards() {
     }
 }
 
+/// The operator writes an HTTPRoute per InferenceService where the Gateway
+/// API is served and deletes the Services of revisions without pods or
+/// traffic: the RBAC must allow exactly that, and nothing about routes
+/// when `operator.gateway.routes` is off.
+#[test]
+fn rendered_rbac_grants_httproutes_and_service_deletes() {
+    let rbac = |extra: &[&str]| {
+        render("steward-system", extra)
+            .split("\n---")
+            .filter(|d| d.contains("kind: ClusterRole\n"))
+            .collect::<Vec<_>>()
+            .join("\n---")
+    };
+    let on = rbac(&[]);
+    let routes = on
+        .split("- apiGroups:")
+        .find(|r| r.contains("gateway.networking.k8s.io"))
+        .unwrap_or_else(|| panic!("no Gateway API rule in {on}"));
+    assert!(routes.contains("httproutes"), "{routes}");
+    for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+        assert!(
+            routes.contains(&format!("\"{verb}\"")),
+            "{verb} missing: {routes}"
+        );
+    }
+    let services = on
+        .split("- apiGroups:")
+        .find(|r| r.contains("[\"services\"]"))
+        .unwrap_or_else(|| panic!("no Service rule in {on}"));
+    assert!(services.contains("\"delete\""), "{services}");
+    let off = rbac(&["--set", "operator.gateway.routes=false"]);
+    assert!(!off.contains("httproutes"), "{off}");
+    let deployment = render(
+        "steward-system",
+        &["--set", "operator.gateway.routes=false"],
+    );
+    assert!(
+        deployment.contains("STEWARD_GATEWAY_ROUTES"),
+        "the flag reaches the operator"
+    );
+}
+
 #[tokio::test]
 async fn rendered_chart_passes_server_side_dry_run() {
     let env = env("chart").await;

@@ -2,7 +2,9 @@
 //! revisions become Deployments with ready pods, status and printer columns
 //! follow, spec changes roll out and drain, deletion cascades, hand-deleted
 //! children come back, unservable specs show as Degraded with the pods'
-//! reasons, and a converged object costs no writes.
+//! reasons, and a converged object costs no writes. Where the Gateway API
+//! CRDs appear (installed mid-run by the gateway test), an HTTPRoute per
+//! InferenceService carries the revisions' weights.
 
 mod support;
 
@@ -911,6 +913,315 @@ async fn external_mode_follows_kubectl_scale_and_a_gpu_shortfall_holds_scale_out
     assert!(
         reasons.iter().any(|r| r == "InsufficientGpu"),
         "a Warning event names the GPU shortfall: {reasons:?}"
+    );
+    op.stop().await;
+}
+
+/// The route's (Service, weight) pairs.
+fn route_weights(r: &kube::api::DynamicObject) -> Vec<(String, i64)> {
+    steward_operator::route::backend_weights(&r.data)
+}
+
+/// Asserts that a revision's own Service exists and selects exactly the
+/// serving pods of that revision.
+async fn assert_revision_service(env: &TestEnv, name: &str, rev: &str) {
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    let svc = svcs
+        .get(&format!("{name}-{rev}"))
+        .await
+        .unwrap_or_else(|e| panic!("the Service of revision {rev}: {e}"));
+    let selector = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(
+        selector,
+        std::collections::BTreeMap::from([
+            (labels::SERVICE.to_owned(), name.to_owned()),
+            (labels::REVISION.to_owned(), rev.to_owned()),
+            (
+                labels::ROTATION.to_owned(),
+                labels::ROTATION_SERVING.to_owned()
+            ),
+        ]),
+        "selector of {name}-{rev}"
+    );
+    assert_eq!(
+        svc.metadata.owner_references.unwrap_or_default()[0].kind,
+        "InferenceService"
+    );
+}
+
+/// Issue 11, Gateway API. The operator starts on a cluster without the
+/// Gateway API: the revision gets its own Service and nothing else
+/// changes. The CRDs are installed (from the gateway-api Go module): the
+/// next discovery probe finds them and an HTTPRoute appears with the
+/// stable revision at 100. A canary at step weight 30 splits it 70/30
+/// (both revisions' Services selecting their serving pods), promotion
+/// leaves one backendRef at 100 and deletes the old revision's Service,
+/// an abort puts the canary's backendRef at 0 (then removes it with its
+/// Service), a hand edit of the weights is put back, and a route of the
+/// same name that someone else made is left alone with a condition naming
+/// it.
+#[tokio::test]
+async fn gateway_api_routes_carry_the_revisions_weights_once_the_crds_appear() {
+    use kube::api::DynamicObject;
+    use steward_operator::controller::gateway::resource;
+    use steward_operator::rollout::manual::{ABORT, PROMOTE};
+
+    let test_started = Instant::now();
+    let env = env("op-gateway").await;
+    let op = Operator::start_with(&env, |cfg| {
+        cfg.gateway.enabled = true;
+        cfg.gateway.recheck = Duration::from_secs(1);
+    });
+    let parents =
+        json!([{ "name": "public", "namespace": "gateway-system", "sectionName": "http" }]);
+    let spec = |engine: serde_json::Value| {
+        json!({
+            "rollout": { "steps": [ { "weight": 30, "pause": "1h" } ] },
+            "gateway": { "parentRefs": parents.clone() },
+            "engine": engine,
+        })
+    };
+    let objects: Api<InferenceService> = Api::namespaced(env.client.clone(), &env.ns);
+    let annotate = |key: &'static str, rev: String| {
+        let objects = objects.clone();
+        async move {
+            let patch = json!({ "metadata": { "annotations": { key: rev } } });
+            objects
+                .patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("annotate");
+        }
+    };
+    apply(&env, &manifest(&env, "chat", 1, spec(json!({}))))
+        .await
+        .expect("apply");
+    let o = wait_for(&env, "chat", LIMIT, "Ready", ready_and_current).await;
+    let rev1 = stable(&o);
+    assert_revision_service(&env, "chat", &rev1).await;
+    assert_eq!(
+        condition(&o, "GatewayRoute"),
+        None,
+        "no route condition without the Gateway API"
+    );
+
+    // The CRDs appear; the operator finds them without a restart.
+    steward_e2e::parts::install_gateway_crds(&env.kubeconfig).expect("Gateway API CRDs install");
+    let installed = Instant::now();
+    let routes: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &resource());
+    let route_is = |want: Vec<(String, i64)>| {
+        let routes = routes.clone();
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                let r = routes.get_opt("chat").await.ok()??;
+                (route_weights(&r) == want).then_some(r)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("the route never had {want:?}: {e}"))
+        }
+    };
+    let svc = |rev: &str| format!("chat-{rev}");
+    let r = route_is(vec![(svc(&rev1), 100)]).await;
+    eprintln!(
+        "[gateway] route written {:.1}s after the CRDs were established",
+        installed.elapsed().as_secs_f64()
+    );
+    assert_eq!(r.data["spec"]["parentRefs"], parents);
+    assert_eq!(
+        r.metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].kind.as_str()),
+        Some("InferenceService")
+    );
+    let o = wait_for(&env, "chat", LIMIT, "GatewayRoute condition", |o| {
+        condition(o, "GatewayRoute").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    let (_, reason, message) = condition(&o, "GatewayRoute").expect("condition");
+    assert_eq!(reason, "RouteApplied");
+    assert!(message.contains("gateway-system/public.http"), "{message}");
+
+    // A canary at step weight 30: 70/30 in the route, each revision's
+    // Service selecting its own serving pods.
+    apply(
+        &env,
+        &manifest(&env, "chat", 1, spec(json!({"maxBatchTokens": 4096}))),
+    )
+    .await
+    .expect("apply canary");
+    let o = wait_for(&env, "chat", LIMIT, "canary at 30%", |o| {
+        o.status
+            .as_ref()
+            .is_some_and(|s| s.canary_weight == Some(30))
+    })
+    .await;
+    let rev2 = o
+        .status
+        .as_ref()
+        .and_then(|s| s.canary_revision.clone())
+        .expect("canary");
+    route_is(vec![(svc(&rev1), 70), (svc(&rev2), 30)]).await;
+    assert_revision_service(&env, "chat", &rev1).await;
+    assert_revision_service(&env, "chat", &rev2).await;
+
+    // Promotion: one backendRef at 100; the old revision's Service goes
+    // once it is at zero.
+    annotate(PROMOTE, rev2.clone()).await;
+    wait_for(&env, "chat", LIMIT, "promoted and drained", |o| {
+        ready_and_current(o) && stable(o) == rev2
+    })
+    .await;
+    route_is(vec![(svc(&rev2), 100)]).await;
+    let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+    eventually(Duration::from_secs(30), || async {
+        svcs.get_opt(&svc(&rev1))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("the old revision's Service deleted");
+    assert_revision_service(&env, "chat", &rev2).await;
+
+    // Rollback: the canary's backendRef goes to 0 with status, then leaves
+    // the route with its Service.
+    apply(
+        &env,
+        &manifest(&env, "chat", 1, spec(json!({"maxBatchTokens": 2048}))),
+    )
+    .await
+    .expect("apply second canary");
+    let o = wait_for(&env, "chat", LIMIT, "second canary at 30%", |o| {
+        o.status
+            .as_ref()
+            .is_some_and(|s| s.canary_weight == Some(30))
+    })
+    .await;
+    let rev3 = o
+        .status
+        .as_ref()
+        .and_then(|s| s.canary_revision.clone())
+        .expect("canary");
+    route_is(vec![(svc(&rev2), 70), (svc(&rev3), 30)]).await;
+    annotate(ABORT, rev3.clone()).await;
+    let mut seen: Vec<Vec<(String, i64)>> = Vec::new();
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the canary never left the route: {seen:?}"
+        );
+        if let Ok(Some(r)) = routes.get_opt("chat").await {
+            let w = route_weights(&r);
+            if seen.last() != Some(&w) {
+                seen.push(w.clone());
+            }
+            if w == vec![(svc(&rev2), 100)] {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.contains(&vec![(svc(&rev2), 100), (svc(&rev3), 0)]),
+        "the rolled-back canary was not at weight 0 in the route: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|w| w
+            .iter()
+            .all(|(s, weight)| *s != svc(&rev3) || *weight == 0 || *weight == 30)),
+        "{seen:?}"
+    );
+    let o = wait_for(&env, "chat", LIMIT, "rolled back", |o| {
+        o.status
+            .as_ref()
+            .is_some_and(|s| s.rollout.rolled_back_revision.as_deref() == Some(rev3.as_str()))
+    })
+    .await;
+    assert_eq!(stable(&o), rev2);
+    eventually(Duration::from_secs(30), || async {
+        svcs.get_opt(&svc(&rev3))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .expect("the rolled-back revision's Service deleted");
+
+    // A hand edit of the weights is put back (the route watch wakes the
+    // object).
+    let edit = json!({ "spec": { "rules": [ { "backendRefs": [
+        { "name": svc(&rev2), "port": 8000, "weight": 1 },
+        { "name": "elsewhere", "port": 8000, "weight": 99 },
+    ] } ] } });
+    routes
+        .patch("chat", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("hand edit");
+    route_is(vec![(svc(&rev2), 100)]).await;
+
+    // Someone else's route of the same name: left as it is, named in a
+    // condition; once it is deleted, the operator writes its own.
+    let theirs = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": { "name": "rogue", "namespace": env.ns },
+        "spec": { "rules": [ { "backendRefs": [ { "name": "mine", "port": 80 } ] } ] },
+    });
+    routes
+        .patch(
+            "rogue",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&theirs),
+        )
+        .await
+        .expect("a route of someone else's");
+    apply(&env, &manifest(&env, "rogue", 0, json!({})))
+        .await
+        .expect("apply rogue");
+    let o = wait_for(&env, "rogue", LIMIT, "RouteNotOwned", |o| {
+        condition(o, "GatewayRoute").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = condition(&o, "GatewayRoute").expect("condition");
+    assert_eq!(reason, "RouteNotOwned");
+    assert!(
+        message.contains(&format!("HTTPRoute {}/rogue", env.ns))
+            && message.contains("someone-else"),
+        "{message}"
+    );
+    let r = routes.get("rogue").await.expect("their route");
+    assert_eq!(route_weights(&r), vec![("mine".to_owned(), 1)]);
+    assert!(r.metadata.owner_references.is_none(), "adopted: {r:?}");
+    routes
+        .delete("rogue", &DeleteParams::default())
+        .await
+        .expect("delete their route");
+    wait_for(
+        &env,
+        "rogue",
+        LIMIT,
+        "RouteApplied after the foreign route went",
+        |o| condition(o, "GatewayRoute").is_some_and(|c| c.0 == "True"),
+    )
+    .await;
+    let r = eventually(Duration::from_secs(30), || async {
+        let r = routes.get_opt("rogue").await.ok()??;
+        r.metadata.owner_references.is_some().then_some(r)
+    })
+    .await
+    .expect("the operator's own route");
+    assert!(
+        route_weights(&r)
+            .iter()
+            .all(|(s, _)| s.starts_with("rogue-")),
+        "{r:?}"
+    );
+    eprintln!(
+        "[gateway] test took {:.1}s",
+        test_started.elapsed().as_secs_f64()
     );
     op.stop().await;
 }

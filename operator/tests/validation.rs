@@ -228,6 +228,31 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_clear_messages() {
             json!({"rollout": {"analysis": {"quality": {"goldenSet": {"configMap": "Chat_Golden"}}}}}),
             "spec.rollout.analysis.quality.goldenSet.configMap: Invalid value: \"string\": quality.goldenSet.configMap must be a ConfigMap name",
         ),
+        (
+            "gateway parent without a name",
+            json!({"gateway": {"parentRefs": [{"namespace": "gw"}]}}),
+            "spec.gateway.parentRefs[0].name: Required value",
+        ),
+        (
+            "gateway parent name that is not a Gateway name",
+            json!({"gateway": {"parentRefs": [{"name": "Public_GW"}]}}),
+            "gateway.parentRefs[].name must be a Gateway name",
+        ),
+        (
+            "gateway parent namespace that is not a namespace name",
+            json!({"gateway": {"parentRefs": [{"name": "public", "namespace": "gateway.system"}]}}),
+            "gateway.parentRefs[].namespace must be a namespace name",
+        ),
+        (
+            "gateway listener that is not a listener name",
+            json!({"gateway": {"parentRefs": [{"name": "public", "sectionName": "HTTPS"}]}}),
+            "gateway.parentRefs[].sectionName must be a listener name",
+        ),
+        (
+            "gateway parent port 0",
+            json!({"gateway": {"parentRefs": [{"name": "public", "port": 0}]}}),
+            "spec.gateway.parentRefs[0].port: Invalid value",
+        ),
     ];
     assert!(cases.len() >= 12);
     let mut failures = Vec::new();
@@ -284,6 +309,7 @@ async fn invalid_manifests_are_refused_by_the_api_server_with_clear_messages() {
             "engine": {"gpus": 1, "maxBatchTokens": 8192, "kvCacheBlocks": 2048,
                 "image": "steward-engine:0.1", "resources": {"cpu": "500m", "memory": "16Gi"},
                 "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "tier": ""}},
+            "gateway": {"parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https", "port": 443}]},
         }),
     );
     let created = apply(&env, &good).await.expect("design sketch is accepted");

@@ -194,6 +194,13 @@ async fn main() -> anyhow::Result<()> {
         ),
         Err(e) => eprintln!("[up] prometheus-operator CRDs skipped: {e:#}"),
     }
+    // The Gateway API CRDs, so the operator owns an HTTPRoute per
+    // InferenceService with the revisions' weights (no Gateway controller
+    // runs here: the routes are written, not served).
+    match steward_e2e::parts::install_gateway_crds(&kubeconfig) {
+        Ok(()) => eprintln!("[up] Gateway API CRDs applied (HTTPRoute and friends)"),
+        Err(e) => eprintln!("[up] Gateway API CRDs skipped: {e:#}"),
+    }
     match workspace_bin("steward-operator") {
         Ok(bin) => {
             let mut c = Command::new(bin);

@@ -11,6 +11,7 @@
 //! itself.
 
 mod backoff;
+pub mod gateway;
 pub mod poller;
 pub mod prometheus;
 pub mod quality;
@@ -35,6 +36,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, error, instrument, warn};
 
 use self::backoff::Backoff;
+use self::gateway::{GatewayApi, GatewayConfig};
 use self::poller::Pollers;
 use self::prometheus::{Prometheus, PrometheusConfig};
 use self::quality::{QualityRunner, QualityRunnerConfig};
@@ -56,6 +58,17 @@ pub enum ReconcileError {
     Write {
         /// `apply`, `scale`, `label` or `delete`.
         verb: &'static str,
+        /// The object kind.
+        kind: &'static str,
+        /// The object name.
+        name: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A read the pass needs (one not served by a watch) failed.
+    #[error("get {kind} {name}: {source}")]
+    Read {
         /// The object kind.
         kind: &'static str,
         /// The object name.
@@ -95,6 +108,7 @@ impl ReconcileError {
     pub fn reason(&self) -> Reason {
         match self {
             ReconcileError::Write { .. } => Reason::WriteFailed,
+            ReconcileError::Read { .. } => Reason::ReadFailed,
             ReconcileError::TimedOut { .. } => Reason::WriteTimedOut,
             ReconcileError::Incomplete(_) => Reason::IncompleteObject,
             ReconcileError::Uri(_) => Reason::UnsupportedModelUri,
@@ -133,6 +147,8 @@ pub struct OperatorConfig {
     pub quality: QualityRunnerConfig,
     /// Where signals come from and whether alert rules are written.
     pub signals: SignalsConfig,
+    /// HTTPRoutes where the Gateway API is served (`gateway`).
+    pub gateway: GatewayConfig,
 }
 
 /// Signals and SLO alert rules.
@@ -173,6 +189,7 @@ impl Default for OperatorConfig {
             backoff_max: Duration::from_secs(300),
             quality: QualityRunnerConfig::default(),
             signals: SignalsConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -195,6 +212,10 @@ pub struct Context {
     pub(crate) rules: RuleWriter,
     /// Every InferenceService of the watch scope, for model-name claims.
     pub(crate) claims: Store<UncheckedInferenceService>,
+    /// Whether HTTPRoutes are served.
+    pub(crate) gateway: GatewayApi,
+    /// The operator's HTTPRoutes (empty until the API is served).
+    pub(crate) routes: Store<kube::api::DynamicObject>,
 }
 
 /// The claims of the objects in `store`.
@@ -259,6 +280,12 @@ pub async fn run(
         .reflect(svc_writer)
         .touched_objects();
 
+    // The Gateway API is optional: probed now and then, its routes watched
+    // once it is found (`gateway`).
+    let (gateway, _prober) = gateway::start(client.clone(), &cfg.gateway);
+    let (routes, route_stream) = gateway::route_stream(client.clone(), ns, &gateway);
+    let found = gateway.found();
+
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: Some(cfg.identity.clone()),
@@ -313,6 +340,8 @@ pub async fn run(
         pollers,
         rules: RuleWriter::new(cfg.signals.prometheus_rules),
         claims,
+        gateway,
+        routes,
     });
     let map_by_label = |meta: &kube::api::ObjectMeta| {
         let name = meta.labels.as_ref()?.get(labels::SERVICE)?.clone();
@@ -326,6 +355,12 @@ pub async fn run(
         .owns_stream(svc_stream)
         .watches_stream(pod_stream, move |pod: Pod| map_by_label(&pod.metadata))
         .watches_stream(claims_stream, wake_claims)
+        .watches_stream_with(
+            route_stream,
+            move |route: kube::api::DynamicObject| map_by_label(&route.metadata),
+            gateway::resource(),
+        )
+        .reconcile_all_on(found)
         .reconcile_on(wake)
         .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
         .graceful_shutdown_on(shutdown)

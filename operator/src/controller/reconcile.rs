@@ -66,12 +66,26 @@ pub(crate) async fn reconcile(
         .services
         .get(&ObjectRef::new(&name).within(&ns))
         .filter(|s| owned_by(&s.metadata, &uid));
-    let observed = Observed::from_objects(
+    let revision_services = ctx.services.state_filter(|s| {
+        s.metadata.namespace.as_deref() == Some(ns.as_str())
+            && owned_by(&s.metadata, &uid)
+            && s.labels().contains_key(labels::REVISION)
+    });
+    let mut observed = Observed::from_objects(
         deployments.iter().map(AsRef::as_ref),
         pods.iter().map(AsRef::as_ref),
         service.as_deref(),
         obj.status.as_ref(),
-    );
+    )
+    .with_revision_services(revision_services.iter().map(AsRef::as_ref));
+    observed.route =
+        super::gateway::observe(&ctx.client, &ctx.gateway, &ctx.routes, &ns, &name, &uid)
+            .await
+            .map_err(|source| ReconcileError::Read {
+                kind: "HTTPRoute",
+                name: name.clone(),
+                source,
+            })?;
 
     // The user's requests, judged against the status they saw.
     let stored = obj.status.clone().unwrap_or_default();

@@ -14,12 +14,13 @@ use std::future::Future;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::Resource;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::gateway;
 use super::rules::RuleTarget;
 use super::{Context, ReconcileError, FIELD_MANAGER};
 use crate::crd::{labels, InferenceService};
@@ -68,9 +69,33 @@ pub(crate) async fn execute(
             }
             Write::ApplyService(svc) => {
                 let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+                let svc_name = svc.metadata.name.clone().unwrap_or_else(|| name.to_owned());
                 let body = Patch::Apply(&*svc);
-                timed(ctx, kind, verb, name, api.patch(name, &apply, &body)).await?;
-                info!(service = %name, "applied service");
+                let call = api.patch(&svc_name, &apply, &body);
+                timed(ctx, kind, verb, &svc_name, call).await?;
+                info!(service = %svc_name, "applied service");
+            }
+            Write::DeleteService { name } => {
+                let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+                let params = DeleteParams::background();
+                if tolerate_missing(
+                    timed(ctx, kind, verb, &name, api.delete(&name, &params)).await,
+                )? {
+                    info!(service = %name, "deleted the Service of a revision without pods or traffic");
+                }
+            }
+            Write::ApplyRoute(route) => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(ctx.client.clone(), ns, &gateway::resource());
+                let body = Patch::Apply(&*route);
+                let call = api.patch(name, &apply, &body);
+                match tolerate_missing(timed(ctx, kind, verb, name, call).await)? {
+                    true => info!(route = %name, "applied HTTPRoute weights"),
+                    // An apply creates a missing object, so a 404 means the
+                    // resource itself is gone: stop writing routes until
+                    // discovery finds it again.
+                    false => ctx.gateway.lost(),
+                }
             }
             Write::LabelPod(change) => {
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);

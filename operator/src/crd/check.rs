@@ -231,6 +231,25 @@ fn semantic_problems(spec: &InferenceServiceSpec) -> Result<(), SpecError> {
             ));
         }
     }
+    let parents = spec.gateway.iter().flat_map(|g| g.parent_refs.iter());
+    for (i, p) in parents.enumerate() {
+        let field = |f: &str| format!("spec.gateway.parentRefs[{i}].{f}");
+        if !names::is_dns_subdomain(&p.name) {
+            return Err(problem(field("name"), names::PARENT_NAME_MESSAGE));
+        }
+        if p.namespace
+            .as_deref()
+            .is_some_and(|n| !names::is_dns_label(n))
+        {
+            return Err(problem(field("namespace"), names::PARENT_NAMESPACE_MESSAGE));
+        }
+        if p.section_name
+            .as_deref()
+            .is_some_and(|n| !names::is_dns_subdomain(n))
+        {
+            return Err(problem(field("sectionName"), names::PARENT_SECTION_MESSAGE));
+        }
+    }
     Ok(())
 }
 
@@ -321,6 +340,14 @@ mod tests {
             (
                 json!({"rollout": {"analysis": {"quality": {"goldenSet": {"configMap": "Not_A_Name"}}}}}),
                 "spec.rollout.analysis.quality.goldenSet.configMap",
+            ),
+            (
+                json!({"gateway": {"parentRefs": [{"name": "ok"}, {"name": "gw", "namespace": "Not_A_Namespace"}]}}),
+                "spec.gateway.parentRefs[1].namespace",
+            ),
+            (
+                json!({"gateway": {"parentRefs": [{"name": "gw", "sectionName": "HTTPS"}]}}),
+                "spec.gateway.parentRefs[0].sectionName",
             ),
             (json!({"model": 7}), "spec.model"),
         ];

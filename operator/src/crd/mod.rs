@@ -16,8 +16,9 @@ pub use check::{SpecError, UncheckedInferenceService};
 pub use duration::{DurationParseError, GoDuration, DURATION_MESSAGE};
 pub use spec::{
     AnalysisSpec, AutoscalingMode, AutoscalingSpec, DrainingSpec, EngineResources, EngineSpec,
-    GoldenSetRef, InferenceService, InferenceServiceSpec, LimitsSpec, ModelSpec, PullPolicy,
-    QualitySpec, ReplicasSpec, RolloutSpec, RolloutStep, SloSpec, TenantLimits,
+    GatewayParentRef, GatewaySpec, GoldenSetRef, InferenceService, InferenceServiceSpec,
+    LimitsSpec, ModelSpec, PullPolicy, QualitySpec, ReplicasSpec, RolloutSpec, RolloutStep,
+    SloSpec, TenantLimits,
 };
 pub use status::{
     AlarmState, AlarmStatus, AutoscalingStatus, CapacityStatus, CategoryQuality,

@@ -34,6 +34,16 @@ pub const SUBDOMAIN_RULE: &str =
 /// Its message for the golden set.
 pub const GOLDEN_SET_MESSAGE: &str = "quality.goldenSet.configMap must be a ConfigMap name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit";
 
+/// Its message for a Gateway parent's name.
+pub const PARENT_NAME_MESSAGE: &str = "gateway.parentRefs[].name must be a Gateway name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit";
+/// Its message for a Gateway parent's listener.
+pub const PARENT_SECTION_MESSAGE: &str = "gateway.parentRefs[].sectionName must be a listener name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit";
+
+/// CEL: a DNS-1123 label (namespace names).
+pub const DNS_LABEL_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+/// Its message for a Gateway parent's namespace.
+pub const PARENT_NAMESPACE_MESSAGE: &str = "gateway.parentRefs[].namespace must be a namespace name: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit";
+
 /// CEL: an image reference has no whitespace.
 pub const IMAGE_RULE: &str = "self.matches('^[^\\\\s]+$')";
 /// Its message.
@@ -52,7 +62,7 @@ fn is_alnum(b: u8) -> bool {
 }
 
 /// A DNS-1123 label: lower-case alphanumerics and '-', at most 63.
-fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

@@ -129,6 +129,11 @@ pub struct InferenceServiceSpec {
     /// Request limits enforced by the router and the engine.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Where the revisions' HTTPRoute attaches, on clusters that serve the
+    /// Gateway API (docs/rollouts.md, "Gateway API"). Routing only: it
+    /// never changes the revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
 }
 
 /// The model: its public name and where its weights are.
@@ -564,4 +569,44 @@ pub struct LimitsSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_tokens_per_request: Option<i32>,
+}
+
+/// The Gateway API side of routing: the parents of the HTTPRoute the
+/// operator writes per InferenceService (`gateway.networking.k8s.io/v1`),
+/// whose backendRefs carry `status.traffic`'s weights.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewaySpec {
+    /// The Gateways (or listeners of them) the route attaches to, written
+    /// as the route's `spec.parentRefs`. Empty: the operator leaves
+    /// `parentRefs` alone, so the route attaches to nothing until someone
+    /// adds parents to it (the operator does not remove them).
+    #[schemars(length(max = 32))]
+    pub parent_refs: Vec<GatewayParentRef>,
+}
+
+/// One parent of the HTTPRoute: a Gateway, by name.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    /// The Gateway's name.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": names::SUBDOMAIN_RULE, "message": names::PARENT_NAME_MESSAGE}]))]
+    pub name: String,
+    /// The Gateway's namespace; the InferenceService's when unset (a
+    /// Gateway in another namespace must allow routes from this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": names::DNS_LABEL_RULE, "message": names::PARENT_NAMESPACE_MESSAGE}]))]
+    pub namespace: Option<String>,
+    /// One listener of the Gateway, by name; every listener that allows
+    /// the route when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": names::SUBDOMAIN_RULE, "message": names::PARENT_SECTION_MESSAGE}]))]
+    pub section_name: Option<String>,
+    /// Listeners on this port only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
 }

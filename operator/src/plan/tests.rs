@@ -18,6 +18,7 @@ use crate::pool::Rotation;
 use crate::reason::Reason;
 use crate::revision::revision_of;
 use crate::rollout::{ManualControl, QualityVerdict};
+use crate::route::RouteView;
 use crate::signals::{Latest, Signal, Snapshot};
 
 const HANDOFF: Duration = Duration::from_secs(2);
@@ -120,10 +121,30 @@ fn apply(obs: &mut Observed, writes: &[Write], now: i64) {
                 d.replicas = *replicas;
             }
             Write::ApplyService(svc) => {
-                obs.service = Some(ServiceView {
+                let view = ServiceView {
                     applied_hash: applied_hash(&svc.metadata).map(str::to_owned),
-                });
+                };
+                let rev = svc
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::crd::labels::REVISION));
+                match rev {
+                    Some(rev) => {
+                        obs.revision_services.insert(rev.clone(), view);
+                    }
+                    None => obs.service = Some(view),
+                }
             }
+            Write::ApplyRoute(r) => {
+                obs.route = RouteView::Owned {
+                    applied_hash: crate::route::hash_of(r).map(str::to_owned),
+                    backends: crate::route::backend_weights(r),
+                };
+            }
+            Write::DeleteService { name } => obs
+                .revision_services
+                .retain(|rev, _| revision_service_name("chat", rev) != *name),
             Write::LabelPod(c) => {
                 if let Some(p) = obs.pods.iter_mut().find(|p| p.name == c.pod) {
                     p.rotation = Some(c.rotation);
@@ -217,6 +238,145 @@ fn a_converged_object_plans_no_writes() {
     }
 }
 
+/// The weights of a pass's HTTPRoute write, by Service name.
+fn route_weights(w: &[Write]) -> Option<Vec<(String, i64)>> {
+    w.iter().find_map(|w| match w {
+        Write::ApplyRoute(r) => Some(crate::route::backend_weights(r)),
+        _ => None,
+    })
+}
+
+/// Every pass that writes new weights to status writes the same weights
+/// to the HTTPRoute, and a revision's Service exists before the route
+/// names it and goes only after the route stopped naming it.
+#[test]
+fn the_route_follows_status_traffic_in_the_same_pass_through_a_rollout() {
+    let v1 = spec("replicas: { min: 2 }");
+    let mut obs = Observed {
+        route: RouteView::Absent,
+        ..Observed::default()
+    };
+    let (_, now) = converge(&v1, &mut obs, 100);
+    let r1 = revision_of(&v1);
+    let svc = |rev: &str| revision_service_name("chat", rev);
+    assert_eq!(obs.revision_services.keys().collect::<Vec<_>>(), [&r1]);
+    let (_, writes) = pass(&v1, &obs, now);
+    assert!(writes.is_empty(), "converged with a route: {writes:?}");
+
+    let v2 = spec("replicas: { min: 2 }\nengine: { maxBatchTokens: 4096 }");
+    let r2 = revision_of(&v2);
+    let mut now = now;
+    let mut named = Vec::new();
+    for _ in 0..40 {
+        let (d, writes) = pass(&v2, &obs, now);
+        if writes.is_empty() && d.requeue_after.is_none() {
+            break;
+        }
+        if let Some(traffic) = traffic_of(&writes).filter(|t| *t != obs.status.traffic) {
+            let route = route_weights(&writes).expect("new weights without a route write");
+            for t in &traffic {
+                let w = route.iter().find(|(n, _)| *n == svc(&t.revision));
+                assert_eq!(
+                    w.map(|w| w.1),
+                    Some(i64::from(t.weight)),
+                    "{route:?} vs {traffic:?}"
+                );
+            }
+        }
+        apply(&mut obs, &writes, now);
+        if let RouteView::Owned { .. } = obs.route {
+            for rev in obs.deployments.keys() {
+                let in_route =
+                    route_weights(&writes).is_some_and(|r| r.iter().any(|(n, _)| *n == svc(rev)));
+                if in_route {
+                    assert!(
+                        obs.revision_services.contains_key(rev),
+                        "{rev} routed without a Service"
+                    );
+                }
+            }
+        }
+        if let Some(r) = route_weights(&writes) {
+            named.push(r);
+        }
+        now += 1;
+    }
+    assert_eq!(obs.status.stable_revision.as_deref(), Some(r2.as_str()));
+    // The new revision came into the route at 0 before it took the traffic,
+    // and the old one left it (with its Service) once at zero.
+    assert!(
+        named
+            .iter()
+            .any(|r| r.contains(&(svc(&r2), 0)) && r.contains(&(svc(&r1), 100))),
+        "{named:?}"
+    );
+    assert_eq!(named.last(), Some(&vec![(svc(&r2), 100)]), "{named:?}");
+    assert_eq!(obs.revision_services.keys().collect::<Vec<_>>(), [&r2]);
+}
+
+/// A canary at a step: two backendRefs, 100 - N and N.
+#[test]
+fn a_canary_step_splits_the_route() {
+    let v1 = spec("replicas: { min: 1 }\nrollout: { steps: [ { weight: 30, pause: 1h } ] }");
+    let mut obs = Observed {
+        route: RouteView::Absent,
+        ..Observed::default()
+    };
+    let (_, mut now) = converge(&v1, &mut obs, 100);
+    let v2 = spec(
+        "replicas: { min: 1 }\nrollout: { steps: [ { weight: 30, pause: 1h } ] }\nengine: { maxBatchTokens: 4096 }",
+    );
+    let (r1, r2) = (revision_of(&v1), revision_of(&v2));
+    for _ in 0..20 {
+        let (_, writes) = pass(&v2, &obs, now);
+        apply(&mut obs, &writes, now);
+        now += 1;
+        if obs.status.canary_weight == Some(30) {
+            break;
+        }
+    }
+    assert_eq!(obs.status.canary_weight, Some(30), "{:?}", obs.status);
+    let RouteView::Owned { applied_hash, .. } = &obs.route else {
+        panic!("no route: {:?}", obs.route);
+    };
+    let backends = crate::route::backends("chat", &obs.status.traffic, [r1.as_str(), r2.as_str()]);
+    let expected = crate::route::http_route(&parent(), &v2, &backends);
+    assert_eq!(applied_hash.as_deref(), crate::route::hash_of(&expected));
+    assert_eq!(
+        backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        [70, 30]
+    );
+}
+
+/// Someone else's HTTPRoute of the same name is never written, and the
+/// Services are still kept.
+#[test]
+fn a_foreign_route_is_left_alone() {
+    let v1 = spec("");
+    let mut obs = Observed {
+        route: RouteView::Foreign {
+            managers: vec!["kubectl-edit".into()],
+        },
+        ..Observed::default()
+    };
+    let (log, _) = converge(&v1, &mut obs, 100);
+    assert!(log
+        .iter()
+        .flatten()
+        .all(|w| !matches!(w, Write::ApplyRoute(_))));
+    assert_eq!(obs.revision_services.len(), 1);
+    let c = obs
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::route::CONDITION)
+        .expect("GatewayRoute condition");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "RouteNotOwned")
+    );
+}
+
 #[test]
 fn writes_come_in_the_documented_order() {
     let spec = spec("");
@@ -245,8 +405,16 @@ fn writes_come_in_the_documented_order() {
             .into_iter()
             .map(|d| (d.revision.clone(), d))
             .collect(),
+        revision_services: BTreeMap::from([(
+            "gone".into(),
+            ServiceView {
+                applied_hash: Some("h".into()),
+            },
+        )]),
+        route: RouteView::Absent,
         ..Observed::default()
     };
+    let grown_svc = crate::children::revision_service(&parent(), &spec, "grown");
     let d = Desired {
         name: "chat".into(),
         deployments: BTreeMap::from([
@@ -261,6 +429,12 @@ fn writes_come_in_the_documented_order() {
             ("old".into(), size_only(0)),
         ]),
         service: Box::new(crate::children::service(&parent(), &spec)),
+        revision_services: BTreeMap::from([("grown".into(), Box::new(grown_svc))]),
+        route: Some(Box::new(crate::route::http_route(
+            &parent(),
+            &spec,
+            &crate::route::backends("chat", &[], ["grown"]),
+        ))),
         rotation: vec![RotationChange {
             pod: "p".into(),
             rotation: Rotation::Warm,
@@ -291,11 +465,14 @@ fn writes_come_in_the_documented_order() {
             ("Deployment", "apply"), // grow: the target (a hex name), new
             ("Deployment", "scale"), // grow: grown 1 -> 3
             ("Service", "apply"),    // the Service
+            ("Service", "apply"),    // grown's own Service
             ("Pod", "label"),        // rotation
             ("InferenceService/status", "apply"),
+            ("HTTPRoute", "apply"),           // the same weights as status
             ("InferenceService", "annotate"), // manual requests consumed
             ("Deployment", "scale"),          // shrink: old 2 -> 0
             ("Deployment", "delete"),         // prune
+            ("Service", "delete"),            // gone's Service, out of the route
             ("Event", "create"),
         ]
     );

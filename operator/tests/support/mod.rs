@@ -99,6 +99,14 @@ impl Operator {
         let mut operator = OperatorConfig {
             namespace: Some(env.ns.clone()),
             identity: format!("test-{}", env.ns),
+            // HTTPRoutes off: lifecycle's gateway test installs the Gateway
+            // API CRDs mid-run, and another test's operator finding them at
+            // a random moment would write a route inside that test's
+            // zero-write window. The gateway test turns them on.
+            gateway: steward_operator::controller::gateway::GatewayConfig {
+                enabled: false,
+                ..Default::default()
+            },
             ..OperatorConfig::default()
         };
         tweak(&mut operator);
