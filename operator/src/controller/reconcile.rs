@@ -30,6 +30,7 @@ use crate::quality::GateSettings;
 use crate::revision::revision_of;
 use crate::rollout::manual::{self, RolloutView};
 use crate::rollout::QualityVerdict;
+use crate::route::RouteView;
 
 pub(crate) async fn reconcile(
     obj: &InferenceService,
@@ -163,6 +164,14 @@ pub(crate) async fn reconcile(
     let next = want
         .requeue_after
         .map_or(next, |d| next.min(d + Duration::from_millis(100)));
+    // Someone else's route is not watched (it lacks the operator's label):
+    // look again every recheck, so its deletion lets the operator write its
+    // own route soon.
+    let next = if matches!(observed.route, RouteView::Foreign { .. }) {
+        next.min(ctx.cfg.gateway.recheck)
+    } else {
+        next
+    };
     Ok(Action::requeue(next))
 }
 
