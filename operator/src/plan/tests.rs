@@ -265,9 +265,8 @@ fn the_route_follows_status_traffic_in_the_same_pass_through_a_rollout() {
 
     let v2 = spec("replicas: { min: 2 }\nengine: { maxBatchTokens: 4096 }");
     let r2 = revision_of(&v2);
-    let mut now = now;
     let mut named = Vec::new();
-    for _ in 0..40 {
+    for now in now..now + 40 {
         let (d, writes) = pass(&v2, &obs, now);
         if writes.is_empty() && d.requeue_after.is_none() {
             break;
@@ -299,7 +298,6 @@ fn the_route_follows_status_traffic_in_the_same_pass_through_a_rollout() {
         if let Some(r) = route_weights(&writes) {
             named.push(r);
         }
-        now += 1;
     }
     assert_eq!(obs.status.stable_revision.as_deref(), Some(r2.as_str()));
     // The new revision came into the route at 0 before it took the traffic,
@@ -322,15 +320,14 @@ fn a_canary_step_splits_the_route() {
         route: RouteView::Absent,
         ..Observed::default()
     };
-    let (_, mut now) = converge(&v1, &mut obs, 100);
+    let (_, now) = converge(&v1, &mut obs, 100);
     let v2 = spec(
         "replicas: { min: 1 }\nrollout: { steps: [ { weight: 30, pause: 1h } ] }\nengine: { maxBatchTokens: 4096 }",
     );
     let (r1, r2) = (revision_of(&v1), revision_of(&v2));
-    for _ in 0..20 {
+    for now in now..now + 20 {
         let (_, writes) = pass(&v2, &obs, now);
         apply(&mut obs, &writes, now);
-        now += 1;
         if obs.status.canary_weight == Some(30) {
             break;
         }
