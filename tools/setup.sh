@@ -3,7 +3,11 @@
 # folder outside the repo, idempotently, each step timed. Versions come from
 # tools/versions.env only.
 #
-#   tools/setup.sh [all|kube|libtorch|prometheus|promcrds|gatewaycrds|python]...
+#   tools/setup.sh [all|kube|libtorch|prometheus|promcrds|gatewaycrds|keda|python]...
+#
+# `keda` is not in `all` (`./dev up` does not need it); `./dev test` asks for
+# it. When asked for, it builds in the background while the other steps run
+# (most of them wait on the network) and the script waits for it at the end.
 #
 # Prints `export` lines for the environment on the last lines when called with
 # --print-env. The cache root is $STEWARD_CACHE, else $XDG_CACHE_HOME/steward,
@@ -21,6 +25,7 @@ LIBTORCH_DIR="$CACHE/libtorch-$TORCH_VERSION-cpu"
 PY_DIR="$CACHE/py-torch-$TORCH_VERSION-tf-$TRANSFORMERS_VERSION"
 PROMCRD_DIR="$CACHE/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
 GATEWAYCRD_DIR="$CACHE/gateway-api-crds-$GATEWAY_API_VERSION"
+KEDA_DIR="$CACHE/keda-$KEDA_VERSION"
 DL_DIR="$CACHE/downloads"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
@@ -246,6 +251,52 @@ fetch_gatewaycrds() {
   touch "$GATEWAYCRD_DIR/.complete"
 }
 
+# ---------------------------------------------------------------- keda ------
+# KEDA's operator (cmd/operator) and metrics API server (cmd/adapter), built
+# from the github.com/kedacore/keda/v2 module with its own go.mod and go.sum
+# (the module has a replace directive, so `go install mod@version` refuses
+# it), and its CRDs. The admission webhooks (cmd/webhooks) are not built.
+# The module download (about 1.7 GB) and the build cache (about 3 GB) go to
+# a scratch folder that is removed afterwards: the cache keeps the two
+# binaries (about 300 MB) and the CRD YAML.
+build_keda() {
+  if [[ -x "$KEDA_DIR/bin/keda-operator" && -x "$KEDA_DIR/bin/keda-adapter" && -f "$KEDA_DIR/.complete" ]]; then
+    say "keda: cached in $KEDA_DIR"; return
+  fi
+  need go "install Go 1.26 or newer (https://go.dev/doc/install); KEDA $KEDA_VERSION's go.mod asks for go 1.26"
+  local gov; gov=$(go env GOVERSION)
+  [[ "$(printf '%s\n' go1.26 "$gov" | sort -V | head -n1)" == go1.26 ]] \
+    || die "KEDA $KEDA_VERSION needs Go 1.26 or newer (its go.mod says 'go 1.26.0'); this machine has $gov"
+  local tmp="$KEDA_DIR.tmp"
+  # The module cache is read-only by design; make it removable first.
+  [[ -d "$tmp" ]] && chmod -R u+w "$tmp" && rm -rf "$tmp"
+  mkdir -p "$tmp/bin" "$tmp/crds"
+  export GOTOOLCHAIN=local CGO_ENABLED=0 GOMODCACHE="$tmp/gomod" GOCACHE="$tmp/gocache" GOFLAGS=-mod=readonly
+  local mod="github.com/kedacore/keda/v2@$KEDA_VERSION" t0
+  t0=$(date +%s)
+  say "keda: downloading $mod"
+  local json; json=$(cd "$tmp" && go mod download -json "$mod")
+  local src; src=$(python3 -c 'import json,sys;print(json.loads(sys.stdin.read()).get("Dir",""))' <<<"$json")
+  [[ -f "$src/go.mod" ]] || die "the $mod module did not download (go mod download said: $json)"
+  cp -r "$src" "$tmp/src"; chmod -R u+w "$tmp/src"
+  say "keda: downloading what the operator and the metrics API server import (about 1.7 GB) and building them (about 600 CPU-seconds: ~5 min on 2 idle cores)"
+  (cd "$tmp/src" && go build -trimpath \
+      -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" \
+      -o "$tmp/out/" ./cmd/operator ./cmd/adapter)
+  say "keda: downloaded and built in $(( $(date +%s) - t0 ))s"
+  mv "$tmp/out/operator" "$tmp/bin/keda-operator"
+  mv "$tmp/out/adapter" "$tmp/bin/keda-adapter"
+  cp "$tmp/src"/config/crd/bases/*.yaml "$tmp/crds/"
+  t0=$(date +%s)
+  chmod -R u+w "$tmp"
+  rm -rf "$tmp/gomod" "$tmp/gocache" "$tmp/src" "$tmp/out"
+  say "keda: module and build caches removed in $(( $(date +%s) - t0 ))s"
+  echo "$KEDA_VERSION" >"$tmp/build-version"
+  rm -rf "$KEDA_DIR"; mv "$tmp" "$KEDA_DIR"
+  touch "$KEDA_DIR/.complete"
+  say "keda: $(du -sh "$KEDA_DIR" | cut -f1) in $KEDA_DIR"
+}
+
 # -------------------------------------------------------------- python ------
 # Hugging Face transformers on the same torch, for the engine's correctness
 # test and the benchmark baseline. The venv reuses the downloaded torch wheel.
@@ -338,12 +389,30 @@ print_env() {
   echo "export STEWARD_PYTHON='$PY_DIR/bin/python'"
   echo "export STEWARD_PROMETHEUS_CRDS='$PROMCRD_DIR'"
   echo "export STEWARD_GATEWAY_CRDS='$GATEWAYCRD_DIR'"
+  echo "export STEWARD_KEDA='$KEDA_DIR'"
 }
 
 main() {
   local steps=("$@")
   [[ ${#steps[@]} -eq 0 ]] && steps=(all)
+  # KEDA's Go build is long and mostly CPU; the other steps mostly wait on
+  # the network. Asked for together, it runs beside them.
+  local keda_pid="" rest=()
   for s in "${steps[@]}"; do
+    case "$s" in
+      all|kube|libtorch|prometheus|promcrds|gatewaycrds|python|--print-env) rest+=("$s") ;;
+      keda) ;;
+      *) die "unknown set-up step '$s' (all|kube|libtorch|prometheus|promcrds|gatewaycrds|keda|python|--print-env)" ;;
+    esac
+  done
+  if [[ ${#rest[@]} -lt ${#steps[@]} ]]; then
+    if [[ ${#rest[@]} -eq 0 ]]; then
+      timed keda build_keda; return
+    fi
+    (timed keda build_keda) &
+    keda_pid=$!
+  fi
+  for s in "${rest[@]}"; do
     case "$s" in
       all) timed kube build_kube; timed libtorch build_libtorch; timed prometheus install_prometheus; timed promcrds fetch_promcrds; timed gatewaycrds fetch_gatewaycrds ;;
       kube) timed kube build_kube ;;
@@ -353,9 +422,11 @@ main() {
       gatewaycrds) timed gatewaycrds fetch_gatewaycrds ;;
       python) timed python build_python ;;
       --print-env) print_env ;;
-      *) die "unknown set-up step '$s' (all|kube|libtorch|prometheus|promcrds|gatewaycrds|python|--print-env)" ;;
     esac
   done
+  if [[ -n "$keda_pid" ]]; then
+    wait "$keda_pid" || die "the KEDA build failed (see the lines above); run 'tools/setup.sh keda' again"
+  fi
 }
 
 main "$@"

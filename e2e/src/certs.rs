@@ -1,7 +1,10 @@
 //! Key material for a throw-away local control plane: a CA, the API
 //! server's serving certificate (valid for loopback and the in-cluster
-//! names), and the service-account signing key pair. Generated in-process
-//! so the set-up needs no openssl binary.
+//! names), the service-account signing key pair, and the aggregation
+//! layer's pair: a front-proxy CA and the client certificate
+//! (`front-proxy-client`) the API server presents when it proxies a
+//! request to an extension API server such as KEDA's metrics server.
+//! Generated in-process so the set-up needs no openssl binary.
 
 use std::path::{Path, PathBuf};
 
@@ -18,12 +21,24 @@ pub struct Pki {
     pub server_key: PathBuf,
     pub sa_key: PathBuf,
     pub sa_pub: PathBuf,
+    /// The CA extension API servers trust for the aggregator's proxied
+    /// requests (`--requestheader-client-ca-file`).
+    pub front_proxy_ca: PathBuf,
+    /// The aggregator's client certificate and key
+    /// (`--proxy-client-cert-file`, `--proxy-client-key-file`), common
+    /// name [`FRONT_PROXY_CLIENT`].
+    pub proxy_client_cert: PathBuf,
+    pub proxy_client_key: PathBuf,
     /// The CA certificate as PEM, for kubeconfigs.
     pub ca_pem: String,
 }
 
-/// Writes a fresh CA, a serving certificate and a service-account key pair
-/// into `dir`.
+/// The common name of the aggregator's client certificate; the only name
+/// `--requestheader-allowed-names` allows.
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+
+/// Writes a fresh CA, a serving certificate, a service-account key pair and
+/// the front-proxy CA with its client certificate into `dir`.
 pub fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
     std::fs::create_dir_all(dir)?;
 
@@ -62,12 +77,40 @@ pub fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
 
     let sa = KeyPair::generate()?;
 
+    // A CA of its own, as kubeadm does: a client certificate of the main CA
+    // must not be able to assert X-Remote-User to an extension API server.
+    let mut fp_params = CertificateParams::new(Vec::<String>::new())?;
+    fp_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    fp_params
+        .distinguished_name
+        .push(DnType::CommonName, "steward-local-front-proxy-ca");
+    fp_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let fp_ca = CertifiedIssuer::self_signed(fp_params, KeyPair::generate()?)?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, FRONT_PROXY_CLIENT);
+    client.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate()?;
+    let client_cert = client.signed_by(&client_key, &fp_ca)?;
+
     let pki = Pki {
         ca_cert: dir.join("ca.crt"),
         server_cert: dir.join("apiserver.crt"),
         server_key: dir.join("apiserver.key"),
         sa_key: dir.join("sa.key"),
         sa_pub: dir.join("sa.pub"),
+        front_proxy_ca: dir.join("front-proxy-ca.crt"),
+        proxy_client_cert: dir.join("front-proxy-client.crt"),
+        proxy_client_key: dir.join("front-proxy-client.key"),
         ca_pem: ca.pem(),
     };
     std::fs::write(&pki.ca_cert, &pki.ca_pem)?;
@@ -75,6 +118,9 @@ pub fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
     std::fs::write(&pki.server_key, server_key.serialize_pem())?;
     std::fs::write(&pki.sa_key, sa.serialize_pem())?;
     std::fs::write(&pki.sa_pub, sa.public_key_pem())?;
+    std::fs::write(&pki.front_proxy_ca, fp_ca.pem())?;
+    std::fs::write(&pki.proxy_client_cert, client_cert.pem())?;
+    std::fs::write(&pki.proxy_client_key, client_key.serialize_pem())?;
     Ok(pki)
 }
 
@@ -92,6 +138,9 @@ mod tests {
             &pki.server_key,
             &pki.sa_key,
             &pki.sa_pub,
+            &pki.front_proxy_ca,
+            &pki.proxy_client_cert,
+            &pki.proxy_client_key,
         ] {
             let text = std::fs::read_to_string(p).expect("read");
             assert!(text.starts_with("-----BEGIN"), "{} is not PEM", p.display());

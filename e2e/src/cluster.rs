@@ -219,6 +219,30 @@ impl LocalCluster {
             ),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--endpoint-reconciler-type=none".into(),
+            // The aggregation layer (APIService): the API server proxies
+            // e.g. external.metrics.k8s.io to KEDA's metrics server with
+            // this client certificate and the user in X-Remote-* headers,
+            // which the extension server trusts through the front-proxy CA
+            // (published in kube-system/extension-apiserver-authentication).
+            // The aggregator resolves an APIService's Service itself; an
+            // ExternalName Service on 127.0.0.1 keeps it on loopback (see
+            // crate::keda).
+            format!(
+                "--requestheader-client-ca-file={}",
+                pki.front_proxy_ca.display()
+            ),
+            format!(
+                "--requestheader-allowed-names={}",
+                crate::certs::FRONT_PROXY_CLIENT
+            ),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!(
+                "--proxy-client-cert-file={}",
+                pki.proxy_client_cert.display()
+            ),
+            format!("--proxy-client-key-file={}", pki.proxy_client_key.display()),
             "--allow-privileged=true".into(),
             format!("--cert-dir={}", dir.join("apiserver-certs").display()),
             "--profiling=false".into(),

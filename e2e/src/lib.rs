@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod faults;
+pub mod keda;
 pub mod node;
 pub mod parts;
 pub mod proc;
@@ -14,4 +15,5 @@ pub mod testing;
 pub mod tools;
 
 pub use cluster::{client_from_kubeconfig, create_namespace, ClusterOptions, LocalCluster};
+pub use keda::{KedaOptions, LocalKeda};
 pub use node::{LocalNode, NodeOptions};

@@ -8,7 +8,7 @@
 //! are made to hold their KV blocks as long as on a GPU.
 //!
 //! One object, `replicas {min: 2, max: 3, warm: 1}`, `scaleInAfter: 10s`,
-//! in three phases (CI-lean: one cluster, one Prometheus, four tiny engines
+//! in four phases (CI-lean: one cluster, one Prometheus, four tiny engines
 //! at most):
 //! 1. a load step through the router: the utilisation reading crosses 70%,
 //!    the warm pod is labelled serving and takes its first request from the
@@ -24,7 +24,12 @@
 //! 3. Prometheus starts again: after the low window exactly one pod is
 //!    labelled draining while streams run on it, then exactly that pod is
 //!    removed, never two at a time, leaving two serving and one warm; every
-//!    stream ends whole (0 cut, 0 failed); `MetricsUnavailable` is False.
+//!    stream ends whole (0 cut, 0 failed); `MetricsUnavailable` is False;
+//! 4. `autoscaling.mode: external` and a KEDA ScaledObject (real KEDA, the
+//!    real HPA controller through the aggregation layer): the load step
+//!    makes KEDA's HPA raise `replicas.min`, the operator follows, and
+//!    keeps KEDA's count when the load is gone until KEDA lowers it
+//!    (`autoscale/keda.rs`).
 //!
 //! The benchmarks (`#[ignore]`, bench/scale-out.sh, bench/scale-flap.sh)
 //! are in `autoscale/bench.rs` and share this binary's cluster.
@@ -33,6 +38,8 @@ mod support;
 
 #[path = "autoscale/bench.rs"]
 mod bench;
+#[path = "autoscale/keda.rs"]
+mod keda;
 #[path = "autoscale/system.rs"]
 mod system;
 
@@ -401,10 +408,14 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
         .iter()
         .any(|r| r == "ScaledIn"));
     eprintln!(
-        "[autoscale] last scale: {}; total {:.1}s",
+        "[autoscale] last scale: {}; {:.1}s",
         last_scale_reason(&o),
         t0.elapsed().as_secs_f64()
     );
+
+    // 4. KEDA owns the count (autoscaling.mode: external).
+    keda::keda_owns_the_count(&sys, NAME, &model, &shape).await;
+    eprintln!("[autoscale] total {:.1}s", t0.elapsed().as_secs_f64());
     sys.operator.stop().await;
     sys.prometheus.stop();
 }

@@ -29,6 +29,43 @@ fn signals_page_lists_the_exact_query_of_every_signal() {
     }
 }
 
+/// The KEDA example (examples/keda/scaledobject.yaml, shown in
+/// docs/operator.md) triggers on the built-in autoscaler's signals
+/// themselves, summed over the serving pods instead of averaged (KEDA's
+/// AverageValue divides by the serving count).
+#[test]
+fn keda_example_triggers_on_the_autoscaler_signals_summed() {
+    let example: serde_yaml::Value =
+        serde_yaml::from_str(&repo("examples/keda/scaledobject.yaml")).expect("YAML");
+    let queries: Vec<String> = example["spec"]["triggers"]
+        .as_sequence()
+        .expect("triggers")
+        .iter()
+        .map(|t| t["metadata"]["query"].as_str().expect("a query").to_owned())
+        .collect();
+    let scope = Scope::service("team-a", "chat");
+    let summed = |s: Signal| {
+        query(s, &scope, Window(Duration::from_secs(60))).replacen(
+            "avg by (namespace, service, revision) (",
+            "sum(",
+            1,
+        )
+    };
+    let want = vec![
+        summed(Signal::KvCacheUsage),
+        summed(Signal::ExecutorUtilization),
+        summed(Signal::QueueWaitingPerPod),
+    ];
+    assert_eq!(queries, want);
+    let page = repo("docs/operator.md");
+    for q in &want {
+        assert!(
+            page.contains(q),
+            "docs/operator.md lacks the KEDA query {q}"
+        );
+    }
+}
+
 #[test]
 fn chart_dashboard_matches_its_generator() {
     assert_eq!(
