@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one ignored benchmark test of operator/tests/autoscale.rs on the real
-# local system and keeps its full output (the shared part of
-# bench/scale-out.sh and bench/scale-flap.sh; see those for what each measures).
+# local system (bench/scale-out.sh and bench/scale-flap.sh; see those for what
+# each measures). The preamble is bench/cluster-bench.sh.
 #
 #   bench/autoscale-bench.sh LOG_NAME TEST_NAME     # e.g. scale-out bench::scale_out_bench
 #
@@ -9,18 +9,4 @@
 set -euo pipefail
 NAME=${1:?usage: bench/autoscale-bench.sh LOG_NAME TEST_NAME}
 TEST=${2:?usage: bench/autoscale-bench.sh LOG_NAME TEST_NAME}
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-# shellcheck disable=SC1090
-source <(tools/setup.sh --print-env)
-export STEWARD_BIN_DIR="$ROOT/target/release"
-if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
-  cargo build --release -p steward-engine -p steward-router -p steward-loadgen -p steward-e2e --bins
-fi
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; load average at start: $(cat /proc/loadavg)"
-LOG="$ROOT/target/bench/$NAME-$(date -u +%Y%m%dT%H%M%SZ).log"
-mkdir -p "$(dirname "$LOG")"
-echo "full output: $LOG"
-timeout 3600 cargo test --release -p steward-operator --test autoscale -- \
-  --ignored --exact "$TEST" --nocapture 2>&1 | tee "$LOG" | grep -E '^\[(bench|autoscale)\]|^BENCH|panicked|test result'
-echo "load average at end: $(cat /proc/loadavg)"
+exec "$(dirname "${BASH_SOURCE[0]}")/cluster-bench.sh" autoscale "$NAME" "$TEST"

@@ -30,6 +30,19 @@
 //!    canary that only sees clients' mistakes (400s from bad requests sent
 //!    through the router beside the load) is promoted: 4xx are not errors.
 //!
+//! 8. a canary whose answers are wrong while latency and errors are fine
+//!    (`--fault-corrupt-token-rate 0.5`) is rolled back by the quality
+//!    gate before it takes traffic, status naming the failing category
+//!    (`canary/quality.rs`);
+//! 9. the leader of two `steward-operator` processes is killed (SIGKILL)
+//!    in the middle of a step's pause: the standby resumes the same step
+//!    with the pause's remaining time and promotes once
+//!    (`canary/leader.rs`).
+//!
+//! The detection and noisy-canary benchmarks (`#[ignore]`,
+//! bench/canary-detection.sh, bench/canary-noisy.sh) are in
+//! `canary/bench.rs` and share this binary's set-up.
+//!
 //! Phase 7 is the one phase with failed requests: the 500s the faulty
 //! canary answers before its rollback (counted and bounded).
 //!
@@ -37,6 +50,13 @@
 //! short: both must be zero in each phase. Timings are printed.
 
 mod support;
+
+#[path = "canary/bench.rs"]
+mod bench;
+#[path = "canary/leader.rs"]
+mod leader;
+#[path = "canary/quality.rs"]
+mod quality;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -288,14 +308,7 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     // 2. A slow canary gets step 1's weight and is rolled back by its TTFT leaf.
     let t2 = Instant::now();
     let (lg, report) = load(&sys, "slow", 50);
-    apply(
-        env,
-        &revision(
-            env,
-            80,
-            &["--enable-fault-injection", "--fault-prefill-delay", DELAY],
-        ),
-    )
+    apply(env, &slow_revision(env, 80))
     .await
     .expect("the slow revision applies");
     let (with_weight, _) = watch_steps(
@@ -408,8 +421,10 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     let stable = spec_change_mid_canary(&sys, &stable).await;
     let stable = prometheus_stopped_mid_canary(&mut sys, &stable).await;
     let stable = manual_control_at_a_step(&sys, &stable).await;
-    errors_roll_back_client_mistakes_do_not(&sys, &stable).await;
+    let stable = errors_roll_back_client_mistakes_do_not(&sys, &stable).await;
+    quality::wrong_answers_are_rolled_back_by_the_quality_gate(&sys, &stable).await;
     assert!(sys.operator.is_running());
+    leader::leader_killed_mid_pause(&mut sys, &stable).await;
     eprintln!("[canary] whole test {:.1}s", t_all.elapsed().as_secs_f64());
 }
 
@@ -725,6 +740,29 @@ fn with_error_alarm() -> Value {
         { "slo": "ttftP99" }, { "alarm": "errorRate" } ] } } } })
 }
 
+/// A canary answering 30% of its requests with 500, judged by
+/// `errorRate` (and a TTFT objective it meets).
+fn errors_revision(env: &TestEnv, blocks: i32) -> Value {
+    let mut faulty = revision_with(
+        env,
+        blocks,
+        &["--enable-fault-injection", "--fault-error-rate", "0.3"],
+        with_error_alarm(),
+    );
+    support::merge(&mut faulty["spec"], json!({ "slo": { "ttftP99": "5s" } }));
+    faulty
+}
+
+/// A canary whose TTFT is `DELAY` more than the stable's (above the
+/// `TTFT_OBJECTIVE`).
+fn slow_revision(env: &TestEnv, blocks: i32) -> Value {
+    revision(
+        env,
+        blocks,
+        &["--enable-fault-injection", "--fault-prefill-delay", DELAY],
+    )
+}
+
 /// Sends requests the engine must refuse with a 4xx (a client's mistake)
 /// through the router until `stop`; returns the status counts.
 async fn bad_requests(
@@ -751,18 +789,12 @@ async fn bad_requests(
 
 /// Phase 7: a 5xx canary is rolled back by `errorRate`; a canary that only
 /// sees 4xx (clients' mistakes) is promoted.
-async fn errors_roll_back_client_mistakes_do_not(sys: &System, stable: &str) {
+/// Returns the promoted revision.
+async fn errors_roll_back_client_mistakes_do_not(sys: &System, stable: &str) -> String {
     let env = &sys.env;
     let t = Instant::now();
     let (lg, report) = load(sys, "errors", 40);
-    let mut faulty = revision_with(
-        env,
-        136,
-        &["--enable-fault-injection", "--fault-error-rate", "0.3"],
-        with_error_alarm(),
-    );
-    support::merge(&mut faulty["spec"], json!({ "slo": { "ttftP99": "5s" } }));
-    apply(env, &faulty)
+    apply(env, &errors_revision(env, 136))
         .await
         .expect("the faulty revision applies");
     let (with_weight, _) = watch_steps(
@@ -841,4 +873,5 @@ async fn errors_roll_back_client_mistakes_do_not(sys: &System, stable: &str) {
     );
     assert_eq!(s.rollout.rolled_back_revision, None, "not rolled back");
     no_loss(lg, &report, "client-mistakes").await;
+    s.stable_revision.expect("stable")
 }

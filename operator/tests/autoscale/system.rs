@@ -283,32 +283,7 @@ pub fn unix(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-/// The sum of every series of `metric` on one engine pod, from its
-/// `/metrics`; `None` when the pod does not answer or has no such series.
-pub async fn engine_metric(http: &reqwest::Client, ip: &str, metric: &str) -> Option<f64> {
-    let text = http
-        .get(format!("http://{ip}:8000/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let mut sum = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let name = series.split('{').next().unwrap_or_default();
-        if name == metric {
-            if let Ok(v) = value.parse::<f64>() {
-                sum = Some(sum.unwrap_or(0.0) + v);
-            }
-        }
-    }
-    sum
-}
+pub use crate::support::engine_metric;
 
 /// Requests the engine has taken in (it counts their prompt tokens).
 pub const TAKEN_IN: &str = "steward_engine_prompt_tokens_total";

@@ -139,6 +139,12 @@ impl Operator {
 
     /// Stops it and waits.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    /// Stops it and waits, keeping the handle (a test that hands the
+    /// object over to other operator replicas).
+    pub async fn shut_down(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -327,4 +333,32 @@ pub async fn finish(mut p: Killed, json: &std::path::Path, limit: Duration) -> L
         ttft_p50_ms: ttft("p50"),
         ttft_p99_ms: ttft("p99"),
     }
+}
+
+/// The sum of every series of `metric` on one engine pod, from its
+/// `/metrics` (port 8000 of the pod's loopback IP); `None` when the pod does
+/// not answer or has no such series.
+pub async fn engine_metric(http: &reqwest::Client, ip: &str, metric: &str) -> Option<f64> {
+    let text = http
+        .get(format!("http://{ip}:8000/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or_default();
+        if name == metric {
+            if let Ok(v) = value.parse::<f64>() {
+                sum = Some(sum.unwrap_or(0.0) + v);
+            }
+        }
+    }
+    sum
 }
