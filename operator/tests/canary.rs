@@ -309,8 +309,8 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     let t2 = Instant::now();
     let (lg, report) = load(&sys, "slow", 50);
     apply(env, &slow_revision(env, 80))
-    .await
-    .expect("the slow revision applies");
+        .await
+        .expect("the slow revision applies");
     let (with_weight, _) = watch_steps(
         &sys,
         Duration::from_secs(60),

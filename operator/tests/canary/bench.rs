@@ -69,12 +69,7 @@ fn spread(mut v: Vec<f64>) -> String {
     } else {
         (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
     };
-    format!(
-        "{:.1} / {:.1} / {:.1}",
-        v[0],
-        median,
-        v[v.len() - 1]
-    )
+    format!("{:.1} / {:.1} / {:.1}", v[0], median, v[v.len() - 1])
 }
 
 /// The first revision, clean, ready and stable.
@@ -91,6 +86,12 @@ async fn first_revision(sys: &System) -> String {
     )
     .await;
     status_of(&o).stable_revision.expect("stable")
+}
+
+/// `status.rollout.rolledBackRevision` now.
+async fn rolled_back(api: &Api<InferenceService>) -> Option<String> {
+    let o = api.get(NAME).await.ok()?;
+    status_of(&o).rollout.rolled_back_revision
 }
 
 /// The loopback IP of a pod of `revision`, if one has one.
@@ -161,12 +162,19 @@ const DETECTION_LOAD_SECS: u64 = 35;
 
 async fn detection_run(sys: &System, scenario: Scenario, blocks: i32, stable: &str) -> Detection {
     let load_at_start = load_average();
+    let api: Api<InferenceService> = Api::namespaced(sys.env.client.clone(), &sys.env.ns);
+    // The previous run's rolled-back revision stays in status until the
+    // operator sees the new spec.
+    let before = rolled_back(&api).await;
     let t = Instant::now();
-    let (lg, report) = load(sys, &format!("{}-{blocks}", scenario.label()), DETECTION_LOAD_SECS);
+    let (lg, report) = load(
+        sys,
+        &format!("{}-{blocks}", scenario.label()),
+        DETECTION_LOAD_SECS,
+    );
     apply(&sys.env, &scenario.manifest(sys, blocks))
         .await
         .expect("the faulty revision applies");
-    let api: Api<InferenceService> = Api::namespaced(sys.env.client.clone(), &sys.env.ns);
     let http = reqwest::Client::new();
     let (mut canary, mut ip) = (None::<String>, None::<String>);
     let (mut weight_at, mut onset_at) = (None, None);
@@ -178,7 +186,12 @@ async fn detection_run(sys: &System, scenario: Scenario, blocks: i32, stable: &s
         if let Ok(o) = api.get(NAME).await {
             let s = status_of(&o);
             let now = t.elapsed().as_secs_f64();
-            if let Some(rb) = s.rollout.rolled_back_revision.clone().filter(|r| r != stable) {
+            if let Some(rb) = s
+                .rollout
+                .rolled_back_revision
+                .clone()
+                .filter(|r| r != stable && Some(r) != before.as_ref())
+            {
                 break (
                     now,
                     s.rollout.rollback_reason.clone().unwrap_or_default(),
@@ -196,7 +209,10 @@ async fn detection_run(sys: &System, scenario: Scenario, blocks: i32, stable: &s
             ip = pod_ip(sys, rev).await;
         }
         if let (Some(ip), None) = (&ip, onset_at) {
-            if engine_metric(&http, ip, FAULTS).await.is_some_and(|n| n > 0.0) {
+            if engine_metric(&http, ip, FAULTS)
+                .await
+                .is_some_and(|n| n > 0.0)
+            {
                 onset_at = Some(t.elapsed().as_secs_f64());
             }
         }
@@ -234,14 +250,20 @@ async fn detection_bench() {
     let scenarios: Vec<Scenario> = std::env::var("STEWARD_BENCH_SCENARIOS")
         .unwrap_or_else(|_| "ttft,5xx,quality".into())
         .split(',')
-        .map(|s| Scenario::parse(s).unwrap_or_else(|| panic!("unknown scenario {s:?} (ttft, 5xx, quality)")))
+        .map(|s| {
+            Scenario::parse(s)
+                .unwrap_or_else(|| panic!("unknown scenario {s:?} (ttft, 5xx, quality)"))
+        })
         .collect();
     let sys = start().await;
     let stable = first_revision(&sys).await;
     if scenarios.contains(&Scenario::Quality) {
         put_golden_set(&sys).await;
     }
-    eprintln!("[bench] stable {stable}; {runs} runs of {scenarios:?}; load average {}", load_average());
+    eprintln!(
+        "[bench] stable {stable}; {runs} runs of {scenarios:?}; load average {}",
+        load_average()
+    );
     let mut all = Vec::new();
     let mut blocks = 200;
     for run in 1..=runs {
@@ -290,7 +312,11 @@ async fn detection_bench() {
         );
     }
     for d in &all {
-        assert!(d.onset_at.is_some(), "{:?}: no fault seen on the canary", d.scenario);
+        assert!(
+            d.onset_at.is_some(),
+            "{:?}: no fault seen on the canary",
+            d.scenario
+        );
         assert_eq!(d.report.abandoned, 0, "{:?}: streams cut", d.scenario);
         if d.scenario != Scenario::Errors {
             assert_eq!(d.report.failed, 0, "{:?}: failed requests", d.scenario);
@@ -328,27 +354,46 @@ async fn noisy_bench() {
     extra.extend(args.split_whitespace());
     let sys = start().await;
     let mut stable = first_revision(&sys).await;
-    eprintln!("[bench] noisy canary engine flags {extra:?}; {runs} runs; load average {}", load_average());
+    eprintln!(
+        "[bench] noisy canary engine flags {extra:?}; {runs} runs; load average {}",
+        load_average()
+    );
     let api: Api<InferenceService> = Api::namespaced(sys.env.client.clone(), &sys.env.ns);
-    let (mut promoted, mut false_rollbacks, mut sent, mut failed, mut cut) = (Vec::new(), 0, 0, 0, 0);
+    let (mut promoted, mut false_rollbacks, mut sent, mut failed, mut cut) =
+        (Vec::new(), 0, 0, 0, 0);
     let mut blocks = 200;
     for run in 1..=runs {
         let load_at_start = load_average();
         blocks += 8;
+        let before = rolled_back(&api).await;
         let t = Instant::now();
         let (lg, report) = load(&sys, &format!("noisy-{run}"), 45);
         apply(&sys.env, &noisy_revision(&sys, blocks, &extra))
             .await
             .expect("the noisy revision applies");
         let outcome = loop {
-            assert!(t.elapsed() < Duration::from_secs(120), "run {run}: neither promoted nor rolled back in 120 s");
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "run {run}: neither promoted nor rolled back in 120 s"
+            );
             if let Ok(o) = api.get(NAME).await {
                 let s = status_of(&o);
-                if let Some(rb) = s.rollout.rolled_back_revision.clone() {
-                    break Err(format!("{rb} rolled back: {}", s.rollout.rollback_message.unwrap_or_default()));
+                if let Some(rb) = s
+                    .rollout
+                    .rolled_back_revision
+                    .clone()
+                    .filter(|r| Some(r) != before.as_ref())
+                {
+                    break Err(format!(
+                        "{rb} rolled back: {}",
+                        s.rollout.rollback_message.unwrap_or_default()
+                    ));
                 }
                 if promoted_from(&o, &stable) {
-                    break Ok((t.elapsed().as_secs_f64(), s.stable_revision.unwrap_or_default()));
+                    break Ok((
+                        t.elapsed().as_secs_f64(),
+                        s.stable_revision.unwrap_or_default(),
+                    ));
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -379,15 +424,25 @@ async fn noisy_bench() {
             Ok((_, rev)) => rev.clone(),
             Err(_) => stable.clone(),
         };
-        let o = wait_for(&sys.env, NAME, Duration::from_secs(90), "a clean stable", |o| {
-            promoted_from(o, &before)
-        })
+        let o = wait_for(
+            &sys.env,
+            NAME,
+            Duration::from_secs(90),
+            "a clean stable",
+            |o| promoted_from(o, &before),
+        )
         .await;
         stable = status_of(&o).stable_revision.expect("stable");
     }
-    println!("BENCH noisy canary ({}), {runs} runs at analysis.interval 2s", extra.join(" "));
+    println!(
+        "BENCH noisy canary ({}), {runs} runs at analysis.interval 2s",
+        extra.join(" ")
+    );
     println!("BENCH false rollbacks: {false_rollbacks} of {runs}");
-    println!("BENCH apply → promoted (s, min / median / max): {}", spread(promoted));
+    println!(
+        "BENCH apply → promoted (s, min / median / max): {}",
+        spread(promoted)
+    );
     println!("BENCH load: sent {sent}, failed {failed}, streams cut {cut}");
     assert_eq!(false_rollbacks, 0, "a healthy canary was rolled back");
     assert_eq!((failed, cut), (0, 0), "no failed request or cut stream");

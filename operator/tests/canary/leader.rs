@@ -51,7 +51,7 @@ const EARLY: Duration = Duration::from_millis(1500);
 /// below that.
 const LATE: Duration = Duration::from_secs(5);
 /// How long the phase's load runs: past the promotion and the drain.
-const LOAD_SECS: u64 = 40;
+const LOAD_SECS: u64 = 32;
 
 fn replica(sys: &System, id: &str) -> OperatorProc {
     OperatorProc::start(OperatorOptions {
@@ -206,7 +206,11 @@ pub async fn leader_killed_mid_pause(sys: &mut System, stable: &str) {
         |o| promoted_from(o, stable),
     )
     .await;
-    assert_eq!(status_of(&o).rollout.rolled_back_revision, None, "no rollback");
+    assert_eq!(
+        status_of(&o).rollout.rolled_back_revision,
+        None,
+        "no rollback"
+    );
     let once = eventually(Duration::from_secs(20), || async {
         let n = promotions_of(sys, &canary).await;
         (n > 0).then_some(n)

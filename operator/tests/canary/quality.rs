@@ -20,15 +20,13 @@ use serde_json::{json, Value};
 use steward_operator::crd::{Phase, QualityState};
 use steward_operator::reason::Reason;
 
-use super::{
-    canary_weight, load, no_loss, revision_with, status_of, watch_steps, System, NAME,
-};
+use super::{canary_weight, load, no_loss, revision_with, status_of, watch_steps, System, NAME};
 use crate::support::{apply, wait_for, TestEnv};
 
 /// The golden set's ConfigMap.
 pub const GOLDEN: &str = "canary-golden";
 /// How long the phase's load runs; the rollback and the drain fit in it.
-const LOAD_SECS: u64 = 25;
+const LOAD_SECS: u64 = 18;
 
 /// Prompts of the `facts` category (references: the stable's answers).
 const FACTS: &[&str] = &[
@@ -64,13 +62,17 @@ pub async fn put_golden_set(sys: &System) {
     let mut entries = Vec::new();
     for (i, prompt) in FACTS.iter().enumerate() {
         let reference = stable_answer(&http, sys, prompt).await;
-        entries.push(json!({ "id": format!("fact-{i}"), "category": "facts", "prompt": prompt,
-            "scorer": "exact", "reference": reference, "maxTokens": 8 }));
+        entries.push(
+            json!({ "id": format!("fact-{i}"), "category": "facts", "prompt": prompt,
+            "scorer": "exact", "reference": reference, "maxTokens": 8 }),
+        );
     }
     // Any answer passes: a category that must not be named.
     for (i, prompt) in ["Hello, world", "In the beginning"].iter().enumerate() {
-        entries.push(json!({ "id": format!("smoke-{i}"), "category": "smoke", "prompt": prompt,
-            "scorer": "regex", "reference": "(?s).*", "maxTokens": 8 }));
+        entries.push(
+            json!({ "id": format!("smoke-{i}"), "category": "smoke", "prompt": prompt,
+            "scorer": "regex", "reference": "(?s).*", "maxTokens": 8 }),
+        );
     }
     let golden = serde_yaml::to_string(&entries).expect("yaml");
     let cm = json!({ "apiVersion": "v1", "kind": "ConfigMap",
@@ -110,8 +112,8 @@ pub fn wrong_answers(env: &TestEnv, blocks: i32) -> Value {
 /// category; `stable` keeps the traffic.
 pub async fn wrong_answers_are_rolled_back_by_the_quality_gate(sys: &System, stable: &str) {
     let env = &sys.env;
-    let t = Instant::now();
     put_golden_set(sys).await;
+    let t = Instant::now();
     let (lg, report) = load(sys, "quality", LOAD_SECS);
     apply(env, &wrong_answers(env, 152))
         .await
