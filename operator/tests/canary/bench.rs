@@ -88,6 +88,12 @@ async fn first_revision(sys: &System) -> String {
     status_of(&o).stable_revision.expect("stable")
 }
 
+/// Prometheus queries of the operator so far that errored or found no data.
+fn missed_queries(sys: &System) -> u64 {
+    let m = &sys.operator.metrics;
+    m.prometheus_queries("error") + m.prometheus_queries("no_data")
+}
+
 /// `status.rollout.rolledBackRevision` now.
 async fn rolled_back(api: &Api<InferenceService>) -> Option<String> {
     let o = api.get(NAME).await.ok()?;
@@ -150,6 +156,10 @@ struct Detection {
     report: LoadReport,
     covered: bool,
     load: String,
+    /// The operator's Prometheus queries during the run that failed or
+    /// found no data (a slow Prometheus on a loaded machine delays a
+    /// verdict).
+    queries_missed: u64,
 }
 
 impl Detection {
@@ -166,6 +176,7 @@ async fn detection_run(sys: &System, scenario: Scenario, blocks: i32, stable: &s
     // The previous run's rolled-back revision stays in status until the
     // operator sees the new spec.
     let before = rolled_back(&api).await;
+    let missed_before = missed_queries(sys);
     let t = Instant::now();
     let (lg, report) = load(
         sys,
@@ -240,6 +251,7 @@ async fn detection_run(sys: &System, scenario: Scenario, blocks: i32, stable: &s
         report,
         covered,
         load: format!("{load_at_start} → {}", load_average()),
+        queries_missed: missed_queries(sys) - missed_before,
     }
 }
 
@@ -272,7 +284,7 @@ async fn detection_bench() {
             let d = detection_run(&sys, scenario, blocks, &stable).await;
             let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}s"));
             eprintln!(
-                "[bench] {} run {run}: weight > 0 at {}, first bad response at {}, weight 0 at {:.1}s ({}): onset → weight 0 {}; load sent {} failed {} cut {}{}; load average {}",
+                "[bench] {} run {run}: weight > 0 at {}, first bad response at {}, weight 0 at {:.1}s ({}): onset → weight 0 {}; load sent {} failed {} cut {}{}; operator queries with no data or an error {}; load average {}",
                 scenario.label(),
                 fmt(d.weight_at),
                 fmt(d.onset_at),
@@ -283,6 +295,7 @@ async fn detection_bench() {
                 d.report.failed,
                 d.report.abandoned,
                 if d.covered { "" } else { " (the load ended before the drain)" },
+                d.queries_missed,
                 d.load
             );
             all.push(d);
