@@ -5,7 +5,8 @@
 //! `steward-loadgen` streaming through the router during every phase. The
 //! operator runs in-process with its signal pollers.
 //!
-//! One object, one pod per revision, two phases (CI-lean):
+//! One object, one pod per revision unless a phase says otherwise, nine
+//! phases in one cluster (CI-lean):
 //! 1. a healthy canary walks both steps (30%, then 60%) and is promoted;
 //!    the old revision drains to zero;
 //! 2. a canary whose engine runs with `--enable-fault-injection
