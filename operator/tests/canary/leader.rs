@@ -103,7 +103,7 @@ pub async fn leader_killed_mid_pause(sys: &mut System, stable: &str) {
     sys.operator.shut_down().await;
     let sys: &System = sys;
     let env = &sys.env;
-    let mut replicas = vec![replica(sys, "op-a"), replica(sys, "op-b")];
+    let mut replicas = [replica(sys, "op-a"), replica(sys, "op-b")];
     let leader = eventually(Duration::from_secs(30), || holder(sys))
         .await
         .expect("one replica takes the Lease");

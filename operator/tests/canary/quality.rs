@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{json, Value};
+use steward_e2e::testing::eventually;
 use steward_operator::crd::{Phase, QualityState};
 use steward_operator::reason::Reason;
 
@@ -182,10 +183,17 @@ pub async fn wrong_answers_are_rolled_back_by_the_quality_gate(sys: &System, sta
         "smoke passes: {:?}",
         q.categories
     );
-    assert_eq!(
-        sys.operator.metrics.rollbacks(Reason::QualityGateFailed),
-        1,
-        "steward_operator_rollbacks_total{{reason=\"QualityGateFailed\"}}"
+    // The metric is counted after the pass's status write: it may lag the
+    // status read above by a moment.
+    let metrics = &sys.operator.metrics;
+    let counted = eventually(Duration::from_secs(10), || async {
+        (metrics.rollbacks(Reason::QualityGateFailed) > 0).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_ok() && metrics.rollbacks(Reason::QualityGateFailed) == 1,
+        "steward_operator_rollbacks_total{{reason=\"QualityGateFailed\"}} is 1, not {}",
+        metrics.rollbacks(Reason::QualityGateFailed)
     );
     wait_for(
         env,
