@@ -484,10 +484,11 @@ pub fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn parent() -> Parent {
+    /// The test parent `team-a/chat` (also used by `route`'s tests).
+    pub(crate) fn parent() -> Parent {
         Parent {
             name: "chat".into(),
             namespace: "team-a".into(),
@@ -502,7 +503,8 @@ mod tests {
         }
     }
 
-    fn spec(extra: &str) -> InferenceServiceSpec {
+    /// A minimal spec plus `extra` YAML (also used by `route`'s tests).
+    pub(crate) fn spec(extra: &str) -> InferenceServiceSpec {
         serde_yaml::from_str(&format!(
             "model: {{ name: chat-small, uri: 'file:///m/chat' }}\n{extra}"
         ))

@@ -338,30 +338,8 @@ pub fn notes(view: &RouteView, input: &RouteStatus<'_>) -> Vec<Note> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use crate::children::tests::{parent, spec};
     use k8s_openapi::jiff::Timestamp;
-
-    fn parent() -> Parent {
-        Parent {
-            name: "chat".into(),
-            namespace: "team-a".into(),
-            owner: OwnerReference {
-                api_version: "serving.steward.dev/v1alpha1".into(),
-                kind: "InferenceService".into(),
-                name: "chat".into(),
-                uid: "u-1".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
-        }
-    }
-
-    fn spec(extra: &str) -> InferenceServiceSpec {
-        serde_yaml::from_str(&format!(
-            "model: {{ name: chat-small, uri: 'file:///m/chat' }}\n{extra}"
-        ))
-        .unwrap()
-    }
 
     fn split(pairs: &[(&str, i32)]) -> Vec<TrafficTarget> {
         pairs

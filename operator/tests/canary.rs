@@ -352,10 +352,17 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     for part in ["ttftP99", &slow, &healthy, "against stable"] {
         assert!(cond.message.contains(part), "{part} in {:?}", cond.message);
     }
-    assert_eq!(
-        sys.operator.metrics.rollbacks(Reason::AlarmFiring),
-        1,
-        "steward_operator_rollbacks_total{{reason=\"AlarmFiring\"}}"
+    // The metric is counted after the pass's status write: it may lag the
+    // status read above by a moment.
+    let metrics = &sys.operator.metrics;
+    let counted = eventually(Duration::from_secs(10), || async {
+        (metrics.rollbacks(Reason::AlarmFiring) > 0).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_ok() && metrics.rollbacks(Reason::AlarmFiring) == 1,
+        "steward_operator_rollbacks_total{{reason=\"AlarmFiring\"}} is 1, not {}",
+        metrics.rollbacks(Reason::AlarmFiring)
     );
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
     let warned = eventually(Duration::from_secs(20), || {

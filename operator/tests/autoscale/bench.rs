@@ -26,24 +26,11 @@ use steward_e2e::testing::eventually;
 use steward_e2e::tools::workspace_bin;
 use steward_operator::crd::InferenceService;
 
-use crate::support::{apply, finish, wait_for};
+use crate::support::{apply, env_or, finish, load_average, wait_for};
 use crate::system::{
     all_pods, at_target, engine_metric, first_sample, loadgen, object, pods, readings_series,
     serving_memory, settle, start, unix, with, Shape, System, TAKEN_IN,
 };
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
 
 /// One case's figures, seconds from the step.
 #[derive(Debug)]

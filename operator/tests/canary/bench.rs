@@ -40,23 +40,12 @@ use super::{
     canary_weight, errors_revision, load, promoted_from, revision, revision_with, slow_revision,
     start, status_of, System, NAME,
 };
-use crate::support::{apply, engine_metric, finish, ready_and_current, wait_for, LoadReport};
+use crate::support::{
+    apply, engine_metric, env_or, finish, load_average, ready_and_current, wait_for, LoadReport,
+};
 
 /// Injected faults counted by the engine (one fault kind per scenario).
 const FAULTS: &str = "steward_engine_faults_injected_total";
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
 
 /// min / median / max, seconds.
 fn spread(mut v: Vec<f64>) -> String {

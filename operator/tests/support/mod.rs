@@ -362,3 +362,19 @@ pub async fn engine_metric(http: &reqwest::Client, ip: &str, metric: &str) -> Op
     }
     sum
 }
+
+/// A benchmark's setting from the environment, or `default` when unset or
+/// not a number.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The 1, 5 and 15 minute load averages, for a benchmark's figures.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
