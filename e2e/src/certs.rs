@@ -37,22 +37,27 @@ pub struct Pki {
 /// `--requestheader-allowed-names` allows.
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
+/// A fresh self-signed CA named `common_name`, able to sign certificates.
+pub fn new_ca(common_name: &str) -> anyhow::Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+}
+
 /// Writes a fresh CA, a serving certificate, a service-account key pair and
 /// the front-proxy CA with its client certificate into `dir`.
 pub fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
     std::fs::create_dir_all(dir)?;
 
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "steward-local-ca");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let ca = new_ca("steward-local-ca")?;
 
     let mut server = CertificateParams::new(vec![
         "localhost".to_string(),
@@ -79,17 +84,7 @@ pub fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
 
     // A CA of its own, as kubeadm does: a client certificate of the main CA
     // must not be able to assert X-Remote-User to an extension API server.
-    let mut fp_params = CertificateParams::new(Vec::<String>::new())?;
-    fp_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    fp_params
-        .distinguished_name
-        .push(DnType::CommonName, "steward-local-front-proxy-ca");
-    fp_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let fp_ca = CertifiedIssuer::self_signed(fp_params, KeyPair::generate()?)?;
+    let fp_ca = new_ca("steward-local-front-proxy-ca")?;
     let mut client = CertificateParams::new(Vec::<String>::new())?;
     client
         .distinguished_name

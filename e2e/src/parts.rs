@@ -120,45 +120,16 @@ pub const GATEWAY_CRDS: [&str; 5] = [
 /// `kubectl apply --server-side` (their schemas are too large for the
 /// client-side annotation) and waits until they are established.
 pub fn install_gateway_crds(kubeconfig: &Path) -> anyhow::Result<()> {
-    let dir = std::env::var_os("STEWARD_GATEWAY_CRDS")
-        .map(PathBuf::from)
-        .context("STEWARD_GATEWAY_CRDS is not set; `source <(tools/setup.sh --print-env)`")?;
-    if !dir
-        .join("gateway.networking.k8s.io_httproutes.yaml")
-        .is_file()
-    {
-        bail!(
-            "no Gateway API CRDs in {}; run `tools/setup.sh gatewaycrds`",
-            dir.display()
-        );
-    }
-    let kubectl = crate::tools::find_tool("kubectl")?;
-    let apply = vec![
-        "apply".to_owned(),
-        "--server-side".into(),
-        "--force-conflicts".into(),
-        "-f".into(),
-        dir.display().to_string(),
-    ];
-    let mut wait = vec!["wait".to_owned(), "--for=condition=Established".into()];
-    wait.extend(GATEWAY_CRDS.iter().map(|c| format!("crd/{c}")));
-    wait.push("--timeout=60s".into());
-    for args in [apply, wait] {
-        let out = Command::new(&kubectl)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(&args)
-            .output()
-            .with_context(|| format!("running {}", kubectl.display()))?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
-    Ok(())
+    crate::tools::install_cached_crds(
+        kubeconfig,
+        &crate::tools::CachedCrds {
+            env_var: "STEWARD_GATEWAY_CRDS",
+            step: "gatewaycrds",
+            what: "Gateway API CRDs",
+            probe: "gateway.networking.k8s.io_httproutes.yaml",
+            names: &GATEWAY_CRDS,
+        },
+    )
 }
 
 /// One `steward-router` replica on a fixed loopback port (kept across

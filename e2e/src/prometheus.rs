@@ -423,50 +423,20 @@ async fn reload(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 /// ServiceMonitor) that `tools/setup.sh promcrds` caches in
 /// `$STEWARD_PROMETHEUS_CRDS`, and waits until they are established.
 pub fn install_monitoring_crds(kubeconfig: &Path) -> anyhow::Result<()> {
-    let dir = std::env::var_os("STEWARD_PROMETHEUS_CRDS")
-        .map(PathBuf::from)
-        .context("STEWARD_PROMETHEUS_CRDS is not set; `source <(tools/setup.sh --print-env)`")?;
-    if !dir
-        .join("monitoring.coreos.com_prometheusrules.yaml")
-        .is_file()
-    {
-        bail!(
-            "no prometheus-operator CRDs in {}; run `tools/setup.sh promcrds`",
-            dir.display()
-        );
-    }
-    let kubectl = find_tool("kubectl")?;
-    for args in [
-        vec![
-            "apply".to_string(),
-            "--server-side".into(),
-            "--force-conflicts".into(),
-            "-f".into(),
-            dir.display().to_string(),
-        ],
-        vec![
-            "wait".into(),
-            "--for=condition=Established".into(),
-            "crd/prometheusrules.monitoring.coreos.com".into(),
-            "crd/podmonitors.monitoring.coreos.com".into(),
-            "crd/servicemonitors.monitoring.coreos.com".into(),
-            "--timeout=60s".into(),
-        ],
-    ] {
-        let out = Command::new(&kubectl)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(&args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-    }
-    Ok(())
+    crate::tools::install_cached_crds(
+        kubeconfig,
+        &crate::tools::CachedCrds {
+            env_var: "STEWARD_PROMETHEUS_CRDS",
+            step: "promcrds",
+            what: "prometheus-operator CRDs",
+            probe: "monitoring.coreos.com_prometheusrules.yaml",
+            names: &[
+                "prometheusrules.monitoring.coreos.com",
+                "podmonitors.monitoring.coreos.com",
+                "servicemonitors.monitoring.coreos.com",
+            ],
+        },
+    )
 }
 
 /// The PrometheusRule kind of prometheus-operator.

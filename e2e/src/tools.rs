@@ -62,3 +62,65 @@ pub fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 for a free port")?;
     Ok(l.local_addr()?.port())
 }
+
+/// CRD YAML that `tools/setup.sh <step>` caches in the folder named by
+/// `$<env_var>`: `probe` (a file the folder must hold) and the CRD names
+/// `kubectl wait` checks.
+pub struct CachedCrds<'a> {
+    pub env_var: &'a str,
+    pub step: &'a str,
+    pub what: &'a str,
+    pub probe: &'a str,
+    pub names: &'a [&'a str],
+}
+
+/// Applies cached CRDs with `kubectl apply --server-side` (large schemas
+/// exceed the client-side annotation) and waits until they are established.
+pub fn install_cached_crds(
+    kubeconfig: &std::path::Path,
+    crds: &CachedCrds<'_>,
+) -> anyhow::Result<()> {
+    let dir = std::env::var_os(crds.env_var)
+        .map(PathBuf::from)
+        .with_context(|| {
+            format!(
+                "{} is not set; `source <(tools/setup.sh --print-env)`",
+                crds.env_var
+            )
+        })?;
+    if !dir.join(crds.probe).is_file() {
+        bail!(
+            "no {} in {}; run `tools/setup.sh {}`",
+            crds.what,
+            dir.display(),
+            crds.step
+        );
+    }
+    let kubectl = find_tool("kubectl")?;
+    let apply = vec![
+        "apply".to_owned(),
+        "--server-side".into(),
+        "--force-conflicts".into(),
+        "-f".into(),
+        dir.display().to_string(),
+    ];
+    let mut wait = vec!["wait".to_owned(), "--for=condition=Established".into()];
+    wait.extend(crds.names.iter().map(|c| format!("crd/{c}")));
+    wait.push("--timeout=60s".into());
+    for args in [apply, wait] {
+        let out = std::process::Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(&args)
+            .output()
+            .with_context(|| format!("running {}", kubectl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}

@@ -201,6 +201,14 @@ fn status_of(o: &InferenceService) -> steward_operator::crd::InferenceServiceSta
 
 /// Polls every 100 ms until `done`, recording each distinct
 /// (step, canary weight) seen.
+/// Applies a revision and waits until its canary has weight; its name.
+async fn canary_with_weight(sys: &System, obj: &serde_json::Value, what: &str) -> String {
+    apply(&sys.env, obj).await.expect("the revision applies");
+    let (with_weight, _) =
+        watch_steps(sys, Duration::from_secs(60), what, |o| canary_weight(o) > 0).await;
+    status_of(&with_weight).canary_revision.expect("canary")
+}
+
 async fn watch_steps(
     sys: &System,
     limit: Duration,
@@ -309,17 +317,8 @@ async fn a_slow_canary_is_rolled_back_by_its_ttft_alarm_and_a_healthy_one_walks_
     // 2. A slow canary gets step 1's weight and is rolled back by its TTFT leaf.
     let t2 = Instant::now();
     let (lg, report) = load(&sys, "slow", 50);
-    apply(env, &slow_revision(env, 80))
-        .await
-        .expect("the slow revision applies");
-    let (with_weight, _) = watch_steps(
-        &sys,
-        Duration::from_secs(60),
-        "the slow canary gets weight",
-        |o| canary_weight(o) > 0,
-    )
-    .await;
-    let slow = status_of(&with_weight).canary_revision.expect("canary");
+    let slow =
+        canary_with_weight(&sys, &slow_revision(env, 80), "the slow canary gets weight").await;
     let onset = Instant::now();
     let (o, seen) = watch_steps(
         &sys,
@@ -802,17 +801,12 @@ async fn errors_roll_back_client_mistakes_do_not(sys: &System, stable: &str) -> 
     let env = &sys.env;
     let t = Instant::now();
     let (lg, report) = load(sys, "errors", 40);
-    apply(env, &errors_revision(env, 136))
-        .await
-        .expect("the faulty revision applies");
-    let (with_weight, _) = watch_steps(
+    let bad = canary_with_weight(
         sys,
-        Duration::from_secs(60),
+        &errors_revision(env, 136),
         "the 5xx canary gets weight",
-        |o| canary_weight(o) > 0,
     )
     .await;
-    let bad = status_of(&with_weight).canary_revision.expect("canary");
     let onset = Instant::now();
     let (o, _) = watch_steps(
         sys,

@@ -147,6 +147,29 @@ async fn slow_image(sys: &System, secs: u64) -> String {
     format!("{image}:0.1")
 }
 
+/// Applies a benchmark's object and waits until it is ready with two pods
+/// serving and `warm` warm.
+async fn bring_up(env: &crate::support::TestEnv, name: &str, obj: &serde_json::Value, warm: i32) {
+    apply(env, obj).await.expect("the manifest applies");
+    wait_for(
+        env,
+        name,
+        Duration::from_secs(240),
+        "ready",
+        crate::support::ready_and_current,
+    )
+    .await;
+    settle(
+        env,
+        name,
+        2,
+        warm as usize,
+        Duration::from_secs(120),
+        "two serving and the warm pool",
+    )
+    .await;
+}
+
 async fn step_case(
     sys: &System,
     name: &str,
@@ -170,24 +193,7 @@ async fn step_case(
     };
     let mut obj = object(env, name, &shape);
     obj["spec"]["engine"]["image"] = slow_image(sys, model_load_secs).await.into();
-    apply(env, &obj).await.expect("the manifest applies");
-    wait_for(
-        env,
-        name,
-        Duration::from_secs(240),
-        "ready",
-        crate::support::ready_and_current,
-    )
-    .await;
-    settle(
-        env,
-        name,
-        2,
-        warm as usize,
-        Duration::from_secs(120),
-        "two serving and the warm pool",
-    )
-    .await;
+    bring_up(env, name, &obj, warm).await;
     let initial: BTreeSet<String> = with(&pods(env, name).await, "serving")
         .into_iter()
         .collect();
@@ -348,18 +354,7 @@ async fn flap_bench() {
         drain_window: "10s",
         extra_args: &[],
     };
-    apply(env, &object(env, name, &shape))
-        .await
-        .expect("the manifest applies");
-    wait_for(
-        env,
-        name,
-        Duration::from_secs(240),
-        "ready",
-        crate::support::ready_and_current,
-    )
-    .await;
-    settle(env, name, 2, 1, Duration::from_secs(120), "2+1").await;
+    bring_up(env, name, &object(env, name, &shape), 1).await;
     let model = format!("{name}-model");
     let lengths = ("fixed:16", "fixed:32");
     let load = load_average();
@@ -445,18 +440,7 @@ async fn ramp_case(
         drain_window: "5s",
         extra_args: &extra,
     };
-    apply(env, &object(env, name, &shape))
-        .await
-        .expect("the manifest applies");
-    wait_for(
-        env,
-        name,
-        Duration::from_secs(240),
-        "ready",
-        crate::support::ready_and_current,
-    )
-    .await;
-    settle(env, name, 2, 0, Duration::from_secs(120), "two serving").await;
+    bring_up(env, name, &object(env, name, &shape), 0).await;
     let initial: BTreeSet<String> = pods(env, name).await.into_keys().collect();
     tokio::time::sleep(Duration::from_secs(35)).await;
     let load = load_average();
