@@ -19,9 +19,10 @@
 #   BENCH_ENGINE_ARGS      extra steward-engine serve flags
 #   BENCH_QUICK=1          a smoke run of the script itself: few, short requests (figures meaningless)
 #   BENCH_MIX_REQUESTS=N   requests in the concurrency-16 mix run (default 32)
-#   BENCH_OMP_WAIT_POLICY  OpenMP wait policy for both servers (default PASSIVE: idle
-#                          threads sleep instead of spinning, which keeps a shared
-#                          2-core machine from collapsing; ACTIVE for a quiet machine)
+#   BENCH_OMP_WAIT_POLICY  OpenMP wait policy for both servers: bounded (default: the
+#                          engine's own default, GOMP_SPINCOUNT=10000 with OMP_WAIT_POLICY
+#                          unset: spin briefly, then sleep), PASSIVE (sleep at once) or
+#                          ACTIVE (spin without bound: only on a machine to itself)
 #   BENCH_THREADS=N        torch threads for both servers and the probe (default 2)
 #   BENCH_PROFILE=1        record the server with perf during b1 and b16 and write the
 #                          top symbols to <name>-profile-<run>.txt ("where the time goes")
@@ -54,7 +55,10 @@ if [[ "${BENCH_QUICK:-0}" == 1 ]]; then
   MIX_REQUESTS=4 B_TOKENS=8 B1_REQUESTS=1 B16=4
   TTFT_ARGS=(--requests 1 --prompt-tokens 64 --long-tokens 128 --long-requests 1)
 fi
-export OMP_WAIT_POLICY="${BENCH_OMP_WAIT_POLICY:-PASSIVE}"
+case "${BENCH_OMP_WAIT_POLICY:-bounded}" in
+  bounded) unset OMP_WAIT_POLICY; export GOMP_SPINCOUNT=10000 ;;
+  *) export OMP_WAIT_POLICY="$BENCH_OMP_WAIT_POLICY"; unset GOMP_SPINCOUNT ;;
+esac
 ENGINE_PORT=18200
 HF_PORT=18100
 BIN="${BENCH_BIN:-$ROOT/target/release}"

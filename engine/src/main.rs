@@ -36,7 +36,8 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let start = steward_engine::threads::process_start(Instant::now());
     let cli = Cli::parse();
-    // libgomp reads OMP_WAIT_POLICY when it is loaded, i.e. before main:
+    // libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT when it is loaded,
+    // i.e. before main:
     // re-execute with it set (returns only when not needed or on failure).
     let reexec_error = match &cli.cmd {
         Cmd::Serve(args) => {
@@ -50,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         steward_telemetry::LogStream::Stderr,
     );
     if let Some(e) = reexec_error {
-        tracing::warn!(error = %e, "could not re-execute to set OMP_WAIT_POLICY; keeping the inherited policy");
+        tracing::warn!(error = %e, "could not re-execute to set the OpenMP wait policy (OMP_WAIT_POLICY, GOMP_SPINCOUNT); keeping the inherited one");
     }
     match cli.cmd {
         Cmd::MakeModel { size, out_dir } => {

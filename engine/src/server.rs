@@ -183,9 +183,10 @@ pub struct ThreadArgs {
     /// operator passes `resources.cpu` here through the downward API.
     #[arg(long, env = "STEWARD_CPU_LIMIT")]
     pub cpu_limit: Option<String>,
-    /// OpenMP wait policy of idle threads; default: an OMP_WAIT_POLICY
-    /// already set in the environment, else passive. Applied by
-    /// re-executing the process once at start.
+    /// OpenMP wait policy of idle threads; default: an OMP_WAIT_POLICY or
+    /// GOMP_SPINCOUNT already set in the environment, else bounded (spin
+    /// briefly, then sleep). Applied by re-executing the process once at
+    /// start.
     #[arg(long, env = "STEWARD_OMP_WAIT_POLICY", value_enum)]
     pub omp_wait_policy: Option<WaitPolicy>,
 }
@@ -263,7 +264,7 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         inter_op = threads.inter_op,
         source = threads.source.as_str(),
         allotment_cores = threads.allotment,
-        omp_wait_policy = std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
+        omp_wait_policy = crate::threads::wait_policy_in_effect(),
         "threads chosen"
     );
     metrics.torch_threads.set(threads.intra_op as i64);

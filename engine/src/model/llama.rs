@@ -235,7 +235,7 @@ impl Llama {
     pub fn weight_bytes(&self) -> u64 {
         let plain = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
         let mut b = plain(&self.embed) + plain(&self.norm) + self.lm_head.bytes();
-        if self.tied && self.layout != WeightLayout::Packed {
+        if self.tied && self.lm_head.has_plain() {
             b -= plain(&self.embed);
         }
         for l in &self.layers {
