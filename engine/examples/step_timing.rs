@@ -48,6 +48,7 @@ fn main() {
                 block_size: 16,
                 max_batch_tokens: 4096,
                 prefill_chunk_while_decoding: 4096,
+                prefill_tokens_per_decode: 0,
                 max_running: 64,
                 prefix_caching: false,
             },

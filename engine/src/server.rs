@@ -45,6 +45,13 @@ pub struct SchedArgs {
         default_value_t = 64
     )]
     pub prefill_chunk_while_decoding: usize,
+    /// With decodes in the step, at most this many prompt tokens per decode
+    /// (never fewer than 16, never more than the chunk above), so a step
+    /// with a prompt chunk costs a bounded multiple of one without where a
+    /// step's time grows with its tokens; 0 turns it off. Default: 1 on
+    /// CPU, 0 on CUDA (a GPU step's time hardly grows with its tokens).
+    #[arg(long, env = "STEWARD_PREFILL_TOKENS_PER_DECODE")]
+    pub prefill_tokens_per_decode: Option<usize>,
     /// Number of KV-cache blocks.
     #[arg(long, env = "STEWARD_KV_CACHE_BLOCKS", default_value_t = 1024)]
     pub kv_cache_blocks: usize,
@@ -388,6 +395,10 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         block_size: bs,
         max_batch_tokens: args.sched.max_batch_tokens.max(1),
         prefill_chunk_while_decoding: args.sched.prefill_chunk_while_decoding.max(1),
+        prefill_tokens_per_decode: args
+            .sched
+            .prefill_tokens_per_decode
+            .unwrap_or(if model.device.is_cuda() { 0 } else { 1 }),
         max_running: args.sched.max_num_seqs.max(1),
         prefix_caching: !args.sched.no_prefix_caching,
     };

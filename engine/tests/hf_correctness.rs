@@ -171,6 +171,7 @@ fn run_engine(
             // Small chunks while others decode: decode-first planning and
             // chunked prefill interleave in every step.
             prefill_chunk_while_decoding: 5,
+            prefill_tokens_per_decode: 0,
             max_running: 8,
             prefix_caching: true,
         },

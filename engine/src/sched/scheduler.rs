@@ -7,9 +7,14 @@
 //!    sequence is preempted: its blocks are released and it goes back to the
 //!    front of the waiting queue, to be recomputed later.
 //! 2. Prompt tokens share a prefill budget: `max_batch_tokens` minus the
-//!    decodes, and at most `prefill_chunk_while_decoding` when any decode
-//!    runs in the step, so an arriving long prompt delays running streams
-//!    by one small chunk per step instead of one big one. Running sequences
+//!    decodes, and, when any decode runs in the step, at most
+//!    `prefill_chunk_while_decoding` and (with `prefill_tokens_per_decode`
+//!    set) at most that many tokens per decode in the step, never fewer
+//!    than [`MIN_PREFILL_CHUNK`]: an arriving long prompt delays running
+//!    streams by one small chunk per step instead of one big one, and on a
+//!    device whose step time grows with its tokens (a CPU) the chunk grows
+//!    with the batch so a step with a chunk costs a bounded multiple of one
+//!    without. Running sequences
 //!    still prefilling take their next chunk first, oldest first (no
 //!    preemption for a chunk: it waits for blocks).
 //! 3. Only if nothing was preempted, waiting sequences join (FIFO) while
@@ -35,8 +40,33 @@ pub struct SchedulerConfig {
     /// than one such chunk). Without decodes a step may fill
     /// `max_batch_tokens` with prompt tokens.
     pub prefill_chunk_while_decoding: usize,
+    /// With decodes in the step, at most this many prompt tokens per decode
+    /// (at least [`MIN_PREFILL_CHUNK`]); 0: no such limit.
+    pub prefill_tokens_per_decode: usize,
     pub max_running: usize,
     pub prefix_caching: bool,
+}
+
+/// The smallest prefill chunk `prefill_tokens_per_decode` leaves a step with
+/// decodes (within `prefill_chunk_while_decoding`): a prompt beside one or
+/// two streams still advances a block per step.
+pub const MIN_PREFILL_CHUNK: usize = 16;
+
+/// The prompt tokens a step may compute beside `decodes` decodes, before
+/// blocks and the remaining batch budget are counted.
+pub fn prefill_chunk(cfg: &SchedulerConfig, decodes: usize) -> usize {
+    if decodes == 0 {
+        return cfg.max_batch_tokens;
+    }
+    let mut chunk = cfg.prefill_chunk_while_decoding;
+    if cfg.prefill_tokens_per_decode > 0 {
+        chunk = chunk.min(
+            decodes
+                .saturating_mul(cfg.prefill_tokens_per_decode)
+                .max(MIN_PREFILL_CHUNK),
+        );
+    }
+    chunk
 }
 
 #[derive(Debug)]
@@ -303,11 +333,7 @@ impl Scheduler {
             i += 1;
         }
         let decodes = plan.items.len();
-        let mut prefill_budget = if decodes > 0 {
-            budget.min(self.cfg.prefill_chunk_while_decoding)
-        } else {
-            budget
-        };
+        let mut prefill_budget = budget.min(prefill_chunk(&self.cfg, decodes));
 
         // 2. Running sequences still prefilling take their next chunk,
         //    oldest first. No preemption here: the youngest sequence may be
@@ -393,12 +419,56 @@ impl Scheduler {
 mod tests {
     use super::*;
 
+    /// With tokens per decode set, the chunk beside decodes grows with the
+    /// batch between the floor and the cap; alone, a prompt gets the whole
+    /// batch budget.
+    #[test]
+    fn prefill_chunk_scales_with_decodes_between_floor_and_cap() {
+        let mut c = cfg(64, 512);
+        c.prefill_chunk_while_decoding = 64;
+        c.prefill_tokens_per_decode = 2;
+        assert_eq!(prefill_chunk(&c, 0), 512);
+        assert_eq!(prefill_chunk(&c, 1), MIN_PREFILL_CHUNK);
+        assert_eq!(prefill_chunk(&c, 12), 24);
+        assert_eq!(prefill_chunk(&c, 40), 64);
+        c.prefill_chunk_while_decoding = 8;
+        assert_eq!(prefill_chunk(&c, 1), 8, "the cap wins over the floor");
+        c.prefill_tokens_per_decode = 0;
+        c.prefill_chunk_while_decoding = 64;
+        assert_eq!(prefill_chunk(&c, 1), 64, "0: the cap alone");
+    }
+
+    /// In a planned step, 3 decodes and a waiting 100-token prompt: the
+    /// prompt gets the floor, not the cap.
+    #[test]
+    fn a_prompt_beside_few_decodes_gets_a_small_chunk() {
+        let mut c = cfg(64, 512);
+        c.prefill_chunk_while_decoding = 64;
+        c.prefill_tokens_per_decode = 1;
+        let mut s = Scheduler::new(c);
+        for id in 0..3 {
+            s.add(id, vec![1, 2, 3]);
+        }
+        let p = s.schedule();
+        s.complete(&p);
+        for id in 0..3 {
+            s.append_token(id, 7);
+        }
+        s.add(9, (0..100).collect());
+        let p = s.schedule();
+        let decodes = p.items.iter().filter(|i| i.len == 1).count();
+        let chunk: usize = p.items.iter().filter(|i| i.seq == 9).map(|i| i.len).sum();
+        assert_eq!(decodes, 3);
+        assert_eq!(chunk, MIN_PREFILL_CHUNK);
+    }
+
     fn cfg(blocks: usize, budget: usize) -> SchedulerConfig {
         SchedulerConfig {
             num_blocks: blocks,
             block_size: 4,
             max_batch_tokens: budget,
             prefill_chunk_while_decoding: budget,
+            prefill_tokens_per_decode: 0,
             max_running: 16,
             prefix_caching: true,
         }
