@@ -345,7 +345,7 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
     let dtype = args.dtype;
     let layout = args.weight_layout;
     let (model, codec) =
-        tokio::task::spawn_blocking(move || -> Result<(Llama, TextCodec), ServeError> {
+        on_own_thread("engine-load", move || -> Result<(Llama, TextCodec), ServeError> {
             let model = Llama::load_as(&model_dir, device, dtype, layout)?;
             let codec = TextCodec::load(&model_dir)?;
             Ok((model, codec))
@@ -403,7 +403,7 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
         prefix_caching: !args.sched.no_prefix_caching,
     };
     let eos_ids = cfg.eos_ids();
-    let (core, warm) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+    let (core, warm) = on_own_thread("engine-warmup", move || -> Result<_, ServeError> {
         let mut core = EngineCore::new(model, sched_cfg);
         let warm = core.warm_up()?;
         Ok((core, warm))
@@ -543,4 +543,36 @@ fn spawn_sigterm(state: Arc<AppState>) {
             );
         }
     });
+}
+
+/// Runs `f` on a thread of its own that exits when `f` returns. libtorch
+/// work (loading, warm-up) is kept off tokio's blocking pool on purpose: an
+/// OS thread that runs a parallel libtorch operation keeps an OpenMP team
+/// for as long as it lives, and once libgomp manages more threads than there
+/// are CPUs it cuts every team's spin-wait to a few iterations (its
+/// "throttled" spin count), so the engine thread's own team would sleep and
+/// wake at every parallel region of every step. A pooled thread lives on;
+/// this one takes its team with it.
+async fn on_own_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    match spawned {
+        // A failed spawn drops the sender: the caller sees it as a loader failure.
+        Err(e) => tracing::error!(error = %e, thread = name, "could not start a thread"),
+        Ok(handle) => {
+            let out = rx.await;
+            // The thread has sent (or panicked); wait for it to exit so its
+            // OpenMP team is gone before the engine thread starts stepping.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            return out;
+        }
+    }
+    rx.await
 }
