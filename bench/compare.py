@@ -234,7 +234,7 @@ def main():
         print()
         dev = hw["machine"].get("gpu") or hw["machine"]["cpu"]
         print(f"machine: {dev}, torch {hw['machine']['torch']}, {hw['machine']['threads']} threads; "
-              f"bandwidth copy {bw['copy_gbs']:.1f} GB/s, triad {bw['triad_gbs']:.1f} GB/s; "
+              f"bandwidth copy {bw['copy_gbs']:.1f} GB/s, triad {bw['triad_gbs']:.1f} GB/s, read {bw.get('read_gbs', 0):.1f} GB/s; "
               f"fp32 matmul peak {mm['peak']:.0f} GFLOP/s, bf16 {mm.get('peak_bf16', 0):.0f}")
         print(f"model: {hw['model']['params_per_step'] / 1e6:.1f}M params read per decode step "
               f"({hw['model']['weight_bytes_per_step'] / 1e6:.0f} MB)")

@@ -3,8 +3,9 @@
 implies for a model.
 
 Memory bandwidth: best of several passes of a large copy (`b.copy_(a)`,
-2 x size bytes moved) and a STREAM-style triad (`a = b + s*c`, 3 x size),
-with buffers far larger than the last-level cache. Matmul: fp32 GEMM FLOP/s
+2 x size bytes moved), a STREAM-style triad (`a = b + s*c`, 3 x size) and a
+read-only sum (`a.sum()`, 1 x size: what a decode step does to its weights),
+with buffers far larger than the last-level cache; the bound takes the best. Matmul: fp32 GEMM FLOP/s
 for a large square product (the machine's achievable peak) and for the
 shapes a decode step multiplies at batch 1 and 16 (the model's own layers).
 
@@ -55,8 +56,15 @@ def bandwidth(mib, reps):
     c = torch.rand(n, device=DEV)
     t_copy = best_time(lambda: b.copy_(a), reps)
     t_triad = best_time(lambda: torch.add(b, c, alpha=1.5, out=a), reps)
+    # Read-only, as a decode step reads its weights (no stores).
+    t_read = best_time(lambda: a.sum(), reps)
     size = n * 4
-    return {"buffer_mib": mib, "copy_gbs": 2 * size / t_copy / 1e9, "triad_gbs": 3 * size / t_triad / 1e9}
+    return {
+        "buffer_mib": mib,
+        "copy_gbs": 2 * size / t_copy / 1e9,
+        "triad_gbs": 3 * size / t_triad / 1e9,
+        "read_gbs": size / t_read / 1e9,
+    }
 
 
 def gemm_flops(m, k, n, reps, dtype=torch.float32):
@@ -119,7 +127,7 @@ def main():
     DEV = args.device
 
     bw = bandwidth(args.buffer_mib, args.reps)
-    bw_best = max(bw["copy_gbs"], bw["triad_gbs"]) * 1e9
+    bw_best = max(bw["copy_gbs"], bw["triad_gbs"], bw["read_gbs"]) * 1e9
     big = 2048 if DEV == "cpu" else 8192
     peak = gemm_flops(big, big, big, 3)
     peak_bf16 = gemm_flops(big, big, big, 3, torch.bfloat16)
@@ -175,7 +183,7 @@ def main():
         pass
     print(f"hw_probe: {out['machine'].get('gpu', out['machine']['cpu'])}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(f"  bandwidth: copy {bw['copy_gbs']:.1f} GB/s, triad {bw['triad_gbs']:.1f} GB/s ({args.buffer_mib} MiB buffers)")
+    print(f"  bandwidth: copy {bw['copy_gbs']:.1f} GB/s, triad {bw['triad_gbs']:.1f} GB/s, read {bw['read_gbs']:.1f} GB/s ({args.buffer_mib} MiB buffers)")
     print(f"  matmul bf16 peak {peak_bf16 / 1e9:.1f} GFLOP/s; fp32: peak {peak / 1e9:.1f} GFLOP/s, {flops_b1 / 1e9:.1f} at 1x{h}x{i}, "
           f"{flops_b16 / 1e9:.1f} at 16x{h}x{i}")
     print(f"  model: {shape['params_per_step'] / 1e6:.1f}M params read per step, "
