@@ -41,7 +41,15 @@ fn main() -> anyhow::Result<()> {
     // re-execute with it set (returns only when not needed or on failure).
     let reexec_error = match &cli.cmd {
         Cmd::Serve(args) => {
-            steward_engine::threads::reexec_for_wait_policy(args.threads.omp_wait_policy)
+            use steward_engine::threads;
+            let plan = threads::plan(&threads::facts(
+                args.threads.torch_threads,
+                args.threads.cpu_limit.as_deref(),
+            ));
+            threads::reexec_for_wait_policy(
+                args.threads.omp_wait_policy,
+                threads::default_wait_policy(&plan),
+            )
         }
         Cmd::MakeModel { .. } => None,
     };

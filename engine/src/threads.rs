@@ -315,19 +315,36 @@ pub fn process_start(now: std::time::Instant) -> std::time::Instant {
     now.checked_sub(ago).unwrap_or(now)
 }
 
+/// The wait policy when nobody chose one: `bounded` when the pool was sized
+/// from a CPU allotment the pod owns (a cgroup quota or the downward-API
+/// limit) and has more than one thread; `passive` otherwise. Without a
+/// known allotment other processes may share the same cores, and two
+/// engines that both spin on them collapse (two engines of 2 threads on a
+/// 2-core machine: 666 output tokens/s with a bounded spin vs 4,843
+/// passive, bench/two-engines.sh).
+pub fn default_wait_policy(p: &ThreadPlan) -> WaitPolicy {
+    match p.source {
+        Source::CgroupV2 | Source::CgroupV1 | Source::DownwardApi if p.intra_op > 1 => {
+            WaitPolicy::Bounded
+        }
+        _ => WaitPolicy::Passive,
+    }
+}
+
 /// The wait policy to run with: the flag's, else whatever an
 /// `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` already in the environment says
-/// (`None`: leave it), else bounded.
+/// (`None`: leave it), else `default`.
 pub fn wanted_wait_policy(
     flag: Option<WaitPolicy>,
     omp_wait_policy: Option<&str>,
     spin_count: Option<&str>,
+    default: WaitPolicy,
 ) -> Option<WaitPolicy> {
     match (flag, omp_wait_policy, spin_count) {
         (Some(p), _, _) => Some(p),
         // The operator or the user chose; leave it.
         (None, Some(_), _) | (None, None, Some(_)) => None,
-        (None, None, None) => Some(WaitPolicy::Bounded),
+        (None, None, None) => Some(default),
     }
 }
 
@@ -346,12 +363,15 @@ pub fn wait_policy_in_effect() -> String {
 /// when they differ from what is wanted. Returns only when no re-exec was
 /// needed or it failed (the error is returned for the caller to log once
 /// logging is up).
-pub fn reexec_for_wait_policy(flag: Option<WaitPolicy>) -> Option<std::io::Error> {
+pub fn reexec_for_wait_policy(
+    flag: Option<WaitPolicy>,
+    default: WaitPolicy,
+) -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
     // An empty value chooses nothing.
     let nonempty = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (policy, spin) = (nonempty("OMP_WAIT_POLICY"), nonempty("GOMP_SPINCOUNT"));
-    let want = wanted_wait_policy(flag, policy.as_deref(), spin.as_deref())?;
+    let want = wanted_wait_policy(flag, policy.as_deref(), spin.as_deref(), default)?;
     if want.satisfied_by(policy.as_deref(), spin.as_deref())
         || std::env::var_os(REEXEC_GUARD).is_some()
     {
@@ -479,20 +499,33 @@ mod tests {
 
     #[test]
     fn wait_policy_flag_beats_environment_which_beats_default() {
+        use WaitPolicy::*;
         assert_eq!(
-            wanted_wait_policy(Some(WaitPolicy::Active), Some("PASSIVE"), None),
-            Some(WaitPolicy::Active)
+            wanted_wait_policy(Some(Active), Some("PASSIVE"), None, Passive),
+            Some(Active)
         );
         assert_eq!(
-            wanted_wait_policy(Some(WaitPolicy::Bounded), Some("PASSIVE"), None),
-            Some(WaitPolicy::Bounded)
+            wanted_wait_policy(Some(Bounded), Some("PASSIVE"), None, Passive),
+            Some(Bounded)
         );
-        assert_eq!(wanted_wait_policy(None, Some("ACTIVE"), None), None);
-        assert_eq!(wanted_wait_policy(None, None, Some("500")), None);
-        assert_eq!(
-            wanted_wait_policy(None, None, None),
-            Some(WaitPolicy::Bounded)
-        );
+        assert_eq!(wanted_wait_policy(None, Some("ACTIVE"), None, Bounded), None);
+        assert_eq!(wanted_wait_policy(None, None, Some("500"), Bounded), None);
+        assert_eq!(wanted_wait_policy(None, None, None, Bounded), Some(Bounded));
+        assert_eq!(wanted_wait_policy(None, None, None, Passive), Some(Passive));
+    }
+
+    #[test]
+    fn spinning_is_the_default_only_on_an_owned_allotment_of_several_cores() {
+        let with = |quota, limit, visible| default_wait_policy(&plan(&facts(quota, limit, visible)));
+        assert_eq!(with(Some((2.0, Source::CgroupV2)), None, 4), WaitPolicy::Bounded);
+        assert_eq!(with(None, Some(3.0), 4), WaitPolicy::Bounded);
+        // One thread: no team to keep awake.
+        assert_eq!(with(None, Some(1.5), 4), WaitPolicy::Passive);
+        // Nothing known: the cores may be shared.
+        assert_eq!(with(None, None, 4), WaitPolicy::Passive);
+        let mut f = facts(Some((4.0, Source::CgroupV1)), None, 4);
+        f.flag = Some(4);
+        assert_eq!(default_wait_policy(&plan(&f)), WaitPolicy::Passive);
     }
 
     #[test]

@@ -33,7 +33,7 @@ fn environ(pid: u32) -> Vec<String> {
 
 /// Two engines on one node, each told its CPU limit the way the operator
 /// passes it (`STEWARD_CPU_LIMIT` from the downward API), size their pools
-/// to it, run with a bounded OpenMP wait policy (set by re-executing before
+/// to it, run with a passive OpenMP wait policy (set by re-executing before
 /// libgomp starts), and both serve concurrent streams to the end. The
 /// throughput comparison with libtorch's defaults (the 9x collapse) is a
 /// benchmark: bench/two-engines.sh.
@@ -54,9 +54,9 @@ async fn two_engines_on_one_node_size_threads_from_their_cpu_limit_and_both_serv
         );
         let env = environ(e.child.id());
         assert!(
-            env.iter().any(|v| v == "GOMP_SPINCOUNT=10000")
-                && !env.iter().any(|v| v.starts_with("OMP_WAIT_POLICY=")),
-            "re-executed with a bounded wait policy: {:?}",
+            env.iter().any(|v| v == "OMP_WAIT_POLICY=PASSIVE")
+                && !env.iter().any(|v| v.starts_with("GOMP_SPINCOUNT=")),
+            "re-executed with a passive wait policy (one thread): {:?}",
             env.iter()
                 .filter(|v| v.starts_with("OMP") || v.starts_with("GOMP"))
                 .collect::<Vec<_>>()
