@@ -145,7 +145,12 @@ at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, 
       const float* xp = xt.data_ptr<float>();
       float* yp = y.data_ptr<float>();
       const void* wp = packed->data_ptr();
-      at::parallel_for(0, np, 1, [&](int64_t begin, int64_t end) {
+      // At least ~256 KiB of weights per thread: below that, waking a
+      // thread costs more than the panels it would take (a tiny model's
+      // projections run on the calling thread alone).
+      const int64_t panel_bytes = k_len * 16 * (bf16 ? 2 : 4);
+      const int64_t grain = std::max<int64_t>(1, (256 * 1024) / std::max<int64_t>(1, panel_bytes));
+      at::parallel_for(0, np, grain, [&](int64_t begin, int64_t end) {
         if (bf16) {
           steward_panel_kernel_bf16(xp, rows, k_len, static_cast<const uint16_t*>(wp), n, begin, end, yp);
         } else {
