@@ -344,14 +344,16 @@ pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeErr
     let model_dir = args.model.clone();
     let dtype = args.dtype;
     let layout = args.weight_layout;
-    let (model, codec) =
-        on_own_thread("engine-load", move || -> Result<(Llama, TextCodec), ServeError> {
+    let (model, codec) = on_own_thread(
+        "engine-load",
+        move || -> Result<(Llama, TextCodec), ServeError> {
             let model = Llama::load_as(&model_dir, device, dtype, layout)?;
             let codec = TextCodec::load(&model_dir)?;
             Ok((model, codec))
-        })
-        .await
-        .map_err(|_| ServeError::LoaderPanicked)??;
+        },
+    )
+    .await
+    .map_err(|_| ServeError::LoaderPanicked)??;
     if !faults.load_delay.is_zero() {
         tracing::warn!(delay = ?faults.load_delay, "fault injection: model load delayed");
         tokio::time::sleep(faults.load_delay).await;

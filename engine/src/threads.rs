@@ -508,7 +508,10 @@ mod tests {
             wanted_wait_policy(Some(Bounded), Some("PASSIVE"), None, Passive),
             Some(Bounded)
         );
-        assert_eq!(wanted_wait_policy(None, Some("ACTIVE"), None, Bounded), None);
+        assert_eq!(
+            wanted_wait_policy(None, Some("ACTIVE"), None, Bounded),
+            None
+        );
         assert_eq!(wanted_wait_policy(None, None, Some("500"), Bounded), None);
         assert_eq!(wanted_wait_policy(None, None, None, Bounded), Some(Bounded));
         assert_eq!(wanted_wait_policy(None, None, None, Passive), Some(Passive));
@@ -516,8 +519,12 @@ mod tests {
 
     #[test]
     fn spinning_is_the_default_only_on_an_owned_allotment_of_several_cores() {
-        let with = |quota, limit, visible| default_wait_policy(&plan(&facts(quota, limit, visible)));
-        assert_eq!(with(Some((2.0, Source::CgroupV2)), None, 4), WaitPolicy::Bounded);
+        let with =
+            |quota, limit, visible| default_wait_policy(&plan(&facts(quota, limit, visible)));
+        assert_eq!(
+            with(Some((2.0, Source::CgroupV2)), None, 4),
+            WaitPolicy::Bounded
+        );
         assert_eq!(with(None, Some(3.0), 4), WaitPolicy::Bounded);
         // One thread: no team to keep awake.
         assert_eq!(with(None, Some(1.5), 4), WaitPolicy::Passive);

@@ -205,10 +205,16 @@ mod tests {
         for _ in 0..200 {
             let ids: Vec<u32> = (0..40)
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let b = (seed >> 33) as u32 % 256;
                     // Mostly ASCII, many bytes >= 0x80.
-                    if b < 100 { 0x61 + b % 26 } else { b }
+                    if b < 100 {
+                        0x61 + b % 26
+                    } else {
+                        b
+                    }
                 })
                 .collect();
             let joined: String = stream(&ids).concat();
