@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::Frame;
-use hyper::body::Incoming;
 
 use crate::endpoints::{EjectCause, EjectPolicy, EndpointState, InflightGuard, Outcome};
 use crate::error::error_body;
 use crate::limits::TenantPermit;
 use crate::metrics::{Metrics, ReasonLabels, RouteMetrics};
 use crate::sse::SseCounter;
+use crate::upstream::UpstreamBody;
 
 /// Things held until the response ends: a unit of the global cap, of the
 /// tenant's concurrency, and of the endpoint's in-flight count.
@@ -39,7 +39,7 @@ pub struct Holds {
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("engine connection failed mid-stream")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] std::io::Error),
     #[error("engine sent nothing for {0:?}")]
     Idle(Duration),
 }
@@ -148,7 +148,7 @@ enum Phase {
 
 /// The engine's body as the client's body (see the module docs).
 pub struct ProxyBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     st: State,
     phase: Phase,
     /// When the next chunk must have arrived.
@@ -264,7 +264,7 @@ impl http_body::Body for ProxyBody {
 }
 
 /// Wraps the engine's body for the client; counts it in flight until it ends.
-pub fn stream_body(body: Incoming, ctx: BodyContext) -> Body {
+pub fn stream_body(body: UpstreamBody, ctx: BodyContext) -> Body {
     ctx.route.in_flight.inc();
     let deadline = tokio::time::Instant::now() + ctx.idle_timeout;
     let st = State {

@@ -11,7 +11,8 @@
 //! accepts connections, reads request bodies through [`upload`] and runs
 //! the shutdown sequence.
 //!
-//! Decisions ([`index`], [`table`], [`pick`], [`limits`], [`retry`], [`sse`])
+//! Decisions ([`index`], [`table`], [`pick`], [`limits`], [`retry`], [`sse`],
+//! and [`h1`], the HTTP/1.1 wire format of the engine client)
 //! are pure and unit tested; I/O lives in [`proxy`], [`upstream`], [`load`],
 //! [`discovery`] and [`server`].
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod discovery;
 pub mod endpoints;
 pub mod error;
+pub mod h1;
 pub mod hashing;
 pub mod index;
 pub mod limits;

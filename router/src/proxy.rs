@@ -36,7 +36,7 @@ use crate::request::{self, ValidRequest};
 use crate::retry::{self, EarlyFailure, RetryBudget};
 use crate::table::{Endpoint, Resolved, ServiceRoute};
 use crate::upload::{self, BodyBudget, ReadLimits};
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::{self, EnginePool, UpstreamBody};
 
 /// Shared state of the proxy.
 pub struct Proxy {
@@ -95,7 +95,7 @@ impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
         req: http::Request<Incoming>,
-        client: UpstreamClient,
+        client: EnginePool,
     ) -> Response {
         let start = Instant::now();
         let mut labels = RouteLabels::default();
@@ -127,7 +127,7 @@ impl Proxy {
     async fn route(
         &self,
         req: http::Request<Incoming>,
-        client: &UpstreamClient,
+        client: &EnginePool,
         start: Instant,
         labels: &mut RouteLabels,
     ) -> Result<Response, ProxyError> {
@@ -243,7 +243,6 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let fwd_headers = upstream::forward_headers(&parts.headers);
         // Non-streaming answers come whole when generation ends: they get the
         // long response timeout, not the stream-head timeout.
         let head_timeout = if valid.stream {
@@ -263,10 +262,10 @@ impl Proxy {
             let sent = upstream::send(
                 client,
                 addr,
-                parts.method.clone(),
+                &parts.method,
                 path,
-                &fwd_headers,
-                body.clone(),
+                &parts.headers,
+                &body,
                 head_timeout,
             )
             .await;
@@ -420,7 +419,7 @@ impl Proxy {
 
     fn respond(
         &self,
-        resp: http::Response<Incoming>,
+        resp: http::Response<UpstreamBody>,
         labels: &RouteLabels,
         start: Instant,
         holds: Holds,
@@ -449,7 +448,8 @@ impl Proxy {
         );
         let mut out = Response::new(body);
         *out.status_mut() = status;
-        *out.headers_mut() = upstream::response_headers(&parts.headers);
+        // Hop-by-hop headers were left out when the head was read.
+        *out.headers_mut() = parts.headers;
         if let Ok(v) = HeaderValue::from_str(&labels.revision) {
             out.headers_mut().insert("x-steward-revision", v);
         }

@@ -42,7 +42,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::upstream::{self, UpstreamClient};
+use crate::upstream::{EnginePool, PoolConfig};
 
 /// Starts the shutdown sequence of a running [`serve`].
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ pub struct DrainReport {
 struct Service {
     proxy: Arc<Proxy>,
     /// This server's own pool to the engines (see [`serve`]).
-    client: UpstreamClient,
+    client: EnginePool,
     routes: axum::Router,
     closing: Arc<AtomicBool>,
 }
@@ -175,7 +175,7 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, parts: ServeParts) 
     // A pool per serve() call: its connections are driven by tasks of the
     // runtime that created them, so with one serve() per core-pinned
     // runtime a request never hops threads.
-    let client = upstream::client(proxy.cfg.connect_timeout);
+    let client = EnginePool::new(PoolConfig::new(proxy.cfg.connect_timeout));
     let service = Service {
         proxy,
         client,
