@@ -62,7 +62,9 @@ pub struct EndpointHealth {
 
 /// What the body needs to record its metrics.
 pub struct BodyContext {
-    pub metrics: Metrics,
+    /// The serving thread's handle on the metrics (its own `Arc`, so
+    /// taking it per request touches no cache line another thread writes).
+    pub metrics: std::sync::Arc<Metrics>,
     /// This request's series (its labels are namespace, service, revision).
     pub route: std::sync::Arc<RouteMetrics>,
     pub start: Instant,

@@ -53,6 +53,27 @@ pub struct Proxy {
     default_limits: TenantLimits,
 }
 
+/// What one server thread owns for the requests it serves: its pool to the
+/// engines and its own handles on the shared state (cloning a thread's own
+/// `Arc` per request keeps reference counts off cache lines the other
+/// threads write).
+pub struct Worker {
+    pub proxy: Arc<Proxy>,
+    pub pool: EnginePool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    pub fn new(proxy: Arc<Proxy>, pool: EnginePool) -> Arc<Self> {
+        let metrics = Arc::new(proxy.metrics.clone());
+        Arc::new(Self {
+            proxy,
+            pool,
+            metrics,
+        })
+    }
+}
+
 /// Where one attempt went.
 struct Target {
     revision: String,
@@ -90,16 +111,12 @@ impl Proxy {
         }
     }
 
-    /// Serves one OpenAI request through `client` (each server thread has
-    /// its own pool, so a request never leaves the thread it arrived on).
-    pub async fn handle(
-        self: Arc<Self>,
-        req: http::Request<Incoming>,
-        client: EnginePool,
-    ) -> Response {
+    /// Serves one OpenAI request through `worker`'s pool (each server
+    /// thread has its own, so a request never leaves the thread it arrived on).
+    pub async fn handle(&self, req: http::Request<Incoming>, worker: &Worker) -> Response {
         let start = Instant::now();
         let mut labels = RouteLabels::default();
-        match self.route(req, &client, start, &mut labels).await {
+        match self.route(req, worker, start, &mut labels).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(service = %labels.service, error = %e, kind = e.error_type(), "request refused");
@@ -127,7 +144,7 @@ impl Proxy {
     async fn route(
         &self,
         req: http::Request<Incoming>,
-        client: &EnginePool,
+        worker: &Worker,
         start: Instant,
         labels: &mut RouteLabels,
     ) -> Result<Response, ProxyError> {
@@ -260,7 +277,7 @@ impl Proxy {
             let ep_guard = ep.start_request();
             tried.push(addr);
             let sent = upstream::send(
-                client,
+                &worker.pool,
                 addr,
                 &parts.method,
                 path,
@@ -288,7 +305,7 @@ impl Proxy {
                             tenant: Some(tenant_permit),
                             endpoint: Some(ep_guard),
                         };
-                        return Ok(self.respond(resp, labels, start, holds, health));
+                        return Ok(self.respond(worker, resp, labels, start, holds, health));
                     }
                     (EarlyFailure::Status(code), Some(resp))
                 }
@@ -345,7 +362,7 @@ impl Proxy {
                                 tenant: Some(tenant_permit),
                                 endpoint: None,
                             };
-                            Ok(self.respond(resp, labels, start, holds, None))
+                            Ok(self.respond(worker, resp, labels, start, holds, None))
                         }
                         (None, EarlyFailure::FirstByteTimeout) => Err(ProxyError::UpstreamTimeout),
                         (None, f) => Err(ProxyError::UpstreamUnavailable {
@@ -419,6 +436,7 @@ impl Proxy {
 
     fn respond(
         &self,
+        worker: &Worker,
         resp: http::Response<UpstreamBody>,
         labels: &RouteLabels,
         start: Instant,
@@ -437,7 +455,7 @@ impl Proxy {
         let body: Body = stream_body(
             incoming,
             BodyContext {
-                metrics: self.metrics.clone(),
+                metrics: worker.metrics.clone(),
                 route,
                 start,
                 idle_timeout: self.cfg.idle_timeout,

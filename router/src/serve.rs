@@ -41,7 +41,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Worker};
 use crate::upstream::{EnginePool, PoolConfig};
 
 /// Starts the shutdown sequence of a running [`serve`].
@@ -84,9 +84,8 @@ pub struct DrainReport {
 /// The per-request service: the proxy for `POST /v1/...`, axum for the rest.
 #[derive(Clone)]
 struct Service {
-    proxy: Arc<Proxy>,
-    /// This server's own pool to the engines (see [`serve`]).
-    client: EnginePool,
+    /// This server thread's proxy handle and pool to the engines (see [`serve`]).
+    worker: Arc<Worker>,
     routes: axum::Router,
     closing: Arc<AtomicBool>,
 }
@@ -101,10 +100,9 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     fn call(&self, req: Request<Incoming>) -> BoxFuture {
         let closing = self.closing.clone();
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
-            let proxy = self.proxy.clone();
-            let client = self.client.clone();
+            let worker = self.worker.clone();
             Box::pin(async move {
-                let mut resp = proxy.handle(req, client).await;
+                let mut resp = worker.proxy.handle(req, &worker).await;
                 if closing.load(Ordering::Relaxed) {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -175,10 +173,9 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, parts: ServeParts) 
     // A pool per serve() call: its connections are driven by tasks of the
     // runtime that created them, so with one serve() per core-pinned
     // runtime a request never hops threads.
-    let client = EnginePool::new(PoolConfig::new(proxy.cfg.connect_timeout));
+    let pool = EnginePool::new(PoolConfig::new(proxy.cfg.connect_timeout));
     let service = Service {
-        proxy,
-        client,
+        worker: Worker::new(proxy, pool),
         routes,
         closing: closing.clone(),
     };
