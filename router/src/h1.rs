@@ -176,8 +176,8 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, WireEr
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| head_err(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
-            .map_err(|_| head_err(format!("value of {name}")))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| head_err(format!("value of {name}")))?;
         match name.as_str() {
             "content-length" => {
                 let n = value
@@ -456,7 +456,10 @@ mod tests {
         assert_eq!(n, 47);
         assert_eq!(h.framing, Framing::Length(12));
         assert!(h.keep_alive);
-        assert_eq!(h.headers.get("content-length").map(|v| v.as_bytes()), Some(&b"12"[..]));
+        assert_eq!(
+            h.headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"12"[..])
+        );
         assert_eq!(h.headers.get("x-a").map(|v| v.as_bytes()), Some(&b"b"[..]));
 
         let (h, _) = head(
@@ -477,7 +480,10 @@ mod tests {
             &Method::POST,
         );
         assert_eq!(h.framing, Framing::UntilClose);
-        let (h, _) = head("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", &Method::POST);
+        let (h, _) = head(
+            "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+            &Method::POST,
+        );
         assert!(!h.keep_alive);
         let (h, _) = head(
             "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
@@ -550,7 +556,10 @@ mod tests {
         // A whole body in one buffer ends with the data: no extra poll needed.
         let mut dec = Decoder::new(Framing::Chunked);
         let mut buf = BytesMut::from(&b"2\r\nhi\r\n0\r\n\r\n"[..]);
-        assert_eq!(dec.decode(&mut buf), Ok(Decoded::Data(Bytes::from_static(b"hi"))));
+        assert_eq!(
+            dec.decode(&mut buf),
+            Ok(Decoded::Data(Bytes::from_static(b"hi")))
+        );
         assert!(dec.is_done());
         assert!(buf.is_empty());
     }

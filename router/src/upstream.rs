@@ -197,8 +197,11 @@ impl EnginePool {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, EarlyFailure> {
-        let io = match tokio::time::timeout(self.inner.cfg.connect_timeout, TcpStream::connect(addr))
-            .await
+        let io = match tokio::time::timeout(
+            self.inner.cfg.connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
         {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {
@@ -294,7 +297,12 @@ impl EnginePool {
             match h1::parse_response_head(&conn.rbuf, method) {
                 Ok(Parsed::Complete(head, len)) => {
                     let _ = conn.rbuf.split_to(len);
-                    let mut resp = Response::new(UpstreamBody::new(conn, head.framing, head.keep_alive, self.clone()));
+                    let mut resp = Response::new(UpstreamBody::new(
+                        conn,
+                        head.framing,
+                        head.keep_alive,
+                        self.clone(),
+                    ));
                     *resp.status_mut() = head.status;
                     *resp.headers_mut() = head.headers;
                     return Ok(resp);

@@ -127,9 +127,16 @@ async fn keep_alive_connections_are_reused() {
         let (status, headers, body) = post(&pool, addr, "{\"a\":1}").await.expect("answer");
         assert_eq!(status, 200);
         assert_eq!(body, "{\"echo\":7}");
-        assert_eq!(headers.get("content-length").map(|v| v.as_bytes()), Some(&b"10"[..]));
+        assert_eq!(
+            headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"10"[..])
+        );
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for five requests");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for five requests"
+    );
     assert_eq!(pool.idle_count(), 1);
 }
 
@@ -178,7 +185,9 @@ async fn a_pooled_connection_closed_under_a_request_is_retried_on_a_fresh_one() 
     .await;
     let pool = pool();
     post(&pool, addr, "{}").await.expect("first answer");
-    let (status, _, body) = post(&pool, addr, "{}").await.expect("second answer, retried");
+    let (status, _, body) = post(&pool, addr, "{}")
+        .await
+        .expect("second answer, retried");
     assert_eq!(status, 200);
     assert_eq!(body, "{\"n\":1}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -191,7 +200,10 @@ async fn connect_refused_and_closed_before_the_head_are_classified() {
     let dead = free.local_addr().expect("addr");
     drop(free);
     let pool = pool();
-    assert_eq!(post(&pool, dead, "{}").await.err(), Some(EarlyFailure::Connect));
+    assert_eq!(
+        post(&pool, dead, "{}").await.err(),
+        Some(EarlyFailure::Connect)
+    );
 
     // A fresh connection that reads the request and closes: not retried here.
     let (addr, accepted) = engine(|_, mut s| async move {
@@ -206,7 +218,10 @@ async fn connect_refused_and_closed_before_the_head_are_classified() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
     // Half a head, then close; and garbage.
-    for answer in [&b"HTTP/1.1 200 OK\r\ncontent-le"[..], b"SSH-2.0-OpenSSH\r\n\r\n"] {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-le"[..],
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+    ] {
         let (addr, _) = engine(move |_, mut s| async move {
             let mut buf = Vec::new();
             let _ = read_request(&mut s, &mut buf).await;
@@ -286,7 +301,10 @@ async fn large_bodies_chunked_answers_and_interim_heads() {
         assert!(resp.headers().get("transfer-encoding").is_none());
         let got = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(got.len(), n);
-        assert!(got.iter().enumerate().all(|(i, b)| *b == b'a' + (i % 26) as u8));
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == b'a' + (i % 26) as u8));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
@@ -335,21 +353,43 @@ async fn a_dropped_body_closes_the_connection_and_a_cut_body_is_an_error() {
     })
     .await;
     let pool = pool();
-    let resp = send(&pool, addr, &Method::POST, "/", &HeaderMap::new(), &Bytes::new(), Duration::from_secs(2))
-        .await
-        .expect("head");
+    let resp = send(
+        &pool,
+        addr,
+        &Method::POST,
+        "/",
+        &HeaderMap::new(),
+        &Bytes::new(),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("head");
     let mut body = resp.into_body();
     let first = body.frame().await.expect("a frame").expect("data");
     assert_eq!(first.into_data().ok().as_deref(), Some(&b"first"[..]));
     drop(body);
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.ok().flatten(),
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .ok()
+            .flatten(),
         Some("closed")
     );
     assert_eq!(pool.idle_count(), 0);
 
-    let resp = send(&pool, addr, &Method::POST, "/", &HeaderMap::new(), &Bytes::new(), Duration::from_secs(2))
-        .await
-        .expect("head");
-    assert!(resp.into_body().collect().await.is_err(), "a cut body must end in an error");
+    let resp = send(
+        &pool,
+        addr,
+        &Method::POST,
+        "/",
+        &HeaderMap::new(),
+        &Bytes::new(),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("head");
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "a cut body must end in an error"
+    );
 }
