@@ -4,7 +4,10 @@
 //! before answering, answer slowly, answer in odd chunked pieces, or delimit
 //! the body by closing. Each test asserts what the proxy relies on: the
 //! answer, the failure's classification, and whether the connection was
-//! reused or closed.
+//! reused or closed. The last test runs the whole router in front of an
+//! engine with a short keep-alive timeout.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -391,5 +394,62 @@ async fn a_dropped_body_closes_the_connection_and_a_cut_body_is_an_error() {
     assert!(
         resp.into_body().collect().await.is_err(),
         "a cut body must end in an error"
+    );
+}
+
+/// End to end: the router in front of an engine that closes every
+/// connection idle for 50 ms (a short keep-alive timeout, as uvicorn's 5 s
+/// default but faster). Requests spaced past that timeout, and bursts in
+/// between, all succeed, with no upstream failure or retry counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_recovers_from_an_engine_closing_idle_connections() {
+    use common::*;
+    let (addr, accepted) = engine(|_, mut s| async move {
+        let mut buf = Vec::new();
+        // The first request may take its time; later ones must come within 50 ms.
+        let mut wait = Duration::from_secs(5);
+        while let Ok(Some(req)) = tokio::time::timeout(wait, read_request(&mut s, &mut buf)).await {
+            let answer = if req.head.starts_with("GET /load") {
+                ok_response("{}")
+            } else {
+                ok_response(r#"{"choices":[{"index":0,"text":"ok","finish_reason":"length"}]}"#)
+            };
+            if s.write_all(&answer).await.is_err() {
+                return;
+            }
+            wait = Duration::from_millis(50);
+        }
+    })
+    .await;
+    let index = steward_router::index::SharedIndex::new();
+    index.apply_service(service(&[("r1", 100)], None));
+    index.apply_pod(pod("pa", "r1", addr));
+    let router = start_router(proxy_config(), index).await;
+    let url = format!("http://{}/v1/completions", router.addr);
+    let http = client();
+    for round in 0..4 {
+        for i in 0..3 {
+            let r = http
+                .post(&url)
+                .json(&completion(false))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 200, "round {round}, request {i}");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let text = router.state.metrics_text();
+    assert_eq!(
+        metric(&text, "steward_router_upstream_failures_total", &[]),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "steward_router_retries_total", &[]), 0.0);
+    // The engine really closed idle connections: the router had to reconnect.
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 4,
+        "only {} connections",
+        accepted.load(Ordering::SeqCst)
     );
 }
