@@ -182,12 +182,7 @@ async fn index_follows_the_api_server_and_weight_changes_apply_within_a_second()
     );
     let url = format!("http://{}/v1/completions", router.addr);
     let http = client_http();
-    let r = http
-        .post(&url)
-        .json(&completion(false))
-        .send()
-        .await
-        .expect("send");
+    let r = post_completion(&http, &url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(a.requests(), 1);
 
@@ -211,12 +206,7 @@ async fn index_follows_the_api_server_and_weight_changes_apply_within_a_second()
         t0.elapsed()
     );
     for _ in 0..5 {
-        let r = http
-            .post(&url)
-            .json(&completion(false))
-            .send()
-            .await
-            .expect("send");
+        let r = post_completion(&http, &url).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!((a.requests(), b.requests()), (1, 5));
@@ -231,12 +221,7 @@ async fn index_follows_the_api_server_and_weight_changes_apply_within_a_second()
         .await,
         "terminating pod still routed"
     );
-    let r = http
-        .post(&url)
-        .json(&completion(false))
-        .send()
-        .await
-        .expect("send");
+    let r = post_completion(&http, &url).await;
     assert_eq!(r.status(), 503, "known model without endpoints");
     assert!(r.headers().get("retry-after").is_some());
 
@@ -276,12 +261,7 @@ async fn index_follows_the_api_server_and_weight_changes_apply_within_a_second()
             .is_none())
         .await
     );
-    let r = http
-        .post(&url)
-        .json(&completion(false))
-        .send()
-        .await
-        .expect("send");
+    let r = post_completion(&http, &url).await;
     assert_eq!(r.status(), 404);
 
     pods.patch(

@@ -50,12 +50,7 @@ async fn split_matches_weights_and_a_weight_change_applies_at_once() {
                     let http = http.clone();
                     let url = url.clone();
                     async move {
-                        let r = http
-                            .post(&url)
-                            .json(&completion(false))
-                            .send()
-                            .await
-                            .expect("send");
+                        let r = post_completion(&http, &url).await;
                         assert_eq!(r.status(), 200);
                         r.headers()
                             .get("x-steward-revision")
@@ -117,12 +112,7 @@ async fn terminating_and_not_serving_pods_get_no_new_requests_while_open_streams
     index.apply_pod(dying);
     index.apply_pod(pod("pb", "r1", b.addr));
     for _ in 0..20 {
-        let r = http
-            .post(&url)
-            .json(&completion(false))
-            .send()
-            .await
-            .expect("send");
+        let r = post_completion(&http, &url).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(a.requests(), 1, "the terminating pod got a new request");
@@ -132,12 +122,7 @@ async fn terminating_and_not_serving_pods_get_no_new_requests_while_open_streams
     let mut warm = pod("pb", "r1", b.addr);
     warm.serving = false;
     index.apply_pod(warm);
-    let r = http
-        .post(&url)
-        .json(&completion(false))
-        .send()
-        .await
-        .expect("send");
+    let r = post_completion(&http, &url).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
 
@@ -309,12 +294,7 @@ async fn retry_budget_caps_retries_under_a_total_outage() {
     let http = client();
     let n = 100;
     for _ in 0..n {
-        let r = http
-            .post(&url)
-            .json(&completion(false))
-            .send()
-            .await
-            .expect("send");
+        let r = post_completion(&http, &url).await;
         assert_eq!(r.status(), 503, "the engine's 503 reaches the client");
         assert!(r.headers().get("retry-after").is_some());
     }
@@ -507,12 +487,7 @@ async fn malformed_unknown_model_and_no_endpoint_get_openai_errors() {
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["error"]["type"], "model_not_found");
 
-    let r = http
-        .post(&url)
-        .json(&completion(false))
-        .send()
-        .await
-        .expect("send");
+    let r = post_completion(&http, &url).await;
     assert_eq!(
         r.status(),
         503,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::BodyExt;
 use steward_router::retry::EarlyFailure;
-use steward_router::upstream::{send, EnginePool, PoolConfig};
+use steward_router::upstream::{send, EnginePool, PoolConfig, UpstreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -111,6 +111,24 @@ async fn post(
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.expect("body").to_bytes();
     Ok((status, parts.headers, bytes))
+}
+
+/// `POST /` with no headers and no body.
+async fn post_empty(
+    pool: &EnginePool,
+    addr: SocketAddr,
+    first_byte_timeout: Duration,
+) -> Result<http::Response<UpstreamBody>, EarlyFailure> {
+    send(
+        pool,
+        addr,
+        &Method::POST,
+        "/",
+        &HeaderMap::new(),
+        &Bytes::new(),
+        first_byte_timeout,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -246,16 +264,7 @@ async fn no_head_within_the_first_byte_timeout_is_a_timeout() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     })
     .await;
-    let r = send(
-        &pool(),
-        addr,
-        &Method::POST,
-        "/",
-        &HeaderMap::new(),
-        &Bytes::new(),
-        Duration::from_millis(200),
-    )
-    .await;
+    let r = post_empty(&pool(), addr, Duration::from_millis(200)).await;
     assert_eq!(r.err(), Some(EarlyFailure::FirstByteTimeout));
 }
 
@@ -356,17 +365,9 @@ async fn a_dropped_body_closes_the_connection_and_a_cut_body_is_an_error() {
     })
     .await;
     let pool = pool();
-    let resp = send(
-        &pool,
-        addr,
-        &Method::POST,
-        "/",
-        &HeaderMap::new(),
-        &Bytes::new(),
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("head");
+    let resp = post_empty(&pool, addr, Duration::from_secs(2))
+        .await
+        .expect("head");
     let mut body = resp.into_body();
     let first = body.frame().await.expect("a frame").expect("data");
     assert_eq!(first.into_data().ok().as_deref(), Some(&b"first"[..]));
@@ -380,17 +381,9 @@ async fn a_dropped_body_closes_the_connection_and_a_cut_body_is_an_error() {
     );
     assert_eq!(pool.idle_count(), 0);
 
-    let resp = send(
-        &pool,
-        addr,
-        &Method::POST,
-        "/",
-        &HeaderMap::new(),
-        &Bytes::new(),
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("head");
+    let resp = post_empty(&pool, addr, Duration::from_secs(2))
+        .await
+        .expect("head");
     assert!(
         resp.into_body().collect().await.is_err(),
         "a cut body must end in an error"
@@ -429,12 +422,7 @@ async fn the_router_recovers_from_an_engine_closing_idle_connections() {
     let http = client();
     for round in 0..4 {
         for i in 0..3 {
-            let r = http
-                .post(&url)
-                .json(&completion(false))
-                .send()
-                .await
-                .expect("send");
+            let r = post_completion(&http, &url).await;
             assert_eq!(r.status(), 200, "round {round}, request {i}");
         }
         tokio::time::sleep(Duration::from_millis(150)).await;

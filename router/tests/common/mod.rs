@@ -331,6 +331,16 @@ pub fn completion(stream: bool) -> serde_json::Value {
     serde_json::json!({"model": MODEL, "prompt": "hello", "max_tokens": 4, "stream": stream})
 }
 
+/// Sends a non-streaming completion to `url` (a transport failure fails the
+/// test; any status is returned).
+pub async fn post_completion(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    http.post(url)
+        .json(&completion(false))
+        .send()
+        .await
+        .expect("send")
+}
+
 /// Sum of a metric's samples whose label text contains every `needle`.
 pub fn metric(text: &str, name: &str, needles: &[&str]) -> f64 {
     text.lines()
