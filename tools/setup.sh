@@ -201,54 +201,50 @@ install_prometheus() {
   ($SUDO service prometheus stop >/dev/null 2>&1 || true)
 }
 
-# ------------------------------------------------------------ promcrds ------
-# The prometheus-operator CRDs (PrometheusRule, PodMonitor, ServiceMonitor)
-# for the local cluster, copied from the prometheus-operator Go module that
-# the Go module proxy serves. Tests install them to prove the operator's
-# PrometheusRule and the chart's monitors against the real schemas.
-fetch_promcrds() {
-  if [[ -f "$PROMCRD_DIR/.complete" ]]; then
-    say "promcrds: cached in $PROMCRD_DIR"; return
+# ------------------------------------------------- promcrds, gatewaycrds ------
+# CRD YAML copied from a Go module that the Go module proxy serves:
+#   copy_module_crds STEP DIR MODULE SUBDIR FILE_PREFIX KIND...
+# copies SUBDIR/FILE_PREFIX<KIND>.yaml of MODULE into DIR (once; DIR/.complete
+# marks a finished copy).
+copy_module_crds() {
+  local step=$1 dir=$2 mod=$3 sub=$4 prefix=$5; shift 5
+  if [[ -f "$dir/.complete" ]]; then
+    say "$step: cached in $dir"; return
   fi
   need go "install Go 1.24 or newer (https://go.dev/doc/install or 'apt-get install golang')"
-  local mod="github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION"
-  say "promcrds: downloading $mod"
+  say "$step: downloading $mod"
   local json; json=$(cd /tmp && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$mod")
   local src; src=$(python3 -c 'import json,sys;d=json.loads(sys.stdin.read());print(d.get("Dir",""))' <<<"$json")
-  [[ -d "$src/example/prometheus-operator-crd" ]] || die "the $mod module has no example/prometheus-operator-crd"
-  local tmp="$PROMCRD_DIR.tmp"
+  [[ -d "$src/$sub" ]] || die "the $mod module has no $sub"
+  local tmp="$dir.tmp"
   rm -rf "$tmp"; mkdir -p "$tmp"
-  for k in prometheusrules podmonitors servicemonitors; do
-    cp "$src/example/prometheus-operator-crd/monitoring.coreos.com_$k.yaml" "$tmp/"
+  local k
+  for k in "$@"; do
+    cp "$src/$sub/$prefix$k.yaml" "$tmp/"
   done
   chmod u+w "$tmp"/*.yaml
-  rm -rf "$PROMCRD_DIR"; mv "$tmp" "$PROMCRD_DIR"
-  touch "$PROMCRD_DIR/.complete"
+  rm -rf "$dir"; mv "$tmp" "$dir"
+  touch "$dir/.complete"
 }
 
-# --------------------------------------------------------- gatewaycrds ------
+# The prometheus-operator CRDs (PrometheusRule, PodMonitor, ServiceMonitor)
+# for the local cluster. Tests install them to prove the operator's
+# PrometheusRule and the chart's monitors against the real schemas.
+fetch_promcrds() {
+  copy_module_crds promcrds "$PROMCRD_DIR" \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    example/prometheus-operator-crd monitoring.coreos.com_ \
+    prometheusrules podmonitors servicemonitors
+}
+
 # The Gateway API's standard-channel CRDs (GatewayClass, Gateway, HTTPRoute,
-# GRPCRoute, ReferenceGrant), copied from the sigs.k8s.io/gateway-api Go
-# module that the Go module proxy serves. The operator's cluster test
-# installs them to prove its HTTPRoutes against the real schema.
+# GRPCRoute, ReferenceGrant). The operator's cluster test installs them to
+# prove its HTTPRoutes against the real schema.
 fetch_gatewaycrds() {
-  if [[ -f "$GATEWAYCRD_DIR/.complete" ]]; then
-    say "gatewaycrds: cached in $GATEWAYCRD_DIR"; return
-  fi
-  need go "install Go 1.24 or newer (https://go.dev/doc/install or 'apt-get install golang')"
-  local mod="sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
-  say "gatewaycrds: downloading $mod"
-  local json; json=$(cd /tmp && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "$mod")
-  local src; src=$(python3 -c 'import json,sys;d=json.loads(sys.stdin.read());print(d.get("Dir",""))' <<<"$json")
-  [[ -d "$src/config/crd/standard" ]] || die "the $mod module has no config/crd/standard"
-  local tmp="$GATEWAYCRD_DIR.tmp"
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  for k in gatewayclasses gateways httproutes grpcroutes referencegrants; do
-    cp "$src/config/crd/standard/gateway.networking.k8s.io_$k.yaml" "$tmp/"
-  done
-  chmod u+w "$tmp"/*.yaml
-  rm -rf "$GATEWAYCRD_DIR"; mv "$tmp" "$GATEWAYCRD_DIR"
-  touch "$GATEWAYCRD_DIR/.complete"
+  copy_module_crds gatewaycrds "$GATEWAYCRD_DIR" \
+    "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
+    config/crd/standard gateway.networking.k8s.io_ \
+    gatewayclasses gateways httproutes grpcroutes referencegrants
 }
 
 # ---------------------------------------------------------------- keda ------
