@@ -39,19 +39,22 @@ fn main() -> anyhow::Result<()> {
     // libgomp reads OMP_WAIT_POLICY and GOMP_SPINCOUNT when it is loaded,
     // i.e. before main:
     // re-execute with it set (returns only when not needed or on failure).
-    let reexec_error = match &cli.cmd {
+    // The thread plan (from the CPU allotment) decides the default wait
+    // policy here and sizes libtorch's pools in the server.
+    let (threads, reexec_error) = match &cli.cmd {
         Cmd::Serve(args) => {
             use steward_engine::threads;
             let plan = threads::plan(&threads::facts(
                 args.threads.torch_threads,
                 args.threads.cpu_limit.as_deref(),
             ));
-            threads::reexec_for_wait_policy(
+            let err = threads::reexec_for_wait_policy(
                 args.threads.omp_wait_policy,
                 threads::default_wait_policy(&plan),
-            )
+            );
+            (Some(plan), err)
         }
-        Cmd::MakeModel { .. } => None,
+        Cmd::MakeModel { .. } => (None, None),
     };
     steward_telemetry::init_logging(
         "info",
@@ -71,7 +74,9 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(run(*args, start))?;
+            let threads =
+                threads.ok_or_else(|| anyhow::anyhow!("internal: no thread plan for serve"))?;
+            rt.block_on(run(*args, threads, start))?;
         }
     }
     Ok(())

@@ -237,17 +237,19 @@ fn read_drain_token(path: &std::path::Path) -> Result<String, ServeError> {
     Ok(t.to_string())
 }
 
-/// Runs the server until it has drained. `process_start` is when main began.
-pub async fn run(args: ServeArgs, process_start: Instant) -> Result<(), ServeError> {
+/// Runs the server until it has drained, with libtorch's pools sized by
+/// `threads` (`threads::plan` of `args.threads`, worked out once in main).
+/// `process_start` is when main began.
+pub async fn run(
+    args: ServeArgs,
+    threads: crate::threads::ThreadPlan,
+    process_start: Instant,
+) -> Result<(), ServeError> {
     let faults = FaultPlan::from_args(&args.faults)?;
     let drain_token = match &args.drain_token_file {
         Some(p) => Some(read_drain_token(p)?),
         None => None,
     };
-    let threads = crate::threads::plan(&crate::threads::facts(
-        args.threads.torch_threads,
-        args.threads.cpu_limit.as_deref(),
-    ));
     crate::threads::apply(&threads);
     let served = args.served_model_name.clone().unwrap_or_else(|| {
         args.model

@@ -279,10 +279,13 @@ impl WaitPolicy {
 
     /// True when the environment already gives this policy.
     pub fn satisfied_by(self, omp_wait_policy: Option<&str>, spin_count: Option<&str>) -> bool {
-        match self.env() {
-            (Some(want), _) => omp_wait_policy.is_some_and(|c| c.eq_ignore_ascii_case(want)),
-            (None, Some(spin)) => omp_wait_policy.is_none() && spin_count == Some(spin),
-            (None, None) => omp_wait_policy.is_none(),
+        match self {
+            WaitPolicy::Passive | WaitPolicy::Active => {
+                omp_wait_policy.is_some_and(|c| c.eq_ignore_ascii_case(self.env().0.unwrap_or("")))
+            }
+            WaitPolicy::Bounded => {
+                omp_wait_policy.is_none() && spin_count == Some(BOUNDED_SPIN_COUNT)
+            }
         }
     }
 }
@@ -348,11 +351,19 @@ pub fn wanted_wait_policy(
     }
 }
 
+/// An environment variable's value; empty counts as unset (it chooses
+/// nothing).
+fn env_nonempty(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
 /// The policy in effect, as logged: `OMP_WAIT_POLICY`, else
 /// `spin GOMP_SPINCOUNT`, else `unset`.
 pub fn wait_policy_in_effect() -> String {
-    let nonempty = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (nonempty("OMP_WAIT_POLICY"), nonempty("GOMP_SPINCOUNT")) {
+    match (
+        env_nonempty("OMP_WAIT_POLICY"),
+        env_nonempty("GOMP_SPINCOUNT"),
+    ) {
         (Some(p), _) => p,
         (None, Some(n)) => format!("spin {n}"),
         (None, None) => "unset".into(),
@@ -368,9 +379,10 @@ pub fn reexec_for_wait_policy(
     default: WaitPolicy,
 ) -> Option<std::io::Error> {
     use std::os::unix::process::CommandExt;
-    // An empty value chooses nothing.
-    let nonempty = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let (policy, spin) = (nonempty("OMP_WAIT_POLICY"), nonempty("GOMP_SPINCOUNT"));
+    let (policy, spin) = (
+        env_nonempty("OMP_WAIT_POLICY"),
+        env_nonempty("GOMP_SPINCOUNT"),
+    );
     let want = wanted_wait_policy(flag, policy.as_deref(), spin.as_deref(), default)?;
     if want.satisfied_by(policy.as_deref(), spin.as_deref())
         || std::env::var_os(REEXEC_GUARD).is_some()
