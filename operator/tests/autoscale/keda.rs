@@ -109,6 +109,68 @@ pub fn scaled_object(ns: &str, name: &str, prometheus: &str) -> Value {
     })
 }
 
+/// One trigger's query read once a second during the load step: when it
+/// first passed the HPA's band (its target per serving pod, +10%, on two
+/// serving pods) and the highest and last sums, so a failure shows how
+/// far the load drove each signal.
+struct TriggerReadings {
+    name: String,
+    query: String,
+    band: f64,
+    crossed: Option<Duration>,
+    max: Option<f64>,
+    last: Option<f64>,
+}
+
+impl TriggerReadings {
+    fn new(trigger: &Value) -> Self {
+        let target: f64 = trigger["metadata"]["threshold"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        Self {
+            name: trigger["name"].as_str().unwrap_or_default().to_string(),
+            query: trigger["metadata"]["query"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            band: target * 2.0 * 1.1,
+            crossed: None,
+            max: None,
+            last: None,
+        }
+    }
+
+    fn record(&mut self, at: Duration, value: Option<f64>) {
+        self.last = value;
+        if let Some(v) = value {
+            self.max = Some(self.max.map_or(v, |m| m.max(v)));
+            if self.crossed.is_none() && v > self.band {
+                self.crossed = Some(at);
+            }
+        }
+    }
+}
+
+fn summary(readings: &[TriggerReadings]) -> String {
+    let num = |v: Option<f64>| v.map_or("none".into(), |v| format!("{v:.2}"));
+    readings
+        .iter()
+        .map(|r| {
+            format!(
+                "{} past {:.2} at {} (max {}, last {})",
+                r.name,
+                r.band,
+                r.crossed
+                    .map_or("never".into(), |d| format!("{:.0}s", d.as_secs_f64())),
+                num(r.max),
+                num(r.last)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `spec.replicas.min` as the API server has it.
 async fn replicas_min(api: &Api<InferenceService>, name: &str) -> Option<i32> {
     Some(api.get_opt(name).await.ok()??.spec.replicas.min)
@@ -290,44 +352,29 @@ pub async fn keda_owns_the_count(sys: &System, name: &str, model: &str, shape: &
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let mut crossed: Vec<Option<Duration>> = vec![None; triggers.len()];
+    let mut readings: Vec<TriggerReadings> = triggers.iter().map(TriggerReadings::new).collect();
     loop {
         if replicas_min(&api, name).await == Some(3) {
             break;
         }
         assert!(
             t_step.elapsed() < Duration::from_secs(KEDA_STEP_SECS + 30),
-            "KEDA's HPA did not raise replicas.min to 3 under load; HPA status: {:?}",
+            "KEDA's HPA did not raise replicas.min to 3 under load; each trigger's sum in \
+             Prometheus, once a second (band: {{target}} x 2 pods x 1.1): [{}]; HPA status: {:?}",
+            summary(&readings),
             hpa_status(&hpas, &hpa_name).await
         );
-        for (i, t) in triggers.iter().enumerate() {
-            let q = t["metadata"]["query"].as_str().unwrap_or_default();
-            let target: f64 = t["metadata"]["threshold"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(f64::NAN);
-            let value = sys.prometheus.query(q).await.ok().and_then(|d| {
+        for r in &mut readings {
+            let value = sys.prometheus.query(&r.query).await.ok().and_then(|d| {
                 d["result"][0]["value"][1]
                     .as_str()
                     .and_then(|v| v.parse::<f64>().ok())
             });
-            if crossed[i].is_none() && value.is_some_and(|v| v > target * 2.0 * 1.1) {
-                crossed[i] = Some(t_step.elapsed());
-            }
+            r.record(t_step.elapsed(), value);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let first_crossing: Vec<String> = triggers
-        .iter()
-        .zip(&crossed)
-        .map(|(t, c)| {
-            format!(
-                "{} {}",
-                t["name"].as_str().unwrap_or_default(),
-                c.map_or("never".into(), |d| format!("{:.0}s", d.as_secs_f64()))
-            )
-        })
-        .collect();
+    let first_crossing = summary(&readings);
     let keda_scaled = t_step.elapsed();
     wait_for(
         env,
@@ -350,8 +397,8 @@ pub async fn keda_owns_the_count(sys: &System, name: &str, model: &str, shape: &
     )
     .await;
     eprintln!(
-        "[autoscale/keda] load step at 0s: triggers past the HPA's band in Prometheus at [{}], KEDA's HPA set replicas.min 3 at {:.1}s, 3 serving at {:.1}s, backfilled at {:.1}s",
-        first_crossing.join(", "),
+        "[autoscale/keda] load step at 0s: triggers in Prometheus [{}], KEDA's HPA set replicas.min 3 at {:.1}s, 3 serving at {:.1}s, backfilled at {:.1}s",
+        first_crossing,
         keda_scaled.as_secs_f64(),
         serving3.as_secs_f64(),
         t_step.elapsed().as_secs_f64()
