@@ -49,6 +49,7 @@ fn main() {
                 max_batch_tokens: 4096,
                 prefill_chunk_while_decoding: 4096,
                 prefill_tokens_per_decode: 0,
+                prefill_step_ratio: 0.0,
                 max_running: 64,
                 prefix_caching: false,
             },

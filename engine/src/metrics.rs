@@ -94,6 +94,7 @@ pub struct EngineMetrics {
     vllm: Option<Registry>,
     pub requests_running: Gauge,
     pub requests_waiting: Gauge,
+    pub prefill_chunk: Gauge,
     pub kv_cache_usage: FGauge,
     pub utilization: FGauge,
     pub busy: FGauge,
@@ -149,6 +150,7 @@ impl EngineMetrics {
             vllm: None,
             requests_running: Gauge::default(),
             requests_waiting: Gauge::default(),
+            prefill_chunk: Gauge::default(),
             kv_cache_usage: FGauge::default(),
             utilization: FGauge::default(),
             busy: FGauge::default(),
@@ -195,6 +197,11 @@ impl EngineMetrics {
             "requests_waiting",
             "Requests queued for the running batch",
             m.requests_waiting.clone(),
+        );
+        r.register(
+            "prefill_chunk_tokens",
+            "Most prompt tokens a step beside the running decodes may take now (from the learned step times, --prefill-step-ratio)",
+            m.prefill_chunk.clone(),
         );
         r.register(
             "kv_cache_usage_ratio",

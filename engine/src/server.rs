@@ -45,13 +45,22 @@ pub struct SchedArgs {
         default_value_t = 64
     )]
     pub prefill_chunk_while_decoding: usize,
-    /// With decodes in the step, at most this many prompt tokens per decode
-    /// (never fewer than 16, never more than the chunk above), so a step
-    /// with a prompt chunk costs a bounded multiple of one without where a
-    /// step's time grows with its tokens; 0 turns it off. Default: 1 on
-    /// CPU, 0 on CUDA (a GPU step's time hardly grows with its tokens).
-    #[arg(long, env = "STEWARD_PREFILL_TOKENS_PER_DECODE")]
-    pub prefill_tokens_per_decode: Option<usize>,
+    /// With decodes in the step, at most the prompt tokens that keep the
+    /// step within this many times the decodes alone, by the step times
+    /// the engine has measured (never fewer than 16, never more than the
+    /// chunk above): bounds the inter-token tail on any device; 0 turns it
+    /// off.
+    #[arg(
+        long,
+        env = "STEWARD_PREFILL_STEP_RATIO",
+        default_value_t = 2.0,
+        value_parser = step_ratio
+    )]
+    pub prefill_step_ratio: f64,
+    /// With decodes in the step, also at most this many prompt tokens per
+    /// decode (never fewer than 16); 0 (default) turns it off.
+    #[arg(long, env = "STEWARD_PREFILL_TOKENS_PER_DECODE", default_value_t = 0)]
+    pub prefill_tokens_per_decode: usize,
     /// Number of KV-cache blocks.
     #[arg(long, env = "STEWARD_KV_CACHE_BLOCKS", default_value_t = 1024)]
     pub kv_cache_blocks: usize,
@@ -64,6 +73,22 @@ pub struct SchedArgs {
     /// Turn prefix caching off.
     #[arg(long, env = "STEWARD_NO_PREFIX_CACHING")]
     pub no_prefix_caching: bool,
+}
+
+/// `--prefill-step-ratio`: 0 (off) or a finite ratio of at least 1 (a step
+/// with a chunk cannot cost less than the decodes alone).
+fn step_ratio(v: &str) -> Result<f64, String> {
+    let r: f64 = v
+        .trim()
+        .parse()
+        .map_err(|e| format!("{v:?} is not a number ({e}); give 0 (off) or a ratio such as 2.5"))?;
+    if r == 0.0 || (r.is_finite() && r >= 1.0) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "{v} is not a step ratio: give 0 (off) or a number of at least 1 (2.5: a step with a prompt chunk takes at most 2.5x the decodes alone)"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -399,10 +424,8 @@ pub async fn run(
         block_size: bs,
         max_batch_tokens: args.sched.max_batch_tokens.max(1),
         prefill_chunk_while_decoding: args.sched.prefill_chunk_while_decoding.max(1),
-        prefill_tokens_per_decode: args
-            .sched
-            .prefill_tokens_per_decode
-            .unwrap_or(if model.device.is_cuda() { 0 } else { 1 }),
+        prefill_tokens_per_decode: args.sched.prefill_tokens_per_decode,
+        prefill_step_ratio: args.sched.prefill_step_ratio,
         max_running: args.sched.max_num_seqs.max(1),
         prefix_caching: !args.sched.no_prefix_caching,
     };
@@ -579,4 +602,20 @@ async fn on_own_thread<T: Send + 'static>(
         }
     }
     rx.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_ratio;
+
+    #[test]
+    fn step_ratio_takes_zero_or_at_least_one() {
+        assert_eq!(step_ratio("0"), Ok(0.0));
+        assert_eq!(step_ratio("2.5"), Ok(2.5));
+        assert_eq!(step_ratio(" 1 "), Ok(1.0));
+        for bad in ["0.5", "-1", "inf", "NaN", "two"] {
+            let e = step_ratio(bad).expect_err(bad);
+            assert!(e.contains("0 (off)"), "{bad}: {e}");
+        }
+    }
 }

@@ -172,6 +172,7 @@ fn run_engine(
             // chunked prefill interleave in every step.
             prefill_chunk_while_decoding: 5,
             prefill_tokens_per_decode: 0,
+            prefill_step_ratio: 0.0,
             max_running: 8,
             prefix_caching: true,
         },

@@ -358,6 +358,7 @@ impl Actor {
                     let ran = !out.plan.items.is_empty();
                     if ran {
                         self.shared.consecutive_failures.store(0, Ordering::Relaxed);
+                        self.core.sched.observe_step(out.tokens, out.busy);
                         self.metrics.batch_size.observe(out.plan.items.len() as f64);
                         let cfg = self.core.sched.config();
                         let tokens: usize = out.plan.items.iter().map(|i| i.len).sum();
@@ -731,6 +732,9 @@ impl Actor {
             .set((waiting_sched + pending) as i64);
         self.metrics.kv_cache_usage.set(usage);
         self.metrics.utilization.set(util);
+        self.metrics
+            .prefill_chunk
+            .set(s.prefill_chunk_now(s.num_running().max(1)) as i64);
         if s.preemptions > self.seen_preemptions {
             self.metrics
                 .preemptions

@@ -4,6 +4,7 @@
 //! plan into tensors and feeds results back.
 
 pub mod blocks;
+pub mod cost;
 pub mod scheduler;
 
 pub use blocks::{BlockAllocator, BlockId};

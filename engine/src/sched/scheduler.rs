@@ -8,13 +8,14 @@
 //!    front of the waiting queue, to be recomputed later.
 //! 2. Prompt tokens share a prefill budget: `max_batch_tokens` minus the
 //!    decodes, and, when any decode runs in the step, at most
-//!    `prefill_chunk_while_decoding` and (with `prefill_tokens_per_decode`
-//!    set) at most that many tokens per decode in the step, never fewer
-//!    than [`MIN_PREFILL_CHUNK`]: an arriving long prompt delays running
-//!    streams by one small chunk per step instead of one big one, and on a
-//!    device whose step time grows with its tokens (a CPU) the chunk grows
-//!    with the batch so a step with a chunk costs a bounded multiple of one
-//!    without. Running sequences
+//!    `prefill_chunk_while_decoding`, with `prefill_step_ratio` set at
+//!    the chunk that keeps the step within that many times the decodes
+//!    alone by the step times learned so far ([`super::cost`]), and with
+//!    `prefill_tokens_per_decode` set at that many tokens per decode in the
+//!    step; never fewer than [`MIN_PREFILL_CHUNK`]: an arriving long
+//!    prompt delays running streams by one small chunk per step instead of
+//!    one big one, and a step with a chunk costs a bounded multiple of one
+//!    without on any device. Running sequences
 //!    still prefilling take their next chunk first, oldest first (no
 //!    preemption for a chunk: it waits for blocks).
 //! 3. Only if nothing was preempted, waiting sequences join (FIFO) while
@@ -26,7 +27,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use std::time::Duration;
+
 use super::blocks::{chain_hash, BlockAllocator, BlockId};
+use super::cost::StepCost;
 
 pub type SeqId = u64;
 
@@ -43,6 +47,10 @@ pub struct SchedulerConfig {
     /// With decodes in the step, at most this many prompt tokens per decode
     /// (at least [`MIN_PREFILL_CHUNK`]); 0: no such limit.
     pub prefill_tokens_per_decode: usize,
+    /// With decodes in the step, at most the prompt tokens that keep the
+    /// step within this many times the decodes alone, by the learned step
+    /// times (at least [`MIN_PREFILL_CHUNK`]); 0: no such limit.
+    pub prefill_step_ratio: f64,
     pub max_running: usize,
     pub prefix_caching: bool,
 }
@@ -53,18 +61,27 @@ pub struct SchedulerConfig {
 pub const MIN_PREFILL_CHUNK: usize = 16;
 
 /// The prompt tokens a step may compute beside `decodes` decodes, before
-/// blocks and the remaining batch budget are counted.
-pub fn prefill_chunk(cfg: &SchedulerConfig, decodes: usize) -> usize {
+/// blocks and the remaining batch budget are counted. `cost` is what steps
+/// have cost so far; while it does not know the decodes' own step, the
+/// ratio rule gives the floor.
+pub fn prefill_chunk(cfg: &SchedulerConfig, decodes: usize, cost: &StepCost) -> usize {
     if decodes == 0 {
         return cfg.max_batch_tokens;
     }
-    let mut chunk = cfg.prefill_chunk_while_decoding;
+    let cap = cfg.prefill_chunk_while_decoding;
+    let mut chunk = cap;
     if cfg.prefill_tokens_per_decode > 0 {
         chunk = chunk.min(
             decodes
                 .saturating_mul(cfg.prefill_tokens_per_decode)
                 .max(MIN_PREFILL_CHUNK),
         );
+    }
+    if cfg.prefill_step_ratio > 0.0 {
+        let learned = cost
+            .chunk(decodes, cfg.prefill_step_ratio, cap)
+            .unwrap_or(0);
+        chunk = chunk.min(learned.max(MIN_PREFILL_CHUNK));
     }
     chunk
 }
@@ -107,10 +124,13 @@ pub struct Scheduler {
     /// Oldest first.
     running: Vec<SeqId>,
     pub preemptions: u64,
+    /// Step times by size, for the prompt chunk beside decodes.
+    cost: StepCost,
 }
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Self {
+        let cost = StepCost::new(cfg.max_batch_tokens.max(cfg.max_running));
         Self {
             alloc: BlockAllocator::new(cfg.num_blocks),
             cfg,
@@ -118,11 +138,24 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
+            cost,
         }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
         &self.cfg
+    }
+
+    /// Records how long the model took for a step of `tokens` tokens (the
+    /// scheduler sizes later prompt chunks from it).
+    pub fn observe_step(&mut self, tokens: usize, forward: Duration) {
+        self.cost.observe(tokens, forward);
+    }
+
+    /// The most prompt tokens a step beside `decodes` decodes may take now
+    /// (before blocks and the batch budget): the engine's gauge.
+    pub fn prefill_chunk_now(&self, decodes: usize) -> usize {
+        prefill_chunk(&self.cfg, decodes, &self.cost)
     }
 
     /// Queues a new sequence with its prompt.
@@ -333,7 +366,7 @@ impl Scheduler {
             i += 1;
         }
         let decodes = plan.items.len();
-        let mut prefill_budget = budget.min(prefill_chunk(&self.cfg, decodes));
+        let mut prefill_budget = budget.min(prefill_chunk(&self.cfg, decodes, &self.cost));
 
         // 2. Running sequences still prefilling take their next chunk,
         //    oldest first. No preemption here: the youngest sequence may be
@@ -427,15 +460,70 @@ mod tests {
         let mut c = cfg(64, 512);
         c.prefill_chunk_while_decoding = 64;
         c.prefill_tokens_per_decode = 2;
-        assert_eq!(prefill_chunk(&c, 0), 512);
-        assert_eq!(prefill_chunk(&c, 1), MIN_PREFILL_CHUNK);
-        assert_eq!(prefill_chunk(&c, 12), 24);
-        assert_eq!(prefill_chunk(&c, 40), 64);
+        let none = StepCost::new(512);
+        assert_eq!(prefill_chunk(&c, 0, &none), 512);
+        assert_eq!(prefill_chunk(&c, 1, &none), MIN_PREFILL_CHUNK);
+        assert_eq!(prefill_chunk(&c, 12, &none), 24);
+        assert_eq!(prefill_chunk(&c, 40, &none), 64);
         c.prefill_chunk_while_decoding = 8;
-        assert_eq!(prefill_chunk(&c, 1), 8, "the cap wins over the floor");
+        assert_eq!(
+            prefill_chunk(&c, 1, &none),
+            8,
+            "the cap wins over the floor"
+        );
         c.prefill_tokens_per_decode = 0;
         c.prefill_chunk_while_decoding = 64;
-        assert_eq!(prefill_chunk(&c, 1), 64, "0: the cap alone");
+        assert_eq!(prefill_chunk(&c, 1, &none), 64, "0: the cap alone");
+    }
+
+    /// With a step ratio, the chunk follows the learned step times: the
+    /// floor while the decodes' own step is unknown, then the largest chunk
+    /// within the ratio; the per-decode rule and the cap still bound it.
+    #[test]
+    fn prefill_chunk_follows_the_learned_step_times() {
+        let mut c = cfg(64, 512);
+        c.prefill_chunk_while_decoding = 64;
+        c.prefill_step_ratio = 2.5;
+        let mut cost = StepCost::new(512);
+        assert_eq!(prefill_chunk(&c, 16, &cost), MIN_PREFILL_CHUNK);
+        // 10 ms per 16 rows plus 2 ms: 16 decodes 12 ms, budget 30 ms.
+        for rows in [16, 32, 48, 64, 80] {
+            cost.observe(rows, Duration::from_millis(2 + 10 * rows as u64 / 16));
+        }
+        assert_eq!(prefill_chunk(&c, 16, &cost), 16);
+        c.prefill_step_ratio = 4.0;
+        assert_eq!(prefill_chunk(&c, 16, &cost), 48);
+        c.prefill_tokens_per_decode = 2;
+        assert_eq!(prefill_chunk(&c, 16, &cost), 32, "the per-decode rule");
+        c.prefill_tokens_per_decode = 0;
+        c.prefill_chunk_while_decoding = 24;
+        assert_eq!(prefill_chunk(&c, 16, &cost), 24, "the cap");
+        // A slow step seen at 32 rows closes the chunk to the floor.
+        c.prefill_chunk_while_decoding = 64;
+        for _ in 0..20 {
+            cost.observe(32, Duration::from_millis(100));
+        }
+        assert_eq!(prefill_chunk(&c, 16, &cost), MIN_PREFILL_CHUNK);
+    }
+
+    /// The scheduler learns from the steps it is told about.
+    #[test]
+    fn the_scheduler_sizes_chunks_from_observed_steps() {
+        let mut c = cfg(256, 512);
+        c.prefill_chunk_while_decoding = 64;
+        c.prefill_step_ratio = 2.5;
+        let mut s = Scheduler::new(c);
+        assert_eq!(s.prefill_chunk_now(4), MIN_PREFILL_CHUNK);
+        // Steps of up to 24 tokens cost the same (one weight pass); above
+        // that, nothing is known: the next size up is tried.
+        for tokens in [4, 16, 24] {
+            s.observe_step(tokens, Duration::from_millis(10));
+        }
+        assert_eq!(s.prefill_chunk_now(4), 32 - 4);
+        // A 32-token step took 4x the decodes alone: the chunk falls back
+        // to what kept within 2.5x.
+        s.observe_step(32, Duration::from_millis(40));
+        assert_eq!(s.prefill_chunk_now(4), 24 - 4);
     }
 
     /// In a planned step, 3 decodes and a waiting 100-token prompt: the
@@ -469,6 +557,7 @@ mod tests {
             max_batch_tokens: budget,
             prefill_chunk_while_decoding: budget,
             prefill_tokens_per_decode: 0,
+            prefill_step_ratio: 0.0,
             max_running: 16,
             prefix_caching: true,
         }
