@@ -18,10 +18,13 @@
 
 pub mod body;
 pub mod config;
+pub mod conn_io;
 pub mod discovery;
 pub mod endpoints;
 pub mod error;
 pub mod h1;
+pub mod h1_conn;
+pub mod h1_server;
 pub mod hashing;
 pub mod index;
 pub mod limits;

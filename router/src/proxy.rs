@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::header::HeaderMap;
 use http::HeaderValue;
-use hyper::body::Incoming;
+use bytes::Bytes;
 use rand::Rng;
 
 use crate::body::{stream_body, BodyContext, EndpointHealth, Holds};
@@ -113,7 +113,12 @@ impl Proxy {
 
     /// Serves one OpenAI request through `worker`'s pool (each server
     /// thread has its own, so a request never leaves the thread it arrived on).
-    pub async fn handle(&self, req: http::Request<Incoming>, worker: &Worker) -> Response {
+    /// The body is hyper's (h2c and hand-offs) or the own HTTP/1.1 loop's.
+    pub async fn handle<B>(&self, req: http::Request<B>, worker: &Worker) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let start = Instant::now();
         let mut labels = RouteLabels::default();
         match self.route(req, worker, start, &mut labels).await {
@@ -141,13 +146,17 @@ impl Proxy {
             .inc();
     }
 
-    async fn route(
+    async fn route<B>(
         &self,
-        req: http::Request<Incoming>,
+        req: http::Request<B>,
         worker: &Worker,
         start: Instant,
         labels: &mut RouteLabels,
-    ) -> Result<Response, ProxyError> {
+    ) -> Result<Response, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let (parts, body) = req.into_parts();
         let header_bytes: usize = parts
             .headers

@@ -40,6 +40,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::ServerConfig;
+use crate::conn_io::Prefixed;
+use crate::h1_conn::{self, ConnContext, Ended};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Worker};
 use crate::upstream::{EnginePool, PoolConfig};
@@ -162,20 +164,30 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, parts: ServeParts) 
     // Phase 2 begins (graceful close of every connection) / the window ends (cut).
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cut_tx, cut_rx) = watch::channel(false);
+    // The own loop hands a head larger than this to hyper, which answers 431 at the same size.
+    let max_buf = cfg.max_header_bytes.saturating_add(8 << 10).max(16 << 10);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_bytes.saturating_add(8 << 10).max(16 << 10));
+        .max_buf_size(max_buf);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     // A pool per serve() call: its connections are driven by tasks of the
     // runtime that created them, so with one serve() per core-pinned
     // runtime a request never hops threads.
     let pool = EnginePool::new(PoolConfig::new(proxy.cfg.connect_timeout));
+    let worker = Worker::new(proxy, pool);
+    let ctx = ConnContext {
+        worker: worker.clone(),
+        routes: routes.clone(),
+        closing: closing.clone(),
+        header_read_timeout: cfg.header_read_timeout,
+        max_head: max_buf,
+    };
     let service = Service {
-        worker: Worker::new(proxy, pool),
+        worker,
         routes,
         closing: closing.clone(),
     };
@@ -206,14 +218,27 @@ pub async fn serve(listener: TcpListener, cfg: ServerConfig, parts: ServeParts) 
                 let guard = ConnGuard(metrics.connections.clone());
                 let builder = builder.clone();
                 let service = service.clone();
+                let ctx = ctx.clone();
                 let mut stop = stop_rx.clone();
                 let mut cut = cut_rx.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let _guard = guard;
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    // Dropping the loop closes the connection: a stream cut here ends without `[DONE]`.
+                    let ended = tokio::select! {
+                        biased;
+                        e = h1_conn::serve(tcp, &ctx, &mut stop) => e,
+                        _ = cut.wait_for(|c| *c) => return,
+                    };
+                    let Ended::Handoff { io, buffered } = ended else {
+                        return;
+                    };
+                    let io = TokioIo::new(Prefixed::new(buffered, io));
+                    let conn = builder.serve_connection(io, service);
                     tokio::pin!(conn);
                     tokio::select! {
+                        // First: hyper takes in what the loop had read before a drain may close it.
+                        biased;
                         r = conn.as_mut() => {
                             if let Err(e) = r {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
