@@ -33,11 +33,12 @@ use std::time::Duration;
 use axum::response::Response;
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use crate::conn_io::{client_gone, try_read, write_all, ConnBody, ReqBody};
+use crate::conn_io::{client_gone, write_all, ConnBody, ReqBody, READ_CHUNK};
 use crate::error::error_body;
 use crate::h1::Decoder;
 use crate::h1_server::{
@@ -77,15 +78,31 @@ struct HeadTimer {
     sleep: Option<std::pin::Pin<Box<Sleep>>>,
 }
 
+/// How waiting for more of a head ended.
+enum Wait {
+    /// This many bytes arrived (0: the client closed).
+    Read(usize),
+    Failed(std::io::Error),
+    /// Draining began while nothing of a head had arrived.
+    Stopped,
+    TimedOut,
+}
+
 impl HeadTimer {
-    /// Waits until `io` is readable; `Err(())` when the deadline passed first,
-    /// `Ok(false)` when `stop` fired and `idle` (nothing of a head read yet).
-    async fn readable(
+    /// Reads more of a head into `buf`, until the deadline; `stop` counts
+    /// only while nothing of a head has arrived (`idle`). Reads through
+    /// `AsyncRead`, which forgets the socket's readiness after a short read,
+    /// so the disconnect watch that follows costs no system call.
+    async fn read(
         &mut self,
-        io: &TcpStream,
+        io: &mut TcpStream,
+        buf: &mut BytesMut,
         stop: &mut watch::Receiver<bool>,
         idle: bool,
-    ) -> Result<bool, ()> {
+    ) -> Wait {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
         loop {
             let deadline = self.deadline;
             let sleep = self
@@ -93,11 +110,14 @@ impl HeadTimer {
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
             tokio::select! {
                 biased;
-                r = io.readable() => return Ok(r.is_ok()),
-                _ = stop.wait_for(|s| *s), if idle => return Ok(false),
+                r = io.read_buf(buf) => return match r {
+                    Ok(n) => Wait::Read(n),
+                    Err(e) => Wait::Failed(e),
+                },
+                _ = stop.wait_for(|s| *s), if idle => return Wait::Stopped,
                 _ = sleep.as_mut() => {
                     if Instant::now() >= self.deadline {
-                        return Err(());
+                        return Wait::TimedOut;
                     }
                     sleep.as_mut().reset(self.deadline);
                 }
@@ -107,7 +127,7 @@ impl HeadTimer {
 }
 
 /// Serves HTTP/1.1 on `io` until it closes or goes to hyper (see the module docs).
-pub async fn serve(io: TcpStream, ctx: &ConnContext, stop: &mut watch::Receiver<bool>) -> Ended {
+pub async fn serve(mut io: TcpStream, ctx: &ConnContext, stop: &mut watch::Receiver<bool>) -> Ended {
     let mut buf = BytesMut::with_capacity(8 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(1 << 10);
     let mut timer = HeadTimer {
@@ -125,19 +145,15 @@ pub async fn serve(io: TcpStream, ctx: &ConnContext, stop: &mut watch::Receiver<
                 }
                 Step::Partial => {}
             }
-            match try_read(&io, &mut buf) {
-                Ok(0) => return Ended::Closed,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
+            let idle = buf.is_empty();
+            match timer.read(&mut io, &mut buf, stop, idle).await {
+                Wait::Read(0) | Wait::Stopped => return Ended::Closed,
+                Wait::Read(_) => {}
+                Wait::Failed(e) => {
                     tracing::debug!(error = %e, "client connection failed while reading a head");
                     return Ended::Closed;
                 }
-            }
-            match timer.readable(&io, stop, buf.is_empty()).await {
-                Ok(true) => {}
-                Ok(false) => return Ended::Closed,
-                Err(()) => {
+                Wait::TimedOut => {
                     if !buf.is_empty() {
                         request_timeout(&io, ctx.header_read_timeout).await;
                     }

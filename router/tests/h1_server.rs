@@ -6,6 +6,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -466,4 +468,91 @@ async fn read_answer_head_only(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
     let head = String::from_utf8_lossy(&buf[..end]).to_string();
     buf.drain(..end);
     head
+}
+
+/// A raw engine that answers `GET /load`, and for a completion either says
+/// nothing (`stall_before_head`) or sends a stream head and one event, then
+/// stalls; either way it counts the router closing the connection.
+async fn stalling_engine(stall_before_head: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let closed = Arc::new(AtomicUsize::new(0));
+    let count = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = find(&buf, b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut tmp = [0u8; 8192];
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.clear();
+                    if head.starts_with("GET /load") {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    if !stall_before_head {
+                        let event = "data: {\"choices\":[{\"index\":0,\"text\":\"t0\"}]}\n\n";
+                        let wire = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+                            event.len()
+                        );
+                        if s.write_all(wire.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Stall; the router closing the connection is the cancel.
+                    let mut tmp = [0u8; 1024];
+                    loop {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => {
+                                count.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_going_away_while_the_engine_is_silent_cancels_the_engine_request() {
+    for stall_before_head in [true, false] {
+        let (engine, closed) = stalling_engine(stall_before_head).await;
+        let index = SharedIndex::new();
+        index.apply_service(service(&[("r1", 100)], None));
+        index.apply_pod(pod("pa", "r1", engine));
+        let router = start_router(proxy_config(), index).await;
+        let mut s = connect(router.addr).await;
+        s.write_all(&post(true, "")).await.expect("write");
+        if !stall_before_head {
+            let mut buf = Vec::new();
+            let head = read_answer_head_only(&mut s, &mut buf).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(closed.load(Ordering::SeqCst), 0);
+        drop(s);
+        assert!(
+            eventually(Duration::from_secs(2), || closed.load(Ordering::SeqCst) == 1).await,
+            "the engine connection stayed open after the client left (stall before head: {stall_before_head})"
+        );
+    }
 }
