@@ -64,10 +64,7 @@ pub enum Ended {
     /// Closed (or to be closed by dropping the socket).
     Closed,
     /// For hyper to serve, starting with `buffered`.
-    Handoff {
-        io: TcpStream,
-        buffered: BytesMut,
-    },
+    Handoff { io: TcpStream, buffered: BytesMut },
 }
 
 /// The deadline for the head being read. The timer is created once per
@@ -127,7 +124,11 @@ impl HeadTimer {
 }
 
 /// Serves HTTP/1.1 on `io` until it closes or goes to hyper (see the module docs).
-pub async fn serve(mut io: TcpStream, ctx: &ConnContext, stop: &mut watch::Receiver<bool>) -> Ended {
+pub async fn serve(
+    mut io: TcpStream,
+    ctx: &ConnContext,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
     let mut buf = BytesMut::with_capacity(8 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(1 << 10);
     let mut timer = HeadTimer {
@@ -280,7 +281,13 @@ async fn respond(
     let (parts, mut body) = resp.into_parts();
     if bodiless(parts.status) {
         out.clear();
-        encode_response_head(out, parts.status, &parts.headers, ResponseFraming::Length(0), close);
+        encode_response_head(
+            out,
+            parts.status,
+            &parts.headers,
+            ResponseFraming::Length(0),
+            close,
+        );
         write_all(io, &[out]).await?;
         return Ok(());
     }

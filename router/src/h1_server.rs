@@ -193,7 +193,9 @@ pub enum ResponseFraming {
 
 /// Whether a response with this status has no body (and no framing header).
 pub fn bodiless(status: StatusCode) -> bool {
-    status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// Writes the status line and headers into `out`: the response's own
@@ -210,12 +212,7 @@ pub fn encode_response_head(
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        status
-            .canonical_reason()
-            .unwrap_or("Unknown")
-            .as_bytes(),
-    );
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         if matches!(
@@ -317,7 +314,10 @@ mod tests {
             Handoff::H2Preface
         );
         assert_eq!(handoff(b"\x00\x01\x02\r\n\r\n"), Handoff::Malformed);
-        assert_eq!(handoff(b"GET / HTTP/1.1\r\nno-colon\r\n\r\n"), Handoff::Malformed);
+        assert_eq!(
+            handoff(b"GET / HTTP/1.1\r\nno-colon\r\n\r\n"),
+            Handoff::Malformed
+        );
         assert_eq!(
             handoff(b"POST /v1/x HTTP/1.0\r\ncontent-length: 0\r\n\r\n"),
             Handoff::NotHttp11
@@ -331,7 +331,9 @@ mod tests {
             Handoff::Malformed
         );
         assert_eq!(
-            handoff(b"POST /v1/x HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"),
+            handoff(
+                b"POST /v1/x HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+            ),
             Handoff::Framing
         );
         assert_eq!(
@@ -359,7 +361,10 @@ mod tests {
     #[test]
     fn response_heads_carry_our_framing_and_close_only() {
         let mut h = HeaderMap::new();
-        h.insert("content-type", HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
         h.insert("content-length", HeaderValue::from_static("999"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("connection", HeaderValue::from_static("keep-alive"));
@@ -389,7 +394,10 @@ mod tests {
             ResponseFraming::Length(0),
             false,
         );
-        assert_eq!(String::from_utf8_lossy(&out), "HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
         out.clear();
         chunk_header(&mut out, 300);
         assert_eq!(out, b"12c\r\n");

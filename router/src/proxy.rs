@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::header::HeaderMap;
 use http::HeaderValue;
-use bytes::Bytes;
 use rand::Rng;
 
 use crate::body::{stream_body, BodyContext, EndpointHealth, Holds};

@@ -179,7 +179,10 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     assert_eq!(stream.status, 200);
     assert!(stream.chunked, "an SSE stream goes out chunked");
     let text = String::from_utf8_lossy(&stream.body).to_string();
-    assert!(text.contains("t2") && text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(
+        text.contains("t2") && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
     let health = read_answer(&mut s, &mut buf).await;
     assert_eq!((health.status, &health.body[..]), (200, &b"ok"[..]));
     let last = read_answer(&mut s, &mut buf).await;
@@ -202,7 +205,11 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
     }
     assert_eq!(a.requests(), 300);
     let text = router.state.metrics_text();
-    assert_eq!(metric(&text, "steward_router_connections", &[]), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "steward_router_connections", &[]),
+        1.0,
+        "{text}"
+    );
     drop(s);
     assert!(
         eventually(Duration::from_secs(2), || metric(
@@ -232,7 +239,9 @@ async fn chunked_request_bodies_arriving_in_pieces_are_read_whole() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    s.write_all(b"0\r\nx-trailer: 1\r\n\r\n").await.expect("end");
+    s.write_all(b"0\r\nx-trailer: 1\r\n\r\n")
+        .await
+        .expect("end");
     let mut buf = Vec::new();
     let r = read_answer(&mut s, &mut buf).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -313,7 +322,11 @@ async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_is_closed() {
     let closed = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "idle connection left open");
     assert!(rest.is_empty(), "an idle close sends nothing: {rest:?}");
-    assert!(t0.elapsed() >= Duration::from_millis(250), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
 
     // A connection that keeps sending requests is not cut by the timer.
     let mut busy = connect(router.addr).await;
@@ -391,11 +404,18 @@ async fn drain_closes_idle_keep_alive_connections_and_lets_streams_finish() {
         closed_within(&mut quiet, Duration::from_secs(2)).await,
         "an idle connection outlived the start of the drain"
     );
-    assert!(t0.elapsed() >= Duration::from_millis(50), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(50),
+        "{:?}",
+        t0.elapsed()
+    );
 
     let s = stream.await.expect("join");
     let text = String::from_utf8_lossy(&s.body).to_string();
-    assert!(text.trim_end().ends_with("data: [DONE]"), "the open stream was cut: {text}");
+    assert!(
+        text.trim_end().ends_with("data: [DONE]"),
+        "the open stream was cut: {text}"
+    );
     let report = shut.await.expect("join").expect("drain report");
     assert_eq!(report.cut, 0, "{report:?}");
 }
@@ -441,11 +461,16 @@ async fn h2c_expect_continue_and_http10_are_handed_to_hyper_and_served() {
 
     // HTTP/1.0.
     let mut s = connect(router.addr).await;
-    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.expect("write");
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
     let mut all = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
     let text = String::from_utf8_lossy(&all);
-    assert!(text.starts_with("HTTP/1.0 200") && text.ends_with("ok"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.0 200") && text.ends_with("ok"),
+        "{text}"
+    );
 
     // A malformed head gets hyper's 400, as before the own loop.
     let mut s = connect(router.addr).await;
