@@ -8,12 +8,14 @@
 //! [`retry`] deciding whether a failure before the first byte is tried again.
 //! [`discovery`] feeds the index from the API server, [`load`] polls the
 //! engines' `/load`, [`metrics`] exports `steward_router_*`; [`serve`]
-//! accepts connections, reads request bodies through [`upload`] and runs
-//! the shutdown sequence.
+//! accepts connections and runs the shutdown sequence; [`h1_conn`] serves
+//! HTTP/1.1 on them (hyper takes h2c and anything unusual); request bodies
+//! are read through [`upload`].
 //!
 //! Decisions ([`index`], [`table`], [`pick`], [`limits`], [`retry`], [`sse`],
-//! and [`h1`], the HTTP/1.1 wire format of the engine client)
-//! are pure and unit tested; I/O lives in [`proxy`], [`upstream`], [`load`],
+//! [`h1`], the HTTP/1.1 wire format of the engine client, and [`h1_server`],
+//! that of the server side) are pure and unit tested; I/O lives in
+//! [`proxy`], [`upstream`], [`h1_conn`], [`conn_io`], [`load`],
 //! [`discovery`] and [`server`].
 
 pub mod body;

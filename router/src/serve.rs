@@ -1,15 +1,17 @@
 //! The HTTP server: the accept loop, per-connection limits, and the
 //! shutdown sequence.
 //!
-//! Connections are served by hyper (HTTP/1.1 and h2c) with a timer, so a
-//! client that sends its headers too slowly is cut after
-//! `header_read_timeout`, and a read buffer sized from `max_header_bytes`,
-//! so no connection buffers more than that before its headers are parsed.
-//! At most `max_connections` are open; beyond that the loop stops accepting
-//! (the kernel's backlog holds the rest) until one closes.
-//!
-//! `POST /v1/...` goes straight to the proxy; everything else goes through
-//! the axum routes of [`crate::server::app`].
+//! Every connection starts in the router's own HTTP/1.1 loop
+//! ([`crate::h1_conn`]), which serves `POST /v1/...` straight through the
+//! proxy and body-less `GET`s through the axum routes of
+//! [`crate::server::app`], with the header timeout and a head bounded by
+//! `max_header_bytes` (+ 8 KiB). Whatever the loop does not serve (h2c,
+//! HTTP/1.0, `Expect`, `Upgrade`, malformed or oversized heads, other
+//! methods and paths) it hands to hyper for the rest of the connection,
+//! with the bytes already read in front; hyper runs with the same timer and
+//! buffer limit as before the loop existed. At most `max_connections` are
+//! open; beyond that the accept loop stops accepting (the kernel's backlog
+//! holds the rest) until one closes.
 //!
 //! Shutdown ([`ShutdownHandle::trigger`], SIGTERM in the binary) runs in
 //! two phases, so rolling the router cuts nothing (issue 13, fault 8):
@@ -83,7 +85,8 @@ pub struct DrainReport {
     pub drained_in: Duration,
 }
 
-/// The per-request service: the proxy for `POST /v1/...`, axum for the rest.
+/// The per-request service of connections handed to hyper: the proxy for
+/// `POST /v1/...`, axum for the rest.
 #[derive(Clone)]
 struct Service {
     /// This server thread's proxy handle and pool to the engines (see [`serve`]).
