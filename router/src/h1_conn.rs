@@ -279,24 +279,23 @@ async fn respond(
     close: bool,
 ) -> Result<(), WriteError> {
     let (parts, mut body) = resp.into_parts();
-    if bodiless(parts.status) {
-        out.clear();
-        encode_response_head(
-            out,
-            parts.status,
-            &parts.headers,
-            ResponseFraming::Length(0),
-            close,
-        );
-        write_all(io, &[out]).await?;
-        return Ok(());
-    }
     let framing = match http_body::Body::size_hint(&body).exact() {
         Some(n) => ResponseFraming::Length(n),
         None => ResponseFraming::Chunked,
     };
     out.clear();
-    encode_response_head(out, parts.status, &parts.headers, framing, close);
+    // Proxied answers carry the engine's own `Date`.
+    if parts.headers.contains_key(http::header::DATE) {
+        encode_response_head(out, parts.status, &parts.headers, framing, None, close);
+    } else {
+        with_date(|d| {
+            encode_response_head(out, parts.status, &parts.headers, framing, Some(d), close)
+        });
+    }
+    if bodiless(parts.status) {
+        write_all(io, &[out]).await?;
+        return Ok(());
+    }
     let chunked = framing == ResponseFraming::Chunked;
     let mut sent: u64 = 0;
     let mut line: Vec<u8> = Vec::new();
@@ -374,13 +373,37 @@ async fn request_timeout(io: &TcpStream, timeout: Duration) {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    encode_response_head(
-        &mut out,
-        http::StatusCode::REQUEST_TIMEOUT,
-        &headers,
-        ResponseFraming::Length(body.len() as u64),
-        true,
-    );
+    with_date(|d| {
+        encode_response_head(
+            &mut out,
+            http::StatusCode::REQUEST_TIMEOUT,
+            &headers,
+            ResponseFraming::Length(body.len() as u64),
+            Some(d),
+            true,
+        )
+    });
     out.extend_from_slice(body.as_bytes());
     let _ = tokio::time::timeout(Duration::from_secs(1), write_all(io, &[&out])).await;
+}
+
+/// Calls `f` with the current `Date` value (RFC 9110 §6.6.1: an origin
+/// server sends one; hyper's server added it to the router's own answers),
+/// formatted at most once a second per thread.
+fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, httpdate::fmt_http_date(now));
+        }
+        f(&cached.1)
+    })
 }

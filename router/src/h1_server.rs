@@ -200,13 +200,15 @@ pub fn bodiless(status: StatusCode) -> bool {
 
 /// Writes the status line and headers into `out`: the response's own
 /// headers minus any framing ones, then the framing the loop uses (none for
-/// a [`bodiless`] status), then `connection: close` when the connection
-/// ends after this response.
+/// a [`bodiless`] status), `date` when given (the caller gives it when the
+/// response has none), then `connection: close` when the connection ends
+/// after this response.
 pub fn encode_response_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
     framing: ResponseFraming,
+    date: Option<&str>,
     close: bool,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -235,6 +237,11 @@ pub fn encode_response_head(
             out.extend_from_slice(b"\r\n");
         }
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if let Some(date) = date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -369,7 +376,14 @@ mod tests {
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("connection", HeaderValue::from_static("keep-alive"));
         let mut out = Vec::new();
-        encode_response_head(&mut out, StatusCode::OK, &h, ResponseFraming::Chunked, true);
+        encode_response_head(
+            &mut out,
+            StatusCode::OK,
+            &h,
+            ResponseFraming::Chunked,
+            None,
+            true,
+        );
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
@@ -380,11 +394,12 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE,
             &HeaderMap::new(),
             ResponseFraming::Length(12),
+            Some("Sun, 06 Dec 2026 16:20:00 GMT"),
             false,
         );
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 12\r\n\r\n"
+            "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 12\r\ndate: Sun, 06 Dec 2026 16:20:00 GMT\r\n\r\n"
         );
         out.clear();
         encode_response_head(
@@ -392,6 +407,7 @@ mod tests {
             StatusCode::NO_CONTENT,
             &HeaderMap::new(),
             ResponseFraming::Length(0),
+            None,
             false,
         );
         assert_eq!(

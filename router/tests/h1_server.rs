@@ -188,6 +188,13 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     );
     let health = read_answer(&mut s, &mut buf).await;
     assert_eq!((health.status, &health.body[..]), (200, &b"ok"[..]));
+    // The router's own answers carry a Date (as hyper's server added);
+    // proxied ones the engine's, once.
+    assert!(
+        health.header("date").is_some_and(|d| d.ends_with(" GMT")),
+        "{health:?}"
+    );
+    assert_eq!(first.head.matches("date:").count(), 1, "{first:?}");
     let last = read_answer(&mut s, &mut buf).await;
     assert_eq!(last.status, 200);
     let put = read_answer(&mut s, &mut buf).await;
@@ -317,6 +324,7 @@ async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_is_closed() {
     let r = read_answer(&mut slow, &mut buf).await;
     assert_eq!(r.status, 408, "{r:?}");
     assert!(String::from_utf8_lossy(&r.body).contains("did not arrive within"));
+    assert!(r.header("date").is_some(), "{r:?}");
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(closed_within(&mut slow, Duration::from_secs(1)).await);
 
