@@ -20,6 +20,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// One engine ("a") behind a router served under `cfg`.
 async fn router_with(cfg: ServerConfig) -> (TestEngine, RunningRouter) {
     let a = TestEngine::start_with("a", 71, 3, Duration::from_millis(5)).await;
+    let router = router_over(&a, cfg).await;
+    (a, router)
+}
+
+/// A router served under `cfg` in front of engine `a` alone.
+async fn router_over(a: &TestEngine, cfg: ServerConfig) -> RunningRouter {
     let index = SharedIndex::new();
     index.apply_service(service(&[("r1", 100)], None));
     index.apply_pod(pod("pa", "r1", a.addr));
@@ -33,8 +39,7 @@ async fn router_with(cfg: ServerConfig) -> (TestEngine, RunningRouter) {
     );
     state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind router");
-    let router = RunningRouter::start_with(listener, state, poller, cfg).expect("start router");
-    (a, router)
+    RunningRouter::start_with(listener, state, poller, cfg).expect("start router")
 }
 
 fn post(stream: bool, extra: &str) -> Vec<u8> {
@@ -377,20 +382,7 @@ async fn drain_closes_idle_keep_alive_connections_and_lets_streams_finish() {
         ..ServerConfig::default()
     };
     let a = TestEngine::start_with("a", 72, 10, Duration::from_millis(100)).await;
-    let index = SharedIndex::new();
-    index.apply_service(service(&[("r1", 100)], None));
-    index.apply_pod(pod("pa", "r1", a.addr));
-    let (state, poller) = RouterState::new(
-        proxy_config(),
-        steward_router::config::PollConfig {
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(400),
-        },
-        index,
-    );
-    state.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let router = RunningRouter::start_with(listener, state, poller, cfg).expect("start");
+    let router = router_over(&a, cfg).await;
     let addr = router.addr;
 
     let mut idle = connect(addr).await;
