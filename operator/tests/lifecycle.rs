@@ -898,12 +898,25 @@ async fn external_mode_follows_kubectl_scale_and_a_gpu_shortfall_holds_scale_out
     assert_eq!(pending, 1, "one Pending pod, not three");
 
     // Back to 1: the pending pod goes, then one draining pod at a time.
+    // A draining pod is still part of the plan (desired) until it is gone,
+    // so `desired` reaches 1 after `serving` does, not with it.
     kubectl_scale(1);
-    let o = wait_for(&env, name, LIMIT, "1 serving, no shortfall", |o| {
-        serving(o) == 1 && condition(o, "CapacityShortfall").is_some_and(|c| c.0 == "False")
-    })
+    let o = wait_for(
+        &env,
+        name,
+        LIMIT,
+        "1 serving and desired, no shortfall",
+        |o| {
+            serving(o) == 1
+                && o.status.as_ref().map(|s| s.replicas.desired) == Some(1)
+                && condition(o, "CapacityShortfall").is_some_and(|c| c.0 == "False")
+        },
+    )
     .await;
-    assert_eq!(o.status.as_ref().map(|s| s.replicas.desired), Some(1));
+    assert_eq!(
+        o.spec.replicas.min, 1,
+        "the operator never writes the count"
+    );
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
     let reasons: Vec<String> = events
         .list(&ListParams::default())
