@@ -82,12 +82,24 @@ pub fn encode_request_head(
         if is_hop_header(n) || declared.iter().any(|d| d == n) {
             continue;
         }
-        out.extend_from_slice(n.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, n, value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one `name: value` header line into `out`.
+pub fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a response with `status` never has a body (1xx, 204, 304).
+pub fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 /// The `host` header value for an engine address.
@@ -219,9 +231,7 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, WireEr
     for d in &declared {
         headers.remove(d.as_str());
     }
-    let no_body = *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let no_body = *method == Method::HEAD || bodiless(status);
     let framing = if no_body {
         Framing::Empty
     } else if transfer_encoded {

@@ -40,10 +40,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::conn_io::{client_gone, write_all, ConnBody, ReqBody, READ_CHUNK};
 use crate::error::error_body;
-use crate::h1::Decoder;
+use crate::h1::{bodiless, Decoder};
 use crate::h1_server::{
-    bodiless, chunk_header, encode_response_head, parse_request, BodyFraming, RequestHead,
-    ResponseFraming, Route, Step, LAST_CHUNK,
+    chunk_header, encode_response_head, parse_request, BodyFraming, RequestHead, ResponseFraming,
+    Route, Step, LAST_CHUNK,
 };
 use crate::proxy::Worker;
 

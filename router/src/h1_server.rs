@@ -17,7 +17,7 @@ use std::io::Write;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 
-use crate::h1::MAX_HEADERS;
+use crate::h1::{bodiless, put_header, MAX_HEADERS};
 
 /// What the loop may do with a request once its head is parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,13 +191,6 @@ pub enum ResponseFraming {
     Chunked,
 }
 
-/// Whether a response with this status has no body (and no framing header).
-pub fn bodiless(status: StatusCode) -> bool {
-    status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-}
-
 /// Writes the status line and headers into `out`: the response's own
 /// headers minus any framing ones, then the framing the loop uses (none for
 /// a [`bodiless`] status), `date` when given (the caller gives it when the
@@ -223,10 +216,7 @@ pub fn encode_response_head(
         ) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, name.as_str(), value.as_bytes());
     }
     match framing {
         _ if bodiless(status) => {}
@@ -239,9 +229,7 @@ pub fn encode_response_head(
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     if let Some(date) = date {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(date.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, "date", date.as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

@@ -87,14 +87,7 @@ fn find(buf: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Reads one response (Content-Length or chunked) off `s`; what follows stays in `buf`.
 async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
-    let end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        fill(s, buf).await;
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    buf.drain(..end);
+    let head = read_answer_head_only(s, buf).await;
     let status: u16 = head
         .strip_prefix("HTTP/1.1 ")
         .and_then(|r| r.get(..3))
@@ -490,7 +483,7 @@ async fn h2c_expect_continue_and_http10_are_handed_to_hyper_and_served() {
     assert_eq!(a.requests(), 2);
 }
 
-/// Reads a 1xx head (no body) off `s`.
+/// Reads a response head off `s` (all of a 1xx answer); what follows stays in `buf`.
 async fn read_answer_head_only(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
     let end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
