@@ -53,7 +53,7 @@ pub struct SchedArgs {
     #[arg(
         long,
         env = "STEWARD_PREFILL_STEP_RATIO",
-        default_value_t = 2.0,
+        default_value_t = 1.5,
         value_parser = step_ratio
     )]
     pub prefill_step_ratio: f64,
