@@ -85,6 +85,7 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
 ) {
     let t0 = Instant::now();
     let mut sys = start("autoscale").await;
+    sys.remove_folder_on_pass();
     let env = &sys.env;
     let model = format!("{NAME}-model");
     let shape = Shape {

@@ -57,6 +57,35 @@ pub struct System {
     _router: Proc,
     pub router_url: String,
     pub http: reqwest::Client,
+    /// Last, so it is dropped after the processes that write into the folder.
+    folder: Folder,
+}
+
+impl System {
+    /// The folder (logs, load reports, Prometheus' data) is removed when
+    /// the test passes and kept when it fails. Benchmarks keep it always:
+    /// their reports are in it.
+    pub fn remove_folder_on_pass(&mut self) {
+        self.folder.remove_on_pass = true;
+    }
+}
+
+struct Folder {
+    path: PathBuf,
+    remove_on_pass: bool,
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        if !self.remove_on_pass {
+            return;
+        }
+        if std::thread::panicking() {
+            eprintln!("[autoscale] kept {} for the failure", self.path.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("[autoscale] could not remove {}: {e}", self.path.display());
+        }
+    }
 }
 
 /// Starts Prometheus, the operator and the router for a new namespace.
@@ -103,12 +132,16 @@ pub async fn start(prefix: &str) -> System {
     );
     System {
         env,
-        dir,
+        dir: dir.clone(),
         prometheus,
         operator,
         _router: router,
         router_url,
         http,
+        folder: Folder {
+            path: dir.clone(),
+            remove_on_pass: false,
+        },
     }
 }
 
