@@ -25,6 +25,10 @@ extern "C" void steward_panel_kernel_f32(const float* xt, long rows, long k_len,
                                          long p_begin, long p_end, float* y);
 extern "C" void steward_panel_kernel_bf16(const float* xt, long rows, long k_len, const uint16_t* packed, long n,
                                           long p_begin, long p_end, float* y);
+extern "C" void steward_paged_scores_f32(const float* q, long groups, long hd, const float* kc, const int64_t* rows,
+                                         long lmax, float* scores);
+extern "C" void steward_paged_pv_f32(const float* probs, long groups, long hd, const float* vc, const int64_t* rows,
+                                     long lmax, float* out);
 #endif
 
 namespace {
@@ -165,6 +169,65 @@ at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, 
     (void)packed;
     (void)n;
     copy_error("panel linear: x86-64 only", err, err_len);
+    return nullptr;
+#endif
+  } catch (const std::exception& e) {
+    copy_error(e.what(), err, err_len);
+  } catch (...) {
+    copy_error("unknown C++ exception", err, err_len);
+  }
+  return nullptr;
+}
+
+// Decode attention over the paged cache without gathering it. `q` [B,
+// kv_heads, groups, hd] f32 (already scaled), `cache` the layer's K (or V)
+// [kv_heads * slots, hd] f32, `index` the decode group's head-major rows
+// [B * kv_heads * lmax] (int64). Scores: returns [B, kv_heads, groups, lmax]
+// = q . K[row]. PV (`probs` in place of q, [B, kv_heads, groups, lmax]):
+// returns [B, kv_heads, groups, hd] = sum over t of probs * V[row].
+at::Tensor* steward_paged_attention(const at::Tensor* a, const at::Tensor* cache, const at::Tensor* index,
+                                    int64_t lmax, int32_t pv, char* err, size_t err_len) {
+  try {
+#if defined(__x86_64__)
+    TORCH_CHECK(steward_panel_available(), "paged attention: this CPU has no AVX-512 (F, BW, VL)");
+    TORCH_CHECK(a->dim() == 4 && a->scalar_type() == at::kFloat && a->is_contiguous() && a->device().is_cpu(),
+                "paged attention: input must be a contiguous CPU f32 [B, kv_heads, groups, n], got ", a->sizes());
+    TORCH_CHECK(cache->dim() == 2 && cache->scalar_type() == at::kFloat && cache->is_contiguous() &&
+                    cache->device().is_cpu(),
+                "paged attention: cache must be a contiguous CPU f32 [rows, hd], got ", cache->sizes());
+    const int64_t b = a->size(0), n_kv = a->size(1), groups = a->size(2), hd = cache->size(1);
+    TORCH_CHECK(hd % 16 == 0, "paged attention: head dim ", hd, " is not a multiple of 16");
+    TORCH_CHECK(lmax > 0, "paged attention: empty context");
+    TORCH_CHECK(a->size(3) == (pv ? lmax : hd), "paged attention: input's last dim ", a->size(3), " does not match");
+    TORCH_CHECK(index->dim() == 1 && index->scalar_type() == at::kLong && index->is_contiguous() &&
+                    index->numel() == b * n_kv * lmax,
+                "paged attention: index must be contiguous int64 [B * kv_heads * lmax]");
+    const int64_t* rows = index->data_ptr<int64_t>();
+    const int64_t n_rows = cache->size(0);
+    for (int64_t i = 0; i < index->numel(); i++)
+      TORCH_CHECK(rows[i] >= 0 && rows[i] < n_rows, "paged attention: row ", rows[i], " outside the cache");
+    at::Tensor y = at::empty({b, n_kv, groups, pv ? hd : lmax}, a->options());
+    const float* ap = a->data_ptr<float>();
+    const float* cp = cache->data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    const int64_t a_step = groups * a->size(3), y_step = groups * y.size(3);
+    at::parallel_for(0, b * n_kv, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; i++) {
+        if (pv) {
+          steward_paged_pv_f32(ap + i * a_step, groups, hd, cp, rows + i * lmax, lmax, yp + i * y_step);
+        } else {
+          steward_paged_scores_f32(ap + i * a_step, groups, hd, cp, rows + i * lmax, lmax, yp + i * y_step);
+        }
+      }
+    });
+    return new at::Tensor(std::move(y));
+#else
+    (void)a;
+    (void)cache;
+    (void)index;
+    (void)lmax;
+    (void)pv;
+    copy_error("paged attention: x86-64 only", err, err_len);
     return nullptr;
 #endif
   } catch (const std::exception& e) {

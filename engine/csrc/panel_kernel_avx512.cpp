@@ -90,9 +90,49 @@ void panels(const float* xt, long rows, long k_len, const void* packed, long n, 
   }
 }
 
+// Paged decode attention, read in place: K and V rows are found through the
+// decode group's head-major row index ([B][kv_heads][lmax] into the cache's
+// [kv_heads * slots][hd] rows) instead of being gathered into a padded copy.
+// hd is a multiple of 16 (checked by the caller).
+inline float dot16n(const float* a, const float* b, long hd) {
+  __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b));
+  for (long d = 16; d < hd; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+  return _mm512_reduce_add_ps(acc);
+}
+
 }  // namespace
 
 extern "C" {
+
+// scores[g][t] = q[g] . K[rows[t]] for one (sequence, KV head): q [groups][hd],
+// rows [lmax], scores [groups][lmax].
+void steward_paged_scores_f32(const float* q, long groups, long hd, const float* kc, const int64_t* rows,
+                              long lmax, float* scores) {
+  for (long t = 0; t < lmax; t++) {
+    const float* k = kc + rows[t] * hd;
+    for (long g = 0; g < groups; g++) scores[g * lmax + t] = dot16n(q + g * hd, k, hd);
+  }
+}
+
+// out[g] = sum_t probs[g][t] * V[rows[t]] for one (sequence, KV head); zero
+// probabilities (padding) are skipped, so a padding row is never read.
+void steward_paged_pv_f32(const float* probs, long groups, long hd, const float* vc, const int64_t* rows,
+                          long lmax, float* out) {
+  for (long g = 0; g < groups; g++) {
+    for (long d = 0; d < hd; d += 16) _mm512_storeu_ps(out + g * hd + d, _mm512_setzero_ps());
+  }
+  for (long t = 0; t < lmax; t++) {
+    const float* v = vc + rows[t] * hd;
+    for (long g = 0; g < groups; g++) {
+      const float p = probs[g * lmax + t];
+      if (p == 0.0f) continue;
+      const __m512 pv = _mm512_set1_ps(p);
+      float* o = out + g * hd;
+      for (long d = 0; d < hd; d += 16)
+        _mm512_storeu_ps(o + d, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + d), _mm512_loadu_ps(o + d)));
+    }
+  }
+}
 
 // y [rows, n] (f32, row stride n) for panels [p_begin, p_end); xt [k_len][rows] f32.
 void steward_panel_kernel_f32(const float* xt, long rows, long k_len, const float* packed, long n,

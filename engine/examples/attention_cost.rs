@@ -12,11 +12,15 @@
 //!   issue 14);
 //! - `gqa`: the same gather, SDPA with `enable_gqa` (no repeat);
 //! - `headmajor`: one index_select per K and V in a head-major cache that
-//!   yields `[B, kv, L, hd]` contiguous, then grouped matmul attention.
+//!   yields `[B, kv, L, hd]` contiguous, then grouped matmul attention;
+//! - `in-place`: the engine's decode path on AVX-512 CPUs (f32): scores and
+//!   probabilities x V read the head-major cache's rows in place
+//!   (`model::linear::paged_attention`), no padded copy.
 
 use std::time::Instant;
 
 use steward_engine::model::config::ModelConfig;
+use steward_engine::model::linear::{paged_attention, panel_available, PagedPart};
 use tch::{Device, Kind, Tensor};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -60,8 +64,17 @@ fn main() {
         cfg.num_hidden_layers
     );
     println!(
-        "{:>6} {:>6} | {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9}",
-        "batch", "ctx", "gather", "repeat", "sdpa", "gqa-sdpa", "total", "hm-gather", "hm-total"
+        "{:>6} {:>6} | {:>9} {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9}",
+        "batch",
+        "ctx",
+        "gather",
+        "repeat",
+        "sdpa",
+        "gqa-sdpa",
+        "total",
+        "hm-gather",
+        "hm-total",
+        "in-place"
     );
     for &b in &[1i64, 16] {
         for &ctx in &[128i64, 1024, 4096] {
@@ -156,10 +169,28 @@ fn main() {
                 },
                 reps,
             );
+            let in_place = if panel_available() {
+                let time_it = time(
+                    || {
+                        let qg = (&q * scale).view([b, nkv, groups, hd]).contiguous();
+                        let s = paged_attention(&qg, &khm, &hm_idx, ctx, PagedPart::Scores)
+                            .expect("scores")
+                            + &bias;
+                        let p = s.softmax(-1, Kind::Float).contiguous();
+                        let _o = paged_attention(&p, &vhm, &hm_idx, ctx, PagedPart::Values)
+                            .expect("values")
+                            .view([b, nh, hd]);
+                    },
+                    reps,
+                );
+                format!("{:>9.2}", time_it * layers)
+            } else {
+                format!("{:>9}", "-")
+            };
             let _ = repeat;
             let sdpa = total - repeat;
             println!(
-                "{b:>6} {ctx:>6} | {:>9.2} {:>9.2} {:>9.2} | {:>9.2} {:>9.2} | {:>9.2} {:>9.2}",
+                "{b:>6} {ctx:>6} | {:>9.2} {:>9.2} {:>9.2} | {:>9.2} {:>9.2} | {:>9.2} {:>9.2} | {in_place}",
                 gather * layers,
                 (repeat - gather) * layers,
                 sdpa * layers,

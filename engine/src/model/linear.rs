@@ -45,6 +45,15 @@ extern "C" {
         err_len: usize,
     ) -> *mut torch_sys::C_tensor;
     fn steward_panel_available() -> i32;
+    fn steward_paged_attention(
+        a: *const torch_sys::C_tensor,
+        cache: *const torch_sys::C_tensor,
+        index: *const torch_sys::C_tensor,
+        lmax: i64,
+        pv: i32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> *mut torch_sys::C_tensor;
     fn steward_panel_linear(
         x: *const torch_sys::C_tensor,
         packed: *const torch_sys::C_tensor,
@@ -162,6 +171,45 @@ pub fn panel_linear(x: &Tensor, packed: &Tensor, out_features: i64) -> Result<Te
         )
     };
     from_shim(p, &err, "panel linear")
+}
+
+/// Which half of the decode attention [`paged_attention`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PagedPart {
+    /// `a` is the scaled query `[B, kv_heads, groups, hd]`, `cache` the
+    /// layer's K: returns the scores `[B, kv_heads, groups, lmax]`.
+    Scores,
+    /// `a` is the probabilities `[B, kv_heads, groups, lmax]`, `cache` the
+    /// layer's V: returns `[B, kv_heads, groups, hd]`.
+    Values,
+}
+
+/// Decode attention read in place from the paged cache (`[kv_heads *
+/// slots, hd]`, f32, CPU with AVX-512): `index` is the decode group's
+/// head-major rows (`[B * kv_heads * lmax]`), so no padded copy of the
+/// contexts is made. A probability of exactly 0 (padding) skips its row.
+pub fn paged_attention(
+    a: &Tensor,
+    cache: &Tensor,
+    index: &Tensor,
+    lmax: i64,
+    part: PagedPart,
+) -> Result<Tensor> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: the tensors are live for the call; the shim checks shapes,
+    // dtypes, the device and every row of the index before reading.
+    let p = unsafe {
+        steward_paged_attention(
+            a.as_ptr(),
+            cache.as_ptr(),
+            index.as_ptr(),
+            lmax,
+            i32::from(part == PagedPart::Values),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    from_shim(p, &err, "paged attention")
 }
 
 fn from_shim(ptr: *mut torch_sys::C_tensor, err: &[c_char], what: &str) -> Result<Tensor> {
@@ -376,6 +424,56 @@ mod tests {
             assert_eq!(l.bytes(), padded * 4);
             assert_eq!(lb.bytes(), padded * 2);
         }
+    }
+
+    /// The in-place decode attention equals gather-then-matmul, padding
+    /// included (rows repeated past a context's end, probabilities 0), and
+    /// refuses an index that points outside the cache.
+    #[test]
+    fn paged_attention_matches_the_gathered_path() {
+        if !panel_available() {
+            return;
+        }
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(11);
+        let (b, n_kv, groups, hd, slots) = (3i64, 2i64, 3i64, 32i64, 40i64);
+        let opts = (Kind::Float, Device::Cpu);
+        let kc = Tensor::randn([n_kv * slots, hd], opts);
+        let vc = Tensor::randn([n_kv * slots, hd], opts);
+        let lens = [5i64, 17, 1];
+        let lmax = 17;
+        let mut index = Vec::new();
+        let mut bias = Vec::new();
+        for (i, &len) in lens.iter().enumerate() {
+            let first = (i as i64 * 13) % slots;
+            let own: Vec<i64> = (0..len).map(|t| (first + t * 3) % slots).collect();
+            for h in 0..n_kv {
+                for t in 0..lmax {
+                    let slot = if t < len { own[t as usize] } else { own[0] };
+                    index.push(h * slots + slot);
+                }
+            }
+            bias.extend((0..lmax).map(|t| if t < len { 0f32 } else { f32::NEG_INFINITY }));
+        }
+        let index = Tensor::from_slice(&index);
+        let bias = Tensor::from_slice(&bias).view([b, 1, 1, lmax]);
+        let q = Tensor::randn([b, n_kv, groups, hd], opts);
+        let scores = paged_attention(&q, &kc, &index, lmax, PagedPart::Scores).unwrap();
+        let kd = kc.index_select(0, &index).view([b, n_kv, lmax, hd]);
+        let want = q.matmul(&kd.transpose(-1, -2));
+        let err = (&scores - &want).abs().max().double_value(&[]);
+        assert!(err < 1e-4, "scores off by {err}");
+        let probs = (scores + &bias).softmax(-1, Kind::Float).contiguous();
+        let out = paged_attention(&probs, &vc, &index, lmax, PagedPart::Values).unwrap();
+        let vd = vc.index_select(0, &index).view([b, n_kv, lmax, hd]);
+        let want = probs.matmul(&vd);
+        let err = (&out - &want).abs().max().double_value(&[]);
+        assert!(err < 1e-4, "values off by {err}");
+        let bad = Tensor::from_slice(&vec![n_kv * slots; (b * n_kv * lmax) as usize]);
+        let e = paged_attention(&q, &kc, &bad, lmax, PagedPart::Scores)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the cache"), "{e}");
     }
 
     /// A shape the kernel cannot take is an error, not a crash.

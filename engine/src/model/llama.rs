@@ -67,6 +67,11 @@ pub struct Llama {
     tied: bool,
     cos: Tensor,
     sin: Tensor,
+    /// Decode attention reads K and V in place from the paged cache
+    /// ([`super::linear::paged_attention`]) instead of gathering a padded
+    /// copy: on by default where it runs (CPU with AVX-512, f32, a head
+    /// dim that is a multiple of 16); off, the gather path.
+    pub paged_attention: bool,
 }
 
 /// One sequence's prefill chunk inside a step.
@@ -198,6 +203,10 @@ impl Llama {
         };
         let (cos, sin) = rope_tables(&cfg, device);
         let (cos, sin) = (cos.to_kind(kind), sin.to_kind(kind));
+        let paged_attention = device == Device::Cpu
+            && kind == Kind::Float
+            && cfg.head_dim().is_multiple_of(16)
+            && super::linear::panel_available();
         Ok(Self {
             cfg,
             device,
@@ -210,6 +219,7 @@ impl Llama {
             tied,
             cos,
             sin,
+            paged_attention,
         })
     }
 
@@ -332,7 +342,6 @@ impl Llama {
             let mut decoded = None;
             if let Some(d) = &batch.decode {
                 let b = d.rows.size()[0];
-                let lmax = d.lmax;
                 // Grouped attention: query head j*groups + i reads KV head j.
                 let qd = if decode_only {
                     q.shallow_clone()
@@ -340,14 +349,16 @@ impl Llama {
                     q.index_select(0, &d.rows)
                 };
                 let qd = (qd * scale).reshape([b, n_kv, groups, hd]);
-                let kd = kc.index_select(0, &d.index).view([b, n_kv, lmax, hd]);
-                let vd = vc.index_select(0, &d.index).view([b, n_kv, lmax, hd]);
-                let mut scores = qd.matmul(&kd.transpose(-1, -2));
-                if let Some(bias) = &dec_bias {
-                    scores += bias;
+                let o = if self.paged_attention {
+                    self.decode_in_place(&qd, kc, vc, d, dec_bias.as_ref())
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "paged attention failed; gathering the contexts instead");
+                            gathered_decode(&qd, kc, vc, d, dec_bias.as_ref(), self.kind)
+                        })
+                } else {
+                    gathered_decode(&qd, kc, vc, d, dec_bias.as_ref(), self.kind)
                 }
-                let probs = scores.softmax(-1, Kind::Float).to_kind(self.kind);
-                let o = probs.matmul(&vd).reshape([b, n_heads, hd]);
+                .reshape([b, n_heads, hd]);
                 match &mut out {
                     Some(out) => {
                         let _ = out.index_copy_(0, &d.rows, &o);
@@ -374,6 +385,49 @@ impl Llama {
         let last = rms_norm(&last, &self.norm, eps);
         self.lm_head.forward(&last).to_kind(Kind::Float)
     }
+}
+
+impl Llama {
+    /// Decode attention read in place from the cache (scores, softmax in
+    /// f32, probabilities times V), `[b, kv_heads, groups, hd]`.
+    fn decode_in_place(
+        &self,
+        qd: &Tensor,
+        kc: &Tensor,
+        vc: &Tensor,
+        d: &DecodeGroup,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        use super::linear::{paged_attention, PagedPart};
+        let mut scores =
+            paged_attention(&qd.contiguous(), kc, &d.index, d.lmax, PagedPart::Scores)?;
+        if let Some(bias) = bias {
+            scores += bias;
+        }
+        let probs = scores.softmax(-1, Kind::Float).contiguous();
+        paged_attention(&probs, vc, &d.index, d.lmax, PagedPart::Values)
+    }
+}
+
+/// Decode attention over a padded copy of the contexts gathered from the
+/// cache, `[b, kv_heads, groups, hd]`: the path for GPUs, bf16 and CPUs
+/// without AVX-512.
+fn gathered_decode(
+    qd: &Tensor,
+    kc: &Tensor,
+    vc: &Tensor,
+    d: &DecodeGroup,
+    bias: Option<&Tensor>,
+    kind: Kind,
+) -> Tensor {
+    let (b, n_kv, hd) = (qd.size()[0], qd.size()[1], qd.size()[3]);
+    let kd = kc.index_select(0, &d.index).view([b, n_kv, d.lmax, hd]);
+    let vd = vc.index_select(0, &d.index).view([b, n_kv, d.lmax, hd]);
+    let mut scores = qd.matmul(&kd.transpose(-1, -2));
+    if let Some(bias) = bias {
+        scores += bias;
+    }
+    scores.softmax(-1, Kind::Float).to_kind(kind).matmul(&vd)
 }
 
 /// cos/sin tables `[max_pos, head_dim]`, computed as Hugging Face does (f32
