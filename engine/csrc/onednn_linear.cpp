@@ -52,6 +52,20 @@ const c10::OperatorHandle& linear_op() {
   return op;
 }
 
+// Runs `f`; a C++ exception becomes its message in `err` and a null result
+// (the Rust side turns that into an error), never an unwind across the FFI.
+template <class F>
+at::Tensor* guarded(char* err, size_t err_len, F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    copy_error(e.what(), err, err_len);
+  } catch (...) {
+    copy_error("unknown C++ exception", err, err_len);
+  }
+  return nullptr;
+}
+
 at::Tensor* call(const c10::OperatorHandle& op, torch::jit::Stack stack) {
   op.callBoxed(&stack);
   return new at::Tensor(std::move(stack.at(0)).toTensor());
@@ -80,21 +94,16 @@ int steward_onednn_available() {
 }
 
 at::Tensor* steward_onednn_reorder_linear_weight(const at::Tensor* w, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&]() -> at::Tensor* {
     torch::jit::Stack stack;
     stack.emplace_back(*w);
     stack.emplace_back(c10::IValue());  // batch_size: None (any)
     return call(reorder_op(), std::move(stack));
-  } catch (const std::exception& e) {
-    copy_error(e.what(), err, err_len);
-  } catch (...) {
-    copy_error("unknown C++ exception", err, err_len);
-  }
-  return nullptr;
+  });
 }
 
 at::Tensor* steward_onednn_linear(const at::Tensor* x, const at::Tensor* w, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&]() -> at::Tensor* {
     torch::jit::Stack stack;
     stack.emplace_back(*x);
     stack.emplace_back(*w);
@@ -103,12 +112,7 @@ at::Tensor* steward_onednn_linear(const at::Tensor* x, const at::Tensor* w, char
     stack.emplace_back(c10::List<std::optional<at::Scalar>>());
     stack.emplace_back(std::string(""));
     return call(linear_op(), std::move(stack));
-  } catch (const std::exception& e) {
-    copy_error(e.what(), err, err_len);
-  } catch (...) {
-    copy_error("unknown C++ exception", err, err_len);
-  }
-  return nullptr;
+  });
 }
 
 // The panel linear: steward's own kernel for a weight laid out as
@@ -132,7 +136,7 @@ int steward_panel_available() {
 // x's dtype) and a packed weight of dtype f32 or bf16 with `n` output features.
 at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, int64_t n, char* err,
                                  size_t err_len) {
-  try {
+  return guarded(err, err_len, [&]() -> at::Tensor* {
 #if defined(__x86_64__)
     TORCH_CHECK(steward_panel_available(), "this CPU has no AVX-512 (F, BW, VL): use another weight layout");
     TORCH_CHECK(x->dim() == 2, "panel linear: x must be [rows, in], got ", x->sizes());
@@ -171,12 +175,7 @@ at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, 
     copy_error("panel linear: x86-64 only", err, err_len);
     return nullptr;
 #endif
-  } catch (const std::exception& e) {
-    copy_error(e.what(), err, err_len);
-  } catch (...) {
-    copy_error("unknown C++ exception", err, err_len);
-  }
-  return nullptr;
+  });
 }
 
 // Decode attention over the paged cache without gathering it. `q` [B,
@@ -187,7 +186,7 @@ at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, 
 // returns [B, kv_heads, groups, hd] = sum over t of probs * V[row].
 at::Tensor* steward_paged_attention(const at::Tensor* a, const at::Tensor* cache, const at::Tensor* index,
                                     int64_t lmax, int32_t pv, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&]() -> at::Tensor* {
 #if defined(__x86_64__)
     TORCH_CHECK(steward_panel_available(), "paged attention: this CPU has no AVX-512 (F, BW, VL)");
     TORCH_CHECK(a->dim() == 4 && a->scalar_type() == at::kFloat && a->is_contiguous() && a->device().is_cpu(),
@@ -230,12 +229,7 @@ at::Tensor* steward_paged_attention(const at::Tensor* a, const at::Tensor* cache
     copy_error("paged attention: x86-64 only", err, err_len);
     return nullptr;
 #endif
-  } catch (const std::exception& e) {
-    copy_error(e.what(), err, err_len);
-  } catch (...) {
-    copy_error("unknown C++ exception", err, err_len);
-  }
-  return nullptr;
+  });
 }
 
 }  // extern "C"
