@@ -157,9 +157,12 @@ fn head_err(what: impl Into<String>) -> WireError {
 /// Parses a response head at the start of `buf` (`method` is the request's: a
 /// `HEAD` answer has no body).
 pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, WireError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut raw);
-    let len = match resp.parse(buf) {
+    // Uninitialised: see h1_server::parse_request.
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp, buf, &mut raw,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD_BYTES {
@@ -179,7 +182,9 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, WireEr
         return Ok(Parsed::Informational(len));
     }
     let http11 = resp.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // One spare slot: the proxy adds `x-steward-revision`, and growing the
+    // map then would reallocate it.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 1);
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoded = false;

@@ -27,6 +27,7 @@
 //! is still arriving is read by the proxy itself, which sees a close there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,15 +87,15 @@ enum Wait {
 }
 
 impl HeadTimer {
-    /// Reads more of a head into `buf`, until the deadline; `stop` counts
+    /// Reads more of a head into `buf`, until the deadline; `stopped` counts
     /// only while nothing of a head has arrived (`idle`). Reads through
     /// `AsyncRead`, which forgets the socket's readiness after a short read,
     /// so the disconnect watch that follows costs no system call.
-    async fn read(
+    async fn read<S: Future + Unpin>(
         &mut self,
         io: &mut TcpStream,
         buf: &mut BytesMut,
-        stop: &mut watch::Receiver<bool>,
+        stopped: &mut S,
         idle: bool,
     ) -> Wait {
         if buf.capacity() - buf.len() < 1024 {
@@ -111,7 +112,7 @@ impl HeadTimer {
                     Ok(n) => Wait::Read(n),
                     Err(e) => Wait::Failed(e),
                 },
-                _ = stop.wait_for(|s| *s), if idle => return Wait::Stopped,
+                _ = &mut *stopped, if idle => return Wait::Stopped,
                 _ = sleep.as_mut() => {
                     if Instant::now() >= self.deadline {
                         return Wait::TimedOut;
@@ -135,6 +136,9 @@ pub async fn serve(
         deadline: Instant::now() + ctx.header_read_timeout,
         sleep: None,
     };
+    // One drain watch for the connection's life: created per head read, it
+    // joined and left the watch's waiter list (a lock each way) per request.
+    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
     loop {
         timer.deadline = Instant::now() + ctx.header_read_timeout;
         let head = loop {
@@ -147,7 +151,7 @@ pub async fn serve(
                 Step::Partial => {}
             }
             let idle = buf.is_empty();
-            match timer.read(&mut io, &mut buf, stop, idle).await {
+            match timer.read(&mut io, &mut buf, &mut stopped, idle).await {
                 Wait::Read(0) | Wait::Stopped => return Ended::Closed,
                 Wait::Read(_) => {}
                 Wait::Failed(e) => {
