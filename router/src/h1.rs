@@ -160,9 +160,9 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Parsed, WireEr
     // Uninitialised: see h1_server::parse_request.
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp, buf, &mut raw,
-    ) {
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > MAX_HEAD_BYTES {
@@ -513,6 +513,24 @@ mod tests {
             &Method::HEAD,
         );
         assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn response_head_fills_the_whole_header_table_and_refuses_beyond_it() {
+        let mut raw = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+        for i in 1..MAX_HEADERS {
+            raw.push_str(&format!("x-e{i}: v{i}\r\n"));
+        }
+        let (h, n) = head(&format!("{raw}\r\nok"), &Method::POST);
+        assert_eq!(n, raw.len() + 2);
+        assert_eq!(h.headers.len(), MAX_HEADERS);
+        assert_eq!(h.headers["x-e1"], "v1");
+        assert_eq!(h.framing, Framing::Length(2));
+        raw.push_str("x-one-too-many: 1\r\n\r\n");
+        assert!(matches!(
+            parse_response_head(raw.as_bytes(), &Method::POST),
+            Err(WireError::Head(_))
+        ));
     }
 
     #[test]

@@ -26,8 +26,8 @@
 //! the request body was already in the buffer (nearly always): a body that
 //! is still arriving is read by the proxy itself, which sees a close there.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 

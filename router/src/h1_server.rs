@@ -305,6 +305,26 @@ mod tests {
     }
 
     #[test]
+    fn a_head_filling_the_whole_header_table_is_served_with_every_header() {
+        // The table is left uninitialised: every entry httparse fills must come back.
+        let mut head = b"POST /v1/completions HTTP/1.1\r\ncontent-length: 0\r\n".to_vec();
+        for i in 1..MAX_HEADERS {
+            head.extend_from_slice(format!("x-h{i}: v{i}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let Step::Serve(req) = parse_request(&head, 1 << 16) else {
+            panic!("a head of exactly {MAX_HEADERS} headers is served");
+        };
+        assert_eq!(req.headers.len(), MAX_HEADERS);
+        assert_eq!(req.headers["x-h1"], "v1");
+        assert_eq!(
+            req.headers[format!("x-h{}", MAX_HEADERS - 1).as_str()],
+            format!("v{}", MAX_HEADERS - 1).as_str()
+        );
+        assert_eq!(req.len, head.len());
+    }
+
+    #[test]
     fn anything_unusual_is_handed_to_hyper() {
         assert_eq!(
             handoff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
