@@ -13,8 +13,9 @@
 //! health ([`endpoints::Outcome`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -51,7 +52,18 @@ pub struct Proxy {
     eject: EjectPolicy,
     /// Tenant limits for services that set none.
     default_limits: TenantLimits,
+    /// Set once discovery has listed services and pods (or static routes
+    /// are loaded); `/readyz` reads the same flag.
+    discovered: Arc<AtomicBool>,
 }
+
+/// How long a request that arrives before the router's first discovery
+/// list waits for it. A router that has just (re)started would otherwise
+/// answer from an empty table: 404 for a model it is about to learn, 503
+/// for one whose pods it has not listed yet (the chaos suite's router
+/// restart saw one, 18 ms after "serving"). Past this, the request is
+/// answered from whatever the table holds.
+pub const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// What one server thread owns for the requests it serves: its pool to the
 /// engines and its own handles on the shared state (cloning a thread's own
@@ -86,8 +98,10 @@ impl Proxy {
         index: SharedIndex,
         endpoints: EndpointStates,
         metrics: Metrics,
+        discovered: Arc<AtomicBool>,
     ) -> Self {
         Self {
+            discovered,
             tenants: TenantLimiter::new(cfg.max_tenants),
             global: GlobalLimit::new(cfg.max_concurrency),
             budget: Mutex::new(RetryBudget::new(cfg.retry_budget, Instant::now())),
@@ -128,6 +142,20 @@ impl Proxy {
                 self.count(&labels, e.status().as_u16());
                 e.into_response()
             }
+        }
+    }
+
+    /// Waits (at most [`DISCOVERY_WAIT`]) for discovery's first list.
+    async fn wait_for_discovery(&self) {
+        let until = Instant::now() + DISCOVERY_WAIT;
+        while !self.discovered.load(Ordering::Acquire) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !self.discovered.load(Ordering::Acquire) {
+            tracing::warn!(
+                waited_s = DISCOVERY_WAIT.as_secs(),
+                "discovery has not listed yet; answering from an empty table"
+            );
         }
     }
 
@@ -213,6 +241,9 @@ impl Proxy {
             },
         )?;
 
+        if !self.discovered.load(Ordering::Acquire) {
+            self.wait_for_discovery().await;
+        }
         let table = self.index.table();
         let svc = match table.resolve(&valid.model) {
             Resolved::Route(s) => s.clone(),

@@ -52,12 +52,13 @@ impl RouterState {
             client,
             eject_duration: cfg.eject_duration,
         });
-        let proxy = Arc::new(Proxy::new(cfg, index, endpoints, metrics));
+        let ready = Arc::new(AtomicBool::new(false));
+        let proxy = Arc::new(Proxy::new(cfg, index, endpoints, metrics, ready.clone()));
         (
             Self {
                 proxy,
                 registry: Arc::new(registry),
-                ready: Arc::new(AtomicBool::new(false)),
+                ready,
                 closing: Arc::new(AtomicBool::new(false)),
             },
             poller,
