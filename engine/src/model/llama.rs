@@ -350,7 +350,7 @@ impl Llama {
                 };
                 let qd = (qd * scale).reshape([b, n_kv, groups, hd]);
                 let o = if self.paged_attention {
-                    self.decode_in_place(&qd, kc, vc, d, dec_bias.as_ref())
+                    in_place_decode(&qd, kc, vc, d, dec_bias.as_ref())
                         .unwrap_or_else(|e| {
                             tracing::warn!(error = %e, "paged attention failed; gathering the contexts instead");
                             gathered_decode(&qd, kc, vc, d, dec_bias.as_ref(), self.kind)
@@ -387,26 +387,23 @@ impl Llama {
     }
 }
 
-impl Llama {
-    /// Decode attention read in place from the cache (scores, softmax in
-    /// f32, probabilities times V), `[b, kv_heads, groups, hd]`.
-    fn decode_in_place(
-        &self,
-        qd: &Tensor,
-        kc: &Tensor,
-        vc: &Tensor,
-        d: &DecodeGroup,
-        bias: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        use super::linear::{paged_attention, PagedPart};
-        let mut scores =
-            paged_attention(&qd.contiguous(), kc, &d.index, d.lmax, PagedPart::Scores)?;
-        if let Some(bias) = bias {
-            scores += bias;
-        }
-        let probs = scores.softmax(-1, Kind::Float).contiguous();
-        paged_attention(&probs, vc, &d.index, d.lmax, PagedPart::Values)
+/// Decode attention read in place from the cache (scores, softmax in f32,
+/// probabilities times V), `[b, kv_heads, groups, hd]`: the path for CPUs
+/// with AVX-512 and f32 weights.
+fn in_place_decode(
+    qd: &Tensor,
+    kc: &Tensor,
+    vc: &Tensor,
+    d: &DecodeGroup,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    use super::linear::{paged_attention, PagedPart};
+    let mut scores = paged_attention(&qd.contiguous(), kc, &d.index, d.lmax, PagedPart::Scores)?;
+    if let Some(bias) = bias {
+        scores += bias;
     }
+    let probs = scores.softmax(-1, Kind::Float).contiguous();
+    paged_attention(&probs, vc, &d.index, d.lmax, PagedPart::Values)
 }
 
 /// Decode attention over a padded copy of the contexts gathered from the

@@ -139,7 +139,7 @@ pub async fn start(prefix: &str) -> System {
         router_url,
         http,
         folder: Folder {
-            path: dir.clone(),
+            path: dir,
             remove_on_pass: false,
         },
     }
