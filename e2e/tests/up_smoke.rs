@@ -88,7 +88,20 @@ async fn up_serves_the_sample_through_the_router_and_stops_cleanly_on_ctrl_c() {
     })
     .await
     .expect("a completion through the router");
-    assert_eq!(body["usage"]["completion_tokens"], 8);
+    // The README's request as a user types it: default temperature (1.0),
+    // so the sample's random-weight model draws its end-of-sequence token
+    // within 8 tokens in ~4% of requests (12 of 300 measured). The answer
+    // must still be whole and say why it ended: 8 tokens and "length", or
+    // fewer (or 8) and "stop".
+    let tokens = body["usage"]["completion_tokens"].as_u64();
+    let reason = body["choices"][0]["finish_reason"].as_str();
+    assert!(
+        matches!(
+            (tokens, reason),
+            (Some(8), Some("length")) | (Some(0..=8), Some("stop"))
+        ),
+        "usage and finish_reason disagree with max_tokens 8: {body}"
+    );
 
     let scraped = eventually(Duration::from_secs(60), || async {
         let up = first_sample(&http, &prom, "up{service=\"chat\",rotation=\"serving\"}");

@@ -43,13 +43,14 @@ mod keda;
 #[path = "autoscale/system.rs"]
 mod system;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use steward_e2e::testing::eventually;
 use system::{
     all_pods, at_target, condition_status, engine_metric, event_reasons, first_request,
     first_sample, last_scale_reason, loadgen, object, pods, readings_series, serving_memory,
-    settle, start, unix, with, Shape, Streams, TAKEN_IN,
+    settle, start, unix, with, Pinned, PodView, Shape, Streams, TAKEN_IN,
 };
 
 use support::{apply, finish, wait_for};
@@ -72,8 +73,10 @@ const STEP_LENGTHS: (&str, &str) = ("fixed:16", "fixed:32");
 /// backfill.
 const STEP_SECS: u64 = 75;
 /// Long streams of phases 2 and 3: three per pod, 200 tokens (about 8 s);
-/// KV usage near 35%, well below the band.
-const STREAMS: usize = 9;
+/// KV usage near 35%, well below the band. Two per pod go through the
+/// router; one per pod is pinned to it (system::Pinned), so the pod the
+/// scale-in drains always has a stream to keep whole.
+const STREAMS: usize = 6;
 const STREAM_TOKENS: u32 = 200;
 /// Generous bound on crossing → first request on the warm pod, for a
 /// loaded shared machine (bench/scale-out.sh reports the measured figure;
@@ -288,6 +291,17 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
     // 2. The load drops to long streams and Prometheus stops with it: no
     //    data, so no scale-in, however long the load has been low.
     let streams = Streams::start(&sys, &model, STREAMS, STREAM_TOKENS);
+    let serving: BTreeMap<String, PodView> = pods(env, NAME)
+        .await
+        .into_iter()
+        .filter(|(_, v)| v.rotation == "serving" && v.ready)
+        .collect();
+    assert_eq!(
+        serving.len(),
+        3,
+        "three serving after the step: {serving:?}"
+    );
+    let pinned = Pinned::start(&sys, &model, &serving, STREAM_TOKENS);
     sys.prometheus.stop();
     let t_stop = Instant::now();
     wait_for(
@@ -335,6 +349,8 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
         }
     };
     let at_label = running(victim_ip.clone()).await;
+    // Its pinned stream runs on; no new one follows it.
+    pinned.release(&victim);
     eprintln!(
         "[autoscale] {victim} draining {:.1}s after Prometheus came back, {at_label} streams running on it",
         t_back.elapsed().as_secs_f64()
@@ -384,13 +400,17 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
         kept,
         "exactly the draining pod goes"
     );
-    let counts = streams.finish().await;
+    let mut counts = streams.finish().await;
+    let (direct, refused) = pinned.finish().await;
     eprintln!(
-        "[autoscale] long streams: {} whole, {} failed or cut {:?}",
+        "[autoscale] long streams: routed {} whole, pinned {} whole ({refused} pinned workers refused with 503 before a stream), {} failed or cut {:?}",
         counts.whole,
-        counts.failures.len(),
-        counts.failures
+        direct.whole,
+        counts.failures.len() + direct.failures.len(),
+        (&counts.failures, &direct.failures)
     );
+    counts.whole += direct.whole;
+    counts.failures.extend(direct.failures);
     assert!(
         at_label >= 1.0,
         "streams were running on the pod that left rotation"
@@ -400,7 +420,7 @@ async fn a_load_step_through_the_router_is_served_by_the_warm_pod_no_data_holds_
         "0 streams cut, 0 failed: {:?}",
         counts.failures
     );
-    assert!(counts.whole >= STREAMS as u64, "{counts:?}");
+    assert!(counts.whole >= STREAMS as u64 + 3, "{counts:?}");
     let o = wait_for(
         env,
         NAME,

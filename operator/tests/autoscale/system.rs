@@ -507,6 +507,101 @@ impl Streams {
     }
 }
 
+/// One long stream after another sent straight to each pod (its IP, not
+/// the router), so that every pod has a stream running whichever one the
+/// scale-in picks: the router's power-of-two choice can leave a pod with
+/// none of the routed streams, and then "drained without a cut" would say
+/// nothing. A pod's worker stops after its current stream once
+/// [`Pinned::release`] names the pod; a 503 before any byte (the pod began
+/// its drain first) ends the worker too and is counted, not failed: nothing
+/// was cut.
+pub struct Pinned {
+    workers: Vec<(
+        String,
+        Arc<AtomicBool>,
+        tokio::task::JoinHandle<StreamCounts>,
+    )>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Pinned {
+    /// `pods`: name → IP of the pods to pin a stream to.
+    pub fn start(
+        sys: &System,
+        model: &str,
+        pods: &BTreeMap<String, PodView>,
+        max_tokens: u32,
+    ) -> Pinned {
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let workers = pods
+            .iter()
+            .map(|(name, v)| {
+                let stop = Arc::new(AtomicBool::new(false));
+                let url = format!("http://{}:8000/v1/completions", v.ip);
+                let body = json!({
+                    "model": model,
+                    "prompt": format!("pinned to {name}: a long story about the sea"),
+                    "max_tokens": max_tokens,
+                    "stream": true,
+                    "ignore_eos": true,
+                    "temperature": 0.0,
+                });
+                let (http, flag, refused) = (sys.http.clone(), stop.clone(), refused.clone());
+                let task = tokio::spawn(async move {
+                    let mut c = StreamCounts::default();
+                    while !flag.load(Ordering::SeqCst) {
+                        match tokio::time::timeout(
+                            Duration::from_secs(90),
+                            one_stream(&http, &url, &body),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => c.whole += 1,
+                            Ok(Err(e)) if e.starts_with("status 503") => {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
+                            Ok(Err(e)) => c.failures.push(format!("{url}: {e}")),
+                            Err(_) => c.failures.push(format!("{url}: no end within 90s")),
+                        }
+                    }
+                    c
+                });
+                (name.clone(), stop, task)
+            })
+            .collect();
+        Pinned { workers, refused }
+    }
+
+    /// The worker pinned to `pod` sends no new stream after its current one.
+    pub fn release(&self, pod: &str) {
+        for (name, stop, _) in &self.workers {
+            if name == pod {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Stops every worker after its current stream; the counts, and how
+    /// many workers ended on a 503 before a stream began.
+    pub async fn finish(self) -> (StreamCounts, u64) {
+        let mut all = StreamCounts::default();
+        for (_, stop, _) in &self.workers {
+            stop.store(true, Ordering::SeqCst);
+        }
+        for (name, _, t) in self.workers {
+            match t.await {
+                Ok(c) => {
+                    all.whole += c.whole;
+                    all.failures.extend(c.failures);
+                }
+                Err(e) => all.failures.push(format!("worker pinned to {name}: {e}")),
+            }
+        }
+        (all, self.refused.load(Ordering::SeqCst))
+    }
+}
+
 async fn one_stream(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), String> {
     let resp = http
         .post(url)
