@@ -9,6 +9,8 @@
 #   RATE=1000 DURATION=10s CONC=64  the fixed-rate step and the closed-loop step
 #   REPEAT=1                        rounds; each round runs every target once,
 #                                   in turn, so all targets see the same machine
+#                                   (direct first, then the proxies in an order
+#                                   rotated by one per round)
 #   BASELINE_BIN=path               also bench this steward-router binary
 #                                   (e.g. an older build) as target "baseline"
 #   PROFILE=1                       perf-record the router during its closed-loop
@@ -146,8 +148,18 @@ run() { # target label port mode...
 }
 : >"$OUT/loadavg.txt"
 : >"$OUT/cpu.txt"
+: >"$OUT/order.txt"
+# The direct step opens each round (the others' added latency is against
+# it); the proxies follow in an order rotated by one each round, since the
+# first target after a switch ran slower in traces (cold caches, a
+# scheduler that has not yet spread the new processes): with a fixed order
+# the same proxy always paid for it.
+read -r -a proxies <<<"${targets#direct:$STUB_PORT }"
 for round in $(seq "$REPEAT"); do
-  for t in $targets; do
+  k=$(( (round - 1) % ${#proxies[@]} ))
+  order="direct:$STUB_PORT ${proxies[*]:k} ${proxies[*]:0:k}"
+  echo "round $round: $(sed -E 's/:[0-9]+//g' <<<"$order")" >>"$OUT/order.txt"
+  for t in $order; do
     name=${t%%:*} port=${t##*:}
     run "$name" "$name-rate$RATE-r$round" "$port" --rate "$RATE"
     if [ -n "${PROFILE:-}" ] && { [ "$name" = router ] || [ "$name" = baseline ]; }; then
@@ -164,7 +176,7 @@ for round in $(seq "$REPEAT"); do
   done
 done
 echo "end $(cat /proc/loadavg)" >>"$OUT/loadavg.txt"
-cat "$OUT/machine.txt"
+cat "$OUT/machine.txt" "$OUT/order.txt"
 
 python3 - "$OUT" "$RATE" "$REPEAT" "$targets" <<'PY'
 import json, statistics, sys
