@@ -15,6 +15,7 @@
 #include <ATen/core/ivalue.h>
 #include <ATen/core/stack.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -25,6 +26,8 @@ extern "C" void steward_panel_kernel_f32(const float* xt, long rows, long k_len,
                                          long p_begin, long p_end, float* y);
 extern "C" void steward_panel_kernel_bf16(const float* xt, long rows, long k_len, const uint16_t* packed, long n,
                                           long p_begin, long p_end, float* y);
+extern "C" void steward_panel_kernel_bf16dp(const uint32_t* xt2, long rows, long k_len, const uint16_t* packed,
+                                            long n, long p_begin, long p_end, float* y);
 extern "C" void steward_paged_scores_f32(const float* q, long groups, long hd, const float* kc, const int64_t* rows,
                                          long lmax, float* scores);
 extern "C" void steward_paged_pv_f32(const float* probs, long groups, long hd, const float* vc, const int64_t* rows,
@@ -132,8 +135,27 @@ int steward_panel_available() {
 #endif
 }
 
+// True when bf16 weights times bf16 activations may use the AVX-512 BF16 dot
+// product (VDPBF16PS): the CPU has it and STEWARD_PANEL_BF16_DP is not "0"
+// (kept to compare the two bf16 kernels, and as a way back).
+int steward_panel_bf16dp_available() {
+#if defined(__x86_64__)
+  static const int on = [] {
+    __builtin_cpu_init();
+    const char* env = std::getenv("STEWARD_PANEL_BF16_DP");
+    const bool off = env != nullptr && std::strcmp(env, "0") == 0;
+    return steward_panel_available() && __builtin_cpu_supports("avx512bf16") && !off ? 1 : 0;
+  }();
+  return on;
+#else
+  return 0;
+#endif
+}
+
 // y = x @ wT for x [rows, K] (any floating dtype; computed in f32, returned in
 // x's dtype) and a packed weight of dtype f32 or bf16 with `n` output features.
+// bf16 weights and bf16 x on a CPU with AVX-512 BF16 take the dot-product
+// kernel (the same exact products, summed in another order).
 at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, int64_t n, char* err,
                                  size_t err_len) {
   return guarded(err, err_len, [&]() -> at::Tensor* {
@@ -148,7 +170,19 @@ at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, 
     const bool bf16 = packed->scalar_type() == at::kBFloat16;
     TORCH_CHECK(bf16 || packed->scalar_type() == at::kFloat, "panel linear: weight dtype must be f32 or bf16");
     at::Tensor y = at::empty({rows, n}, x->options().dtype(at::kFloat));
-    if (rows > 0) {
+    if (rows > 0 && bf16 && x->scalar_type() == at::kBFloat16 && steward_panel_bf16dp_available()) {
+      // Each row's bf16 pairs as 32-bit words, transposed: [ceil(K/2)][rows].
+      at::Tensor xb = x->contiguous();
+      if (k_len % 2 != 0) xb = at::constant_pad_nd(xb, {0, 1});
+      at::Tensor xt2 = xb.view(at::kInt).t().contiguous();
+      const uint32_t* xp = reinterpret_cast<const uint32_t*>(xt2.data_ptr<int32_t>());
+      float* yp = y.data_ptr<float>();
+      const uint16_t* wp = static_cast<const uint16_t*>(packed->data_ptr());
+      const int64_t grain = std::max<int64_t>(1, (256 * 1024) / std::max<int64_t>(1, k_len * 16 * 2));
+      at::parallel_for(0, np, grain, [&](int64_t begin, int64_t end) {
+        steward_panel_kernel_bf16dp(xp, rows, k_len, wp, n, begin, end, yp);
+      });
+    } else if (rows > 0) {
       at::Tensor xt = x->to(at::kFloat).t().contiguous();  // [K][rows]
       const float* xp = xt.data_ptr<float>();
       float* yp = y.data_ptr<float>();

@@ -90,6 +90,94 @@ void panels(const float* xt, long rows, long k_len, const void* packed, long n, 
   }
 }
 
+// bf16 weights times bf16 activations on CPUs with AVX-512 BF16 (checked at
+// run time by the caller): VDPBF16PS multiplies two bf16 pairs per f32 lane
+// and adds both products to the lane, so one instruction does the work of
+// two widen-and-FMA steps. The products of two bf16 values are exact in
+// f32, as in the widening kernel; only the order of the f32 additions
+// differs. xt2 [ceil(K/2)][ldx] holds, for each pair of inputs (2kp, 2kp+1)
+// and each row, the row's two bf16 activations in one 32-bit word (low half
+// 2kp), zero-padded past K. The panel keeps its [K][16] layout: a 64-byte
+// load takes rows 2kp and 2kp+1, and one permute interleaves them into the
+// (w[2kp][j], w[2kp+1][j]) pairs the instruction wants.
+#define STEWARD_BF16DP __attribute__((target("avx512bf16")))
+
+alignas(64) const uint16_t kPairIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                           8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
+STEWARD_BF16DP inline __m512 dp_step(__m512 acc, const uint32_t* x, __m512i w) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int>(*x)), (__m512bh)w);
+}
+
+template <int Mr>
+STEWARD_BF16DP void micro_dp(const uint32_t* xt2, long ldx, const uint16_t* panel, long k_len, float* y, long ldy,
+                             int nvalid) {
+  const __m512i idx = _mm512_load_si512(kPairIdx);
+  __m512 acc[Mr];
+  __m512 acc2[Mr];
+#pragma GCC unroll 16
+  for (int m = 0; m < Mr; m++) {
+    acc[m] = _mm512_setzero_ps();
+    acc2[m] = _mm512_setzero_ps();
+  }
+  const long pairs = k_len / 2;
+  long kp = 0;
+  if constexpr (Mr < 4) {
+    // Few rows: two independent accumulator sets hide the latency.
+    for (; kp + 1 < pairs; kp += 2) {
+      __m512i w0 = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(panel + kp * 2 * kNr));
+      __m512i w1 = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(panel + (kp + 1) * 2 * kNr));
+#pragma GCC unroll 16
+      for (int m = 0; m < Mr; m++) {
+        acc[m] = dp_step(acc[m], xt2 + kp * ldx + m, w0);
+        acc2[m] = dp_step(acc2[m], xt2 + (kp + 1) * ldx + m, w1);
+      }
+    }
+  }
+  for (; kp < pairs; kp++) {
+    __m512i w = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(panel + kp * 2 * kNr));
+#pragma GCC unroll 16
+    for (int m = 0; m < Mr; m++) acc[m] = dp_step(acc[m], xt2 + kp * ldx + m, w);
+  }
+  if (k_len & 1) {
+    // The last input alone: its row, paired with zeros (the activations'
+    // high halves are zero there too).
+    __m512i w = _mm512_permutexvar_epi16(idx, _mm512_maskz_loadu_epi16(0xFFFFu, panel + pairs * 2 * kNr));
+#pragma GCC unroll 16
+    for (int m = 0; m < Mr; m++) acc[m] = dp_step(acc[m], xt2 + pairs * ldx + m, w);
+  }
+  __mmask16 mask = nvalid >= kNr ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nvalid) - 1);
+#pragma GCC unroll 16
+  for (int m = 0; m < Mr; m++) _mm512_mask_storeu_ps(y + m * ldy, mask, _mm512_add_ps(acc[m], acc2[m]));
+}
+
+STEWARD_BF16DP void panels_dp(const uint32_t* xt2, long rows, long k_len, const uint16_t* packed, long n,
+                              long p_begin, long p_end, float* y) {
+  const long stride = k_len * kNr;
+  for (long p = p_begin; p < p_end; p++) {
+    const uint16_t* panel = packed + p * stride;
+    long left = n - p * kNr;
+    int nvalid = left < kNr ? static_cast<int>(left) : kNr;
+    for (long m0 = 0; m0 < rows; m0 += 16) {
+      long mr = rows - m0 < 16 ? rows - m0 : 16;
+      const uint32_t* xb = xt2 + m0;
+      float* yb = y + m0 * n + p * kNr;
+      switch (mr) {
+#define STEWARD_MR(R)                                     \
+  case R:                                                 \
+    micro_dp<R>(xb, rows, panel, k_len, yb, n, nvalid); \
+    break;
+        STEWARD_MR(1) STEWARD_MR(2) STEWARD_MR(3) STEWARD_MR(4) STEWARD_MR(5) STEWARD_MR(6)
+        STEWARD_MR(7) STEWARD_MR(8) STEWARD_MR(9) STEWARD_MR(10) STEWARD_MR(11) STEWARD_MR(12)
+        STEWARD_MR(13) STEWARD_MR(14) STEWARD_MR(15) STEWARD_MR(16)
+#undef STEWARD_MR
+        default:
+          break;
+      }
+    }
+  }
+}
+
 // Paged decode attention, read in place: K and V rows are found through the
 // decode group's head-major row index ([B][kv_heads][lmax] into the cache's
 // [kv_heads * slots][hd] rows) instead of being gathered into a padded copy.
@@ -143,6 +231,13 @@ void steward_panel_kernel_f32(const float* xt, long rows, long k_len, const floa
 void steward_panel_kernel_bf16(const float* xt, long rows, long k_len, const uint16_t* packed, long n,
                                long p_begin, long p_end, float* y) {
   panels<true>(xt, rows, k_len, packed, n, p_begin, p_end, y);
+}
+
+// bf16 weights and activations, VDPBF16PS (AVX-512 BF16 only); xt2 as for
+// micro_dp, row stride `rows`.
+void steward_panel_kernel_bf16dp(const uint32_t* xt2, long rows, long k_len, const uint16_t* packed, long n,
+                                 long p_begin, long p_end, float* y) {
+  panels_dp(xt2, rows, k_len, packed, n, p_begin, p_end, y);
 }
 
 }  // extern "C"

@@ -409,6 +409,9 @@ pub async fn run(
         max_context,
         dtype = args.dtype.as_str(),
         weight_layout = model.layout.as_str(),
+        bf16_dot_product = model.layout == crate::model::linear::WeightLayout::Panel
+            && model.kind == tch::Kind::BFloat16
+            && crate::model::linear::bf16_dot_available(),
         weight_bytes = model.weight_bytes(),
         load_seconds = load_time.as_secs_f64(),
         "weights loaded"

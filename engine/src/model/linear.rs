@@ -45,6 +45,7 @@ extern "C" {
         err_len: usize,
     ) -> *mut torch_sys::C_tensor;
     fn steward_panel_available() -> i32;
+    fn steward_panel_bf16dp_available() -> i32;
     fn steward_paged_attention(
         a: *const torch_sys::C_tensor,
         cache: *const torch_sys::C_tensor,
@@ -131,6 +132,14 @@ pub fn onednn_available() -> bool {
 pub fn panel_available() -> bool {
     // SAFETY: no arguments; reads the CPU's feature flags.
     unsafe { steward_panel_available() != 0 }
+}
+
+/// True when bf16 panel weights times bf16 activations use the AVX-512 BF16
+/// dot product (`VDPBF16PS`): the CPU has it and `STEWARD_PANEL_BF16_DP` is
+/// not `0`. Otherwise bf16 weights are widened to f32 in registers.
+pub fn bf16_dot_available() -> bool {
+    // SAFETY: no arguments; reads the CPU's feature flags and the environment once.
+    unsafe { steward_panel_bf16dp_available() != 0 }
 }
 
 /// Lays `w` (`[out, in]`, CPU) out as `[ceil(out/16), in, 16]` panels of
