@@ -42,6 +42,59 @@ extern "C" fn cleanup_at_exit() {
     }
 }
 
+/// Adds `(pids, dir)` to what the exit hook stops and removes.
+fn at_exit(pids: Vec<u32>, dir: PathBuf) {
+    if let Ok(mut l) = CLEANUP.lock() {
+        if l.is_empty() {
+            // SAFETY: registering a plain extern "C" fn.
+            unsafe {
+                libc::atexit(cleanup_at_exit);
+            }
+        }
+        l.push((pids, dir));
+    }
+}
+
+/// Removes `dir` when the test process exits, with the shared cluster's
+/// folder (`STEWARD_KEEP_TEST_CLUSTER` keeps both): for a folder that lives
+/// as long as the process, such as a model written once for all its tests.
+pub fn remove_at_exit(dir: PathBuf) {
+    at_exit(Vec::new(), dir);
+}
+
+/// A test's own folder (logs, load reports, Prometheus' data): removed
+/// when the guard is dropped without a panic (the test passed), kept and
+/// named on stderr when it is dropped while the test fails, or when
+/// `STEWARD_KEEP_TEST_CLUSTER` is set. Put it after everything that
+/// writes into the folder, so it is dropped last.
+pub struct TestFolder {
+    path: PathBuf,
+}
+
+impl TestFolder {
+    /// A new folder under the system's temporary directory.
+    pub fn new(prefix: &str) -> std::io::Result<TestFolder> {
+        let path = tempfile::Builder::new().prefix(prefix).tempdir()?.keep();
+        Ok(TestFolder { path })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TestFolder {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for the failure", self.path.display());
+        } else if std::env::var_os("STEWARD_KEEP_TEST_CLUSTER").is_some() {
+            eprintln!("kept {} (STEWARD_KEEP_TEST_CLUSTER)", self.path.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
 /// The image map every shared node gets: the workspace's own binaries.
 pub fn default_images() -> Vec<(String, PathBuf)> {
     let mut v = Vec::new();
@@ -76,15 +129,7 @@ pub async fn shared() -> anyhow::Result<&'static Shared> {
             })?;
             let mut pids = cluster.pids();
             pids.extend(node.pid());
-            if let Ok(mut l) = CLEANUP.lock() {
-                if l.is_empty() {
-                    // SAFETY: registering a plain extern "C" fn.
-                    unsafe {
-                        libc::atexit(cleanup_at_exit);
-                    }
-                }
-                l.push((pids, dir));
-            }
+            at_exit(pids, dir);
             wait_for_node_ready(&cluster, "local-node-1").await?;
             Ok(Shared { cluster, node })
         })

@@ -69,7 +69,7 @@ use serde_json::{json, Value};
 use steward_e2e::parts::Router;
 use steward_e2e::proc::spawn;
 use steward_e2e::prometheus::LocalPrometheus;
-use steward_e2e::testing::eventually;
+use steward_e2e::testing::{eventually, TestFolder};
 use steward_e2e::tools::workspace_bin;
 use steward_operator::crd::{InferenceService, Phase};
 use steward_operator::reason::Reason;
@@ -88,16 +88,15 @@ struct System {
     operator: Operator,
     _router: Router,
     router_url: String,
+    /// Last: dropped after the processes that write into it.
+    _folder: TestFolder,
 }
 
 async fn start() -> System {
     let t0 = Instant::now();
     let env = env("canary").await;
-    let dir = tempfile::Builder::new()
-        .prefix("steward-canary-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
+    let folder = TestFolder::new("steward-canary-").expect("tempdir");
+    let dir = folder.path().to_path_buf();
     let model = tiny_model(&dir);
     let (prometheus, operator) = support::prometheus_and_operator(&env, &dir).await;
     // The router, watching this namespace only.
@@ -120,6 +119,7 @@ async fn start() -> System {
         operator,
         _router: router,
         router_url,
+        _folder: folder,
     }
 }
 

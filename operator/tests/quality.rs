@@ -60,6 +60,7 @@ async fn tiny_model() -> &'static Path {
             .tempdir()
             .expect("tempdir")
             .keep();
+        steward_e2e::testing::remove_at_exit(dir.clone());
         let st = Command::new(engine_bin())
             .args(["make-model", "--size", "tiny"])
             .arg(&dir)

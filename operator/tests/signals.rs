@@ -47,7 +47,7 @@ use steward_e2e::proc::spawn;
 use steward_e2e::prometheus::{
     install_monitoring_crds, prometheus_rule_resource, LocalPrometheus, PrometheusOptions,
 };
-use steward_e2e::testing::eventually;
+use steward_e2e::testing::{eventually, TestFolder};
 use steward_e2e::tools::workspace_bin;
 use steward_operator::controller::prometheus::PrometheusConfig;
 use steward_operator::crd::{labels, AlarmState, AlarmStatus, InferenceService};
@@ -81,6 +81,8 @@ struct System {
     dir: PathBuf,
     prometheus: LocalPrometheus,
     operator: Operator,
+    /// Last: dropped after the processes that write into it.
+    _folder: TestFolder,
 }
 
 async fn start(prefix: &str) -> System {
@@ -88,11 +90,8 @@ async fn start(prefix: &str) -> System {
     let env = env(prefix).await;
     install_monitoring_crds(&env.kubeconfig)
         .expect("prometheus-operator CRDs install (tools/setup.sh promcrds)");
-    let dir = tempfile::Builder::new()
-        .prefix("steward-signals-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
+    let folder = TestFolder::new("steward-signals-").expect("tempdir");
+    let dir = folder.path().to_path_buf();
     let model = tiny_model(&dir);
     let mut prometheus = LocalPrometheus::start(
         Some(env.client.clone()),
@@ -122,6 +121,7 @@ async fn start(prefix: &str) -> System {
         dir,
         prometheus,
         operator,
+        _folder: folder,
     }
 }
 

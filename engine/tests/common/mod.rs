@@ -20,11 +20,31 @@ pub fn tiny_model() -> PathBuf {
             .tempdir()
             .expect("tempdir")
             .keep();
+        remove_at_exit(&dir);
         steward_engine::make_model::make_model(steward_engine::make_model::ModelSize::Tiny, &dir)
             .expect("make tiny model");
         dir
     })
     .clone()
+}
+
+/// The tiny model's folder, removed when the test process exits (a static
+/// is never dropped). `STEWARD_KEEP_TEST_CLUSTER` keeps it.
+fn remove_at_exit(dir: &std::path::Path) {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(d) = DIR.get() {
+            if std::env::var_os("STEWARD_KEEP_TEST_CLUSTER").is_none() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    if DIR.set(dir.to_path_buf()).is_ok() {
+        // SAFETY: registering a plain extern "C" fn that only reads a static.
+        unsafe {
+            libc::atexit(remove);
+        }
+    }
 }
 
 pub fn free_port() -> u16 {

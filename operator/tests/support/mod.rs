@@ -55,6 +55,7 @@ async fn init_once(client: &Client) -> anyhow::Result<PathBuf> {
         .prefix("steward-operator-models-")
         .tempdir()?
         .keep();
+    steward_e2e::testing::remove_at_exit(models.clone());
     std::fs::create_dir_all(models.join("tiny"))?;
     Ok(models.join("tiny"))
 }
