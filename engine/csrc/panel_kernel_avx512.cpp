@@ -61,23 +61,21 @@ void micro(const float* xt, long ldx, const void* panel, long k_len, float* y, l
   for (int m = 0; m < Mr; m++) _mm512_mask_storeu_ps(y + m * ldy, mask, _mm512_add_ps(acc[m], acc2[m]));
 }
 
-template <bool Bf16>
-void panels(const float* xt, long rows, long k_len, const void* packed, long n, long p_begin, long p_end, float* y) {
-  const long stride = k_len * kNr;
+// Walks panels [p_begin, p_end) of an [n]-output weight and, within each,
+// the 16-row blocks of `rows`: every block reuses the panel while it is in
+// L1/L2. `block.template run<R>(m0, p, nvalid)` multiplies rows m0..m0+R by
+// panel p (nvalid of its 16 outputs are real).
+template <typename Block>
+void each_block(long rows, long n, long p_begin, long p_end, const Block& block) {
   for (long p = p_begin; p < p_end; p++) {
-    const void* panel = Bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(packed) + p * stride)
-                             : static_cast<const void*>(static_cast<const float*>(packed) + p * stride);
     long left = n - p * kNr;
     int nvalid = left < kNr ? static_cast<int>(left) : kNr;
-    // Every 16-row block reuses the panel while it is in L1/L2.
     for (long m0 = 0; m0 < rows; m0 += 16) {
       long mr = rows - m0 < 16 ? rows - m0 : 16;
-      const float* xb = xt + m0;
-      float* yb = y + m0 * n + p * kNr;
       switch (mr) {
-#define STEWARD_MR(R) \
-  case R:             \
-    micro<R, Bf16>(xb, rows, panel, k_len, yb, n, nvalid); \
+#define STEWARD_MR(R)                         \
+  case R:                                     \
+    block.template run<R>(m0, p, nvalid); \
     break;
         STEWARD_MR(1) STEWARD_MR(2) STEWARD_MR(3) STEWARD_MR(4) STEWARD_MR(5) STEWARD_MR(6)
         STEWARD_MR(7) STEWARD_MR(8) STEWARD_MR(9) STEWARD_MR(10) STEWARD_MR(11) STEWARD_MR(12)
@@ -89,6 +87,22 @@ void panels(const float* xt, long rows, long k_len, const void* packed, long n, 
     }
   }
 }
+
+// f32 x (transposed, [K][rows]) times f32 or bf16 (widened) panels.
+template <bool Bf16>
+struct WidenBlock {
+  const float* xt;
+  long rows, k_len, n;
+  const void* packed;
+  float* y;
+  template <int R>
+  void run(long m0, long p, int nvalid) const {
+    const long at = p * k_len * kNr;
+    const void* panel = Bf16 ? static_cast<const void*>(static_cast<const uint16_t*>(packed) + at)
+                             : static_cast<const void*>(static_cast<const float*>(packed) + at);
+    micro<R, Bf16>(xt + m0, rows, panel, k_len, y + m0 * n + p * kNr, n, nvalid);
+  }
+};
 
 // bf16 weights times bf16 activations on CPUs with AVX-512 BF16 (checked at
 // run time by the caller): VDPBF16PS multiplies two bf16 pairs per f32 lane
@@ -151,32 +165,17 @@ STEWARD_BF16DP void micro_dp(const uint32_t* xt2, long ldx, const uint16_t* pane
   for (int m = 0; m < Mr; m++) _mm512_mask_storeu_ps(y + m * ldy, mask, _mm512_add_ps(acc[m], acc2[m]));
 }
 
-STEWARD_BF16DP void panels_dp(const uint32_t* xt2, long rows, long k_len, const uint16_t* packed, long n,
-                              long p_begin, long p_end, float* y) {
-  const long stride = k_len * kNr;
-  for (long p = p_begin; p < p_end; p++) {
-    const uint16_t* panel = packed + p * stride;
-    long left = n - p * kNr;
-    int nvalid = left < kNr ? static_cast<int>(left) : kNr;
-    for (long m0 = 0; m0 < rows; m0 += 16) {
-      long mr = rows - m0 < 16 ? rows - m0 : 16;
-      const uint32_t* xb = xt2 + m0;
-      float* yb = y + m0 * n + p * kNr;
-      switch (mr) {
-#define STEWARD_MR(R)                                     \
-  case R:                                                 \
-    micro_dp<R>(xb, rows, panel, k_len, yb, n, nvalid); \
-    break;
-        STEWARD_MR(1) STEWARD_MR(2) STEWARD_MR(3) STEWARD_MR(4) STEWARD_MR(5) STEWARD_MR(6)
-        STEWARD_MR(7) STEWARD_MR(8) STEWARD_MR(9) STEWARD_MR(10) STEWARD_MR(11) STEWARD_MR(12)
-        STEWARD_MR(13) STEWARD_MR(14) STEWARD_MR(15) STEWARD_MR(16)
-#undef STEWARD_MR
-        default:
-          break;
-      }
-    }
+// bf16 pairs of x (as for micro_dp, [ceil(K/2)][rows]) times bf16 panels.
+struct DotBlock {
+  const uint32_t* xt2;
+  long rows, k_len, n;
+  const uint16_t* packed;
+  float* y;
+  template <int R>
+  STEWARD_BF16DP void run(long m0, long p, int nvalid) const {
+    micro_dp<R>(xt2 + m0, rows, packed + p * k_len * kNr, k_len, y + m0 * n + p * kNr, n, nvalid);
   }
-}
+};
 
 // Paged decode attention, read in place: K and V rows are found through the
 // decode group's head-major row index ([B][kv_heads][lmax] into the cache's
@@ -225,19 +224,19 @@ void steward_paged_pv_f32(const float* probs, long groups, long hd, const float*
 // y [rows, n] (f32, row stride n) for panels [p_begin, p_end); xt [k_len][rows] f32.
 void steward_panel_kernel_f32(const float* xt, long rows, long k_len, const float* packed, long n,
                               long p_begin, long p_end, float* y) {
-  panels<false>(xt, rows, k_len, packed, n, p_begin, p_end, y);
+  each_block(rows, n, p_begin, p_end, WidenBlock<false>{xt, rows, k_len, n, packed, y});
 }
 
 void steward_panel_kernel_bf16(const float* xt, long rows, long k_len, const uint16_t* packed, long n,
                                long p_begin, long p_end, float* y) {
-  panels<true>(xt, rows, k_len, packed, n, p_begin, p_end, y);
+  each_block(rows, n, p_begin, p_end, WidenBlock<true>{xt, rows, k_len, n, packed, y});
 }
 
 // bf16 weights and activations, VDPBF16PS (AVX-512 BF16 only); xt2 as for
 // micro_dp, row stride `rows`.
 void steward_panel_kernel_bf16dp(const uint32_t* xt2, long rows, long k_len, const uint16_t* packed, long n,
                                  long p_begin, long p_end, float* y) {
-  panels_dp(xt2, rows, k_len, packed, n, p_begin, p_end, y);
+  each_block(rows, n, p_begin, p_end, DotBlock{xt2, rows, k_len, n, packed, y});
 }
 
 }  // extern "C"

@@ -464,14 +464,11 @@ impl Streams {
                 tokio::spawn(async move {
                     let mut c = StreamCounts::default();
                     while !stop.load(Ordering::SeqCst) {
-                        let body = json!({
-                            "model": model,
-                            "prompt": format!("worker {i} tells a long story about the sea"),
-                            "max_tokens": max_tokens,
-                            "stream": true,
-                            "ignore_eos": true,
-                            "temperature": 0.0,
-                        });
+                        let body = long_stream(
+                            &model,
+                            &format!("worker {i} tells a long story about the sea"),
+                            max_tokens,
+                        );
                         match tokio::time::timeout(
                             Duration::from_secs(90),
                             one_stream(&http, &url, &body),
@@ -538,14 +535,11 @@ impl Pinned {
             .map(|(name, v)| {
                 let stop = Arc::new(AtomicBool::new(false));
                 let url = format!("http://{}:8000/v1/completions", v.ip);
-                let body = json!({
-                    "model": model,
-                    "prompt": format!("pinned to {name}: a long story about the sea"),
-                    "max_tokens": max_tokens,
-                    "stream": true,
-                    "ignore_eos": true,
-                    "temperature": 0.0,
-                });
+                let body = long_stream(
+                    model,
+                    &format!("pinned to {name}: a long story about the sea"),
+                    max_tokens,
+                );
                 let (http, flag, refused) = (sys.http.clone(), stop.clone(), refused.clone());
                 let task = tokio::spawn(async move {
                     let mut c = StreamCounts::default();
@@ -600,6 +594,18 @@ impl Pinned {
         }
         (all, self.refused.load(Ordering::SeqCst))
     }
+}
+
+/// A greedy stream of exactly `max_tokens` tokens.
+fn long_stream(model: &str, prompt: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": true,
+        "ignore_eos": true,
+        "temperature": 0.0,
+    })
 }
 
 async fn one_stream(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), String> {
