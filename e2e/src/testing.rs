@@ -69,22 +69,35 @@ pub fn remove_at_exit(dir: PathBuf) {
 /// writes into the folder, so it is dropped last.
 pub struct TestFolder {
     path: PathBuf,
+    remove_on_pass: bool,
 }
 
 impl TestFolder {
     /// A new folder under the system's temporary directory.
     pub fn new(prefix: &str) -> std::io::Result<TestFolder> {
         let path = tempfile::Builder::new().prefix(prefix).tempdir()?.keep();
-        Ok(TestFolder { path })
+        Ok(TestFolder {
+            path,
+            remove_on_pass: true,
+        })
     }
 
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
+
+    /// Whether a pass removes the folder (the default); benchmarks keep
+    /// theirs, their reports are in it.
+    pub fn set_remove_on_pass(&mut self, remove: bool) {
+        self.remove_on_pass = remove;
+    }
 }
 
 impl Drop for TestFolder {
     fn drop(&mut self) {
+        if !self.remove_on_pass {
+            return;
+        }
         if std::thread::panicking() {
             eprintln!("kept {} for the failure", self.path.display());
         } else if std::env::var_os("STEWARD_KEEP_TEST_CLUSTER").is_some() {

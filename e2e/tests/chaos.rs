@@ -56,7 +56,7 @@ use steward_e2e::parts::{
 };
 use steward_e2e::prometheus::{LocalPrometheus, PrometheusOptions};
 use steward_e2e::streams::{LoadOptions, StreamLoad, Tally};
-use steward_e2e::testing::{default_images, eventually, wait_for_node_ready};
+use steward_e2e::testing::{default_images, eventually, wait_for_node_ready, TestFolder};
 use steward_e2e::{create_namespace, ClusterOptions, LocalCluster, LocalNode, NodeOptions};
 
 const NS: &str = "chaos";
@@ -469,11 +469,9 @@ fn print_table(rows: &[Row], total: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_system_survives_each_fault_under_streaming_load_and_converges() {
     let t_all = Instant::now();
-    let dir = tempfile::Builder::new()
-        .prefix("steward-chaos-")
-        .tempdir()
-        .expect("tempdir")
-        .keep();
+    // Declared first, so it is dropped last: removed on a pass, kept on a failure.
+    let folder = TestFolder::new("steward-chaos-").expect("tempdir");
+    let dir = folder.path().to_path_buf();
     let (mut sys, model) = start(&dir).await;
     let mut rows: Vec<Row> = Vec::new();
 
@@ -842,9 +840,4 @@ async fn the_system_survives_each_fault_under_streaming_load_and_converges() {
     load.stop(Duration::from_secs(10)).await;
     print_table(&rows, t_all.elapsed());
     drop(sys);
-    if std::env::var_os("STEWARD_KEEP_TEST_CLUSTER").is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!("[chaos] kept {}", dir.display());
-    }
 }

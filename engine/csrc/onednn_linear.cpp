@@ -170,21 +170,19 @@ at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, 
     const bool bf16 = packed->scalar_type() == at::kBFloat16;
     TORCH_CHECK(bf16 || packed->scalar_type() == at::kFloat, "panel linear: weight dtype must be f32 or bf16");
     at::Tensor y = at::empty({rows, n}, x->options().dtype(at::kFloat));
-    if (rows > 0 && bf16 && x->scalar_type() == at::kBFloat16 && steward_panel_bf16dp_available()) {
-      // Each row's bf16 pairs as 32-bit words, transposed: [ceil(K/2)][rows].
-      at::Tensor xb = x->contiguous();
-      if (k_len % 2 != 0) xb = at::constant_pad_nd(xb, {0, 1});
-      at::Tensor xt2 = xb.view(at::kInt).t().contiguous();
-      const uint32_t* xp = reinterpret_cast<const uint32_t*>(xt2.data_ptr<int32_t>());
-      float* yp = y.data_ptr<float>();
-      const uint16_t* wp = static_cast<const uint16_t*>(packed->data_ptr());
-      const int64_t grain = std::max<int64_t>(1, (256 * 1024) / std::max<int64_t>(1, k_len * 16 * 2));
-      at::parallel_for(0, np, grain, [&](int64_t begin, int64_t end) {
-        steward_panel_kernel_bf16dp(xp, rows, k_len, wp, n, begin, end, yp);
-      });
-    } else if (rows > 0) {
-      at::Tensor xt = x->to(at::kFloat).t().contiguous();  // [K][rows]
-      const float* xp = xt.data_ptr<float>();
+    if (rows > 0) {
+      const bool dot = bf16 && x->scalar_type() == at::kBFloat16 && steward_panel_bf16dp_available();
+      // x transposed for the kernel: f32 [K][rows], or for the dot product
+      // each row's bf16 pairs as 32-bit words, [ceil(K/2)][rows].
+      at::Tensor xt;
+      if (dot) {
+        at::Tensor xb = x->contiguous();
+        if (k_len % 2 != 0) xb = at::constant_pad_nd(xb, {0, 1});
+        xt = xb.view(at::kInt).t().contiguous();
+      } else {
+        xt = x->to(at::kFloat).t().contiguous();
+      }
+      const void* xp = xt.data_ptr();
       float* yp = y.data_ptr<float>();
       const void* wp = packed->data_ptr();
       // At least ~256 KiB of weights per thread: below that, waking a
@@ -193,10 +191,15 @@ at::Tensor* steward_panel_linear(const at::Tensor* x, const at::Tensor* packed, 
       const int64_t panel_bytes = k_len * 16 * (bf16 ? 2 : 4);
       const int64_t grain = std::max<int64_t>(1, (256 * 1024) / std::max<int64_t>(1, panel_bytes));
       at::parallel_for(0, np, grain, [&](int64_t begin, int64_t end) {
-        if (bf16) {
-          steward_panel_kernel_bf16(xp, rows, k_len, static_cast<const uint16_t*>(wp), n, begin, end, yp);
+        if (dot) {
+          steward_panel_kernel_bf16dp(static_cast<const uint32_t*>(xp), rows, k_len, static_cast<const uint16_t*>(wp),
+                                      n, begin, end, yp);
+        } else if (bf16) {
+          steward_panel_kernel_bf16(static_cast<const float*>(xp), rows, k_len, static_cast<const uint16_t*>(wp), n,
+                                    begin, end, yp);
         } else {
-          steward_panel_kernel_f32(xp, rows, k_len, static_cast<const float*>(wp), n, begin, end, yp);
+          steward_panel_kernel_f32(static_cast<const float*>(xp), rows, k_len, static_cast<const float*>(wp), n, begin,
+                                   end, yp);
         }
       });
     }

@@ -19,7 +19,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use steward_e2e::proc::spawn;
 use steward_e2e::prometheus::LocalPrometheus;
-use steward_e2e::testing::eventually;
+use steward_e2e::testing::{eventually, TestFolder};
 use steward_e2e::tools::{free_port, workspace_bin};
 use steward_operator::crd::{labels, InferenceService};
 use steward_operator::signals::{promql, Scope, Signal, Window};
@@ -58,7 +58,7 @@ pub struct System {
     pub router_url: String,
     pub http: reqwest::Client,
     /// Last, so it is dropped after the processes that write into the folder.
-    folder: Folder,
+    folder: TestFolder,
 }
 
 impl System {
@@ -66,25 +66,7 @@ impl System {
     /// the test passes and kept when it fails. Benchmarks keep it always:
     /// their reports are in it.
     pub fn remove_folder_on_pass(&mut self) {
-        self.folder.remove_on_pass = true;
-    }
-}
-
-struct Folder {
-    path: PathBuf,
-    remove_on_pass: bool,
-}
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        if !self.remove_on_pass {
-            return;
-        }
-        if std::thread::panicking() {
-            eprintln!("[autoscale] kept {} for the failure", self.path.display());
-        } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("[autoscale] could not remove {}: {e}", self.path.display());
-        }
+        self.folder.set_remove_on_pass(true);
     }
 }
 
@@ -92,11 +74,9 @@ impl Drop for Folder {
 pub async fn start(prefix: &str) -> System {
     let t0 = Instant::now();
     let env = env(prefix).await;
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("steward-{prefix}-"))
-        .tempdir()
-        .expect("tempdir")
-        .keep();
+    let mut folder = TestFolder::new(&format!("steward-{prefix}-")).expect("tempdir");
+    folder.set_remove_on_pass(false);
+    let dir = folder.path().to_path_buf();
     let model = tiny_model(&dir);
     let (prometheus, operator) = crate::support::prometheus_and_operator(&env, &dir).await;
     let port = free_port().expect("a free port");
@@ -132,16 +112,13 @@ pub async fn start(prefix: &str) -> System {
     );
     System {
         env,
-        dir: dir.clone(),
+        dir,
         prometheus,
         operator,
         _router: router,
         router_url,
         http,
-        folder: Folder {
-            path: dir,
-            remove_on_pass: false,
-        },
+        folder,
     }
 }
 
